@@ -1,0 +1,12 @@
+"""jaxode: continuous-depth vision models in JAX (Equinox modules, Diffrax solves)."""
+
+from jaxode.ode import (
+    ODEBlock,
+    SolveConfig,
+    SolveStats,
+    backward_nfe,
+    trainable,
+)
+
+__version__ = "0.1.0"
+__all__ = ["ODEBlock", "SolveConfig", "SolveStats", "backward_nfe", "trainable"]

@@ -1,0 +1,57 @@
+"""Small layers shared by the models.  Every layer acts on one example in
+channel-first layout ``(C, H, W)``; callers `jax.vmap` over a batch."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+
+def group_norm(channels: int, max_groups: int = 32) -> eqx.nn.GroupNorm:
+    """GroupNorm with ``min(max_groups, channels)`` groups (affine), the
+    normalisation of Chen et al.'s ODE-Net, Carrara et al. and Tomen et al."""
+    groups = min(max_groups, channels)
+    if channels % groups:
+        raise ValueError(
+            f"group_norm: {channels} channels cannot be split into {groups} groups; "
+            "choose a channel count divisible by the group count."
+        )
+    return eqx.nn.GroupNorm(groups, channels)
+
+
+def norm_act(norm: eqx.nn.GroupNorm, act: Callable, x: jax.Array) -> jax.Array:
+    """act(GroupNorm(x)): the pre-activation pattern used throughout the papers."""
+    return act(norm(x))
+
+
+class ConcatConv2d(eqx.Module):
+    """A 2-D convolution that sees the time t as an extra constant input channel.
+
+    y = W * [t 1; x] + b, i.e. the input (C, H, W) is extended to (C + 1, H, W) with
+    a first channel filled with t (Chen et al. 2018, the ``ConcatConv2d`` of their
+    ODE-Net; Carrara et al. Sec. 3).  Implemented without materialising the extra
+    channel: the t-channel's contribution is t times the convolution of a ones image
+    with the first input slice of the kernel, which keeps the padding behaviour of
+    the concatenated form exactly.
+    """
+
+    conv: eqx.nn.Conv2d
+    in_channels: int = eqx.field(static=True)
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1,
+                 use_bias=True, *, key):
+        self.in_channels = in_channels
+        self.conv = eqx.nn.Conv2d(in_channels + 1, out_channels, kernel_size, stride,
+                                  padding, use_bias=use_bias, key=key)
+
+    def __call__(self, t, x):
+        if x.ndim != 3 or x.shape[0] != self.in_channels:
+            raise ValueError(
+                f"ConcatConv2d expects one example of shape (C={self.in_channels}, H, W), "
+                f"got {x.shape}; vmap over a batch."
+            )
+        tt = jnp.broadcast_to(jnp.asarray(t, x.dtype), (1,) + x.shape[1:])
+        return self.conv(jnp.concatenate([tt, x], axis=0))

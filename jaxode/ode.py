@@ -1,0 +1,574 @@
+"""The ODE core: the one place in jaxode that calls Diffrax.
+
+A continuous-depth block maps an input state z(t0) to z(t1) by integrating
+
+    dz/dt = f(t, z; theta),        z(t0) = z0,
+
+where f is a vector field (an Equinox module, see `jaxode.fields`) with parameters
+theta.  This is the "ODE block" of Chen et al. (2018), used by every paper of the
+project: the ODE-Net classifiers of Carrara et al. (Sec. 3), the DCN blocks of
+Tomen et al. (Sec. 3), SegNode's multi-resolution ODE and NODE-EW's joint (z, theta)
+system.
+
+Public pieces:
+
+- `SolveConfig`: solver, tolerances, gradient mode, step limits, batch mode.
+- `ODEBlock`: an Equinox module holding a field, the interval [t0, t1] and a config.
+  `block(z0)` integrates one example (any PyTree state); `block.batched(z0s)`
+  integrates a batch, either as one joint adaptive solve (torchdiffeq's behaviour) or
+  as one adaptive solve per sample (`vmap`), which per-image step counts need.
+- Statistics come back with every solve (`SolveStats`): attempted / accepted /
+  rejected steps, forward NFE, and whether `max_steps` was hit.  The backward NFE of
+  the backsolve adjoint is delivered through the gradient of `ODEBlock.nfe_probe`
+  (see `backward_nfe`), because that is the only channel out of a backward pass.
+
+Gradient modes (`SolveConfig.adjoint`):
+
+- ``"backsolve"`` (default): the continuous adjoint of Chen et al. (2018), Sec. 2.
+  The adjoint a(t) = dL/dz(t) obeys da/dt = -a^T df/dz and dL/dtheta =
+  -int_{t1}^{t0} a^T df/dtheta dt; both are integrated backwards in time together
+  with z(t) as one augmented Diffrax solve.  Memory is O(1) in the number of steps.
+  It is written here (rather than using `diffrax.BacksolveAdjoint`) so that the
+  backward solve's steps are counted and its error norm can skip the parameter
+  part (``seminorm=True``, Kidger et al. 2021).
+- ``"checkpoint"``: `diffrax.RecursiveCheckpointAdjoint`, exact gradients of the
+  discrete solve with recomputation.
+- ``"direct"``: `diffrax.DirectAdjoint`, plain reverse-mode through the solver.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Literal
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+import optimistix as optx
+
+__all__ = [
+    "SolveConfig",
+    "SolveStats",
+    "ODEBlock",
+    "RK4",
+    "SOLVERS",
+    "ADAPTIVE_SOLVERS",
+    "backward_nfe",
+    "trainable",
+    "MaxStepsReached",
+]
+
+# --------------------------------------------------------------------------- solvers
+
+
+class RK4(diffrax.AbstractERK):
+    """The classical fourth-order Runge-Kutta method (fixed step; no error estimate).
+
+    Diffrax ships no classical RK4, and torchdiffeq's ``rk4`` (3/8 rule aside) is a
+    common fixed-step baseline in the papers, so it is defined here from its Butcher
+    tableau: c = (0, 1/2, 1/2, 1), b = (1/6, 1/3, 1/3, 1/6).
+    """
+
+    tableau: ClassVar[diffrax.ButcherTableau] = diffrax.ButcherTableau(
+        c=np.array([0.5, 0.5, 1.0]),
+        b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
+        b_error=np.zeros(4),
+        a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
+    )
+    interpolation_cls: ClassVar[Callable[..., Any]] = (
+        diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
+    )
+
+    def order(self, terms):
+        del terms
+        return 4
+
+
+SOLVERS: dict[str, type[diffrax.AbstractSolver]] = {
+    "dopri5": diffrax.Dopri5,
+    "tsit5": diffrax.Tsit5,
+    "bosh3": diffrax.Bosh3,
+    "euler": diffrax.Euler,
+    "midpoint": diffrax.Midpoint,
+    "rk4": RK4,
+}
+ADAPTIVE_SOLVERS = ("dopri5", "tsit5", "bosh3")
+
+# Field evaluations per attempted step, after the first (first-same-as-last methods
+# reuse the last stage), and evaluations made before the first step.
+_EVALS_PER_STEP = {"dopri5": 6, "tsit5": 6, "bosh3": 3, "euler": 1, "midpoint": 2, "rk4": 4}
+_FSAL = {"dopri5": True, "tsit5": True, "bosh3": True}
+_ADJOINTS = ("backsolve", "checkpoint", "direct")
+_BATCH_MODES = ("joint", "per_sample")
+
+
+def _init_evals(solver: str, adaptive: bool) -> int:
+    """Evaluations before the first step: 2 for the initial step-size guess (Hairer's
+    algorithm, as in torchdiffeq and Diffrax) plus 1 for the first stage of an FSAL
+    method, whose value is then carried from step to step."""
+    return (2 if adaptive else 0) + (1 if _FSAL.get(solver, False) else 0)
+
+
+def _nfe(solver: str, adaptive: bool, steps: jax.Array) -> jax.Array:
+    return _init_evals(solver, adaptive) + _EVALS_PER_STEP[solver] * steps
+
+
+# ---------------------------------------------------------------------- config/stats
+
+
+class SolveConfig(eqx.Module):
+    """How an ODE block is integrated and differentiated.
+
+    **Arguments:**
+
+    - `solver`: one of ``dopri5`` (default), ``tsit5``, ``bosh3`` (adaptive) or
+      ``euler``, ``midpoint``, ``rk4`` (fixed step).
+    - `rtol`, `atol`: tolerances of the adaptive solvers.  Stored as arrays so that
+      changing them (for example an inference sweep over tolerances) does not
+      recompile a jitted function.
+    - `adjoint`: ``backsolve`` (default), ``checkpoint`` or ``direct``.
+    - `seminorm`: backsolve only: measure the backward solve's error on (z, a_z)
+      alone, skipping the parameter adjoint (fewer backward steps, same gradient
+      accuracy in practice).
+    - `max_steps`: the step budget of one solve.
+    - `num_steps` / `dt`: the step of a fixed-step solver (give one of them).
+    - `batch_mode`: ``joint`` (one adaptive solve for a whole batch, error measured
+      over the batch, as torchdiffeq does) or ``per_sample`` (one solve per example
+      via `vmap`; per-example statistics).
+    - `on_max_steps`: ``raise`` (default: a clear runtime error) or ``flag`` (the
+      output is ``inf`` and `SolveStats.max_steps_reached` is True).
+    """
+
+    solver: str = eqx.field(static=True, default="dopri5")
+    rtol: jax.Array = eqx.field(default=1e-3, converter=lambda x: jnp.asarray(x, jnp.float32))
+    atol: jax.Array = eqx.field(default=1e-3, converter=lambda x: jnp.asarray(x, jnp.float32))
+    adjoint: str = eqx.field(static=True, default="backsolve")
+    seminorm: bool = eqx.field(static=True, default=False)
+    max_steps: int = eqx.field(static=True, default=4096)
+    num_steps: int | None = eqx.field(static=True, default=None)
+    dt: float | None = eqx.field(static=True, default=None)
+    batch_mode: str = eqx.field(static=True, default="joint")
+    on_max_steps: str = eqx.field(static=True, default="raise")
+
+    def __check_init__(self):
+        def bad(name, value, allowed):
+            raise ValueError(
+                f"SolveConfig: unknown {name} {value!r}; choose one of {', '.join(allowed)}."
+            )
+
+        if self.solver not in SOLVERS:
+            bad("solver", self.solver, SOLVERS)
+        if self.adjoint not in _ADJOINTS:
+            bad("adjoint", self.adjoint, _ADJOINTS)
+        if self.batch_mode not in _BATCH_MODES:
+            bad("batch_mode", self.batch_mode, _BATCH_MODES)
+        if self.on_max_steps not in ("raise", "flag"):
+            bad("on_max_steps", self.on_max_steps, ("raise", "flag"))
+        if not isinstance(self.max_steps, int) or self.max_steps < 1:
+            raise ValueError(f"SolveConfig: max_steps must be a positive int, got {self.max_steps!r}.")
+        if self.adaptive:
+            if self.num_steps is not None or self.dt is not None:
+                raise ValueError(
+                    f"SolveConfig: solver {self.solver!r} chooses its own steps; "
+                    "num_steps/dt are for the fixed-step solvers euler, midpoint, rk4."
+                )
+        else:
+            if (self.num_steps is None) == (self.dt is None):
+                raise ValueError(
+                    f"SolveConfig: fixed-step solver {self.solver!r} needs exactly one of "
+                    f"num_steps or dt (got num_steps={self.num_steps!r}, dt={self.dt!r})."
+                )
+            if self.num_steps is not None and not (
+                isinstance(self.num_steps, int) and 0 < self.num_steps <= self.max_steps
+            ):
+                raise ValueError(
+                    f"SolveConfig: num_steps must be an int in [1, max_steps={self.max_steps}], "
+                    f"got {self.num_steps!r}."
+                )
+            if self.dt is not None and not self.dt > 0:
+                raise ValueError(f"SolveConfig: dt must be positive, got {self.dt!r}.")
+        if self.seminorm and self.adjoint != "backsolve":
+            raise ValueError("SolveConfig: seminorm applies to adjoint='backsolve' only.")
+
+    @property
+    def adaptive(self) -> bool:
+        return self.solver in ADAPTIVE_SOLVERS
+
+    def replace(self, **changes) -> "SolveConfig":
+        """A copy with some settings changed, e.g. ``cfg.replace(rtol=1e-5)``."""
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        fields.update(changes)
+        return SolveConfig(**fields)
+
+
+class SolveStats(eqx.Module):
+    """Statistics of one forward solve (per example in ``per_sample`` mode).
+
+    - `steps`: attempted steps; `accepted` + `rejected` = `steps`.
+    - `nfe`: forward field evaluations: 2 for the initial step guess of an adaptive
+      solver, 1 more for the first stage of an FSAL method, then the solver's new
+      stages per attempted step (dopri5: 2 + 1 + 6 * steps; torchdiffeq counts the
+      same 2 + 6 * steps plus the shared first evaluation).
+    - `max_steps_reached`: the solve ran out of steps before t1 (output is ``inf``).
+    """
+
+    steps: jax.Array
+    accepted: jax.Array
+    rejected: jax.Array
+    nfe: jax.Array
+    max_steps_reached: jax.Array
+
+
+class MaxStepsReached(RuntimeError):
+    """Raised (inside a jitted computation, surfaced by Equinox) when a solve runs out
+    of `SolveConfig.max_steps`."""
+
+
+# ---------------------------------------------------------------------- the solvers
+
+
+def _vector_field(joint_batch: bool):
+    """Diffrax's ``vf(t, y, args)`` from a field written for one example; ``args`` is
+    the field's array part (its parameters theta), so that gradients can flow to it
+    explicitly in the backsolve adjoint."""
+
+    def vf(t, z, args):
+        params, static = args
+        f = eqx.combine(params, static)
+        if joint_batch:
+            return jax.vmap(f, in_axes=(None, 0))(t, z)
+        return f(t, z)
+
+    return vf
+
+
+def _controller(config: SolveConfig, norm=optx.rms_norm):
+    if config.adaptive:
+        return diffrax.PIDController(rtol=config.rtol, atol=config.atol, norm=norm), None
+    return diffrax.ConstantStepSize(), None
+
+
+def _dt0(config: SolveConfig, t0, t1):
+    if config.adaptive:
+        return None
+    if config.num_steps is not None:
+        return (t1 - t0) / config.num_steps
+    return jnp.sign(t1 - t0) * config.dt
+
+
+def _save_spec(ts):
+    """Save z at `ts` (dense output, by interpolation, no extra solves) and the time of
+    every accepted step (a scalar per step: cheap), which tells how far a solve got."""
+    return diffrax.SaveAt(
+        subs=(diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(steps=True, fn=lambda t, y, args: t))
+    )
+
+
+def _diffeqsolve(vf, config, t0, t1, ts, z0, args, adjoint):
+    solver = SOLVERS[config.solver]()
+    controller, _ = _controller(config)
+    return diffrax.diffeqsolve(
+        diffrax.ODETerm(vf),
+        solver,
+        t0=t0,
+        t1=t1,
+        dt0=_dt0(config, t0, t1),
+        y0=z0,
+        args=args,
+        saveat=_save_spec(ts),
+        stepsize_controller=controller,
+        adjoint=adjoint,
+        max_steps=config.max_steps,
+        throw=False,
+    )
+
+
+def _stats(config, sol) -> tuple[SolveStats, jax.Array]:
+    failed = sol.result == diffrax.RESULTS.max_steps_reached
+    step_ts = sol.ys[1]
+    t_reached = jnp.max(jnp.where(jnp.isfinite(step_ts), step_ts, -jnp.inf))
+    steps = sol.stats["num_steps"]
+    stats = SolveStats(
+        steps=steps,
+        accepted=sol.stats["num_accepted_steps"],
+        rejected=sol.stats["num_rejected_steps"],
+        nfe=_nfe(config.solver, config.adaptive, steps),
+        max_steps_reached=failed,
+    )
+    return stats, t_reached
+
+
+# --- backsolve adjoint, with its own step count --------------------------------------
+
+
+@eqx.filter_custom_vjp
+def _backsolve(diff, static, config, t0, ts, joint_batch):
+    """Forward solve whose VJP is the continuous adjoint.  ``diff = (params, z0,
+    probe)``: the field's arrays, the initial state, and a zero scalar whose
+    cotangent returns the backward solve's NFE."""
+    params, z0, _ = diff
+    vf = _vector_field(joint_batch)
+    sol = _diffeqsolve(vf, config, t0, ts[-1], ts, z0, (params, static), diffrax.ForwardMode())
+    stats, t_reached = _stats(config, sol)
+    return sol.ys[0], stats, t_reached
+
+
+@_backsolve.def_fwd
+def _backsolve_fwd(perturbed, diff, static, config, t0, ts, joint_batch):
+    del perturbed
+    out = _backsolve(diff, static, config, t0, ts, joint_batch)
+    zs = out[0]
+    return out, zs
+
+
+def _adjoint_dynamics(static, joint_batch):
+    """Backward-in-time dynamics of (z, a_z, a_theta) (Chen et al. 2018, eq. 4 and
+    Appendix B): dz/dt = f, da_z/dt = -a_z^T df/dz, da_theta/dt = -a_z^T df/dtheta."""
+    vf = _vector_field(joint_batch)
+
+    def dynamics(t, state, _):
+        z, a_z, _, params = state
+        f, vjp = jax.vjp(lambda z_, p_: vf(t, z_, (p_, static)), z, params)
+        g_z, g_params = vjp(a_z)
+        neg = lambda x: -x  # noqa: E731
+        return f, jtu.tree_map(neg, g_z), jtu.tree_map(neg, g_params), jtu.tree_map(jnp.zeros_like, params)
+
+    return dynamics
+
+
+@_backsolve.def_bwd
+def _backsolve_bwd(zs, grad_out, perturbed, diff, static, config, t0, ts, joint_batch):
+    del perturbed
+    params, z0, _ = diff
+    g_zs = grad_out[0]
+    g_zs = jtu.tree_map(
+        lambda z, g: jnp.zeros_like(z) if g is None else g, zs, g_zs, is_leaf=lambda x: x is None
+    )
+    dynamics = _adjoint_dynamics(static, joint_batch)
+    if config.seminorm:
+        norm = lambda s: optx.rms_norm((s[0], s[1]))  # noqa: E731
+    else:
+        norm = lambda s: optx.rms_norm((s[0], s[1], s[2]))  # noqa: E731
+    solver = SOLVERS[config.solver]()
+    controller = (
+        diffrax.PIDController(rtol=config.rtol, atol=config.atol, norm=norm)
+        if config.adaptive
+        else diffrax.ConstantStepSize()
+    )
+    n = ts.shape[0]
+    t_starts = ts[::-1]
+    t_ends = jnp.concatenate([ts[:-1][::-1], jnp.reshape(t0, (1,))])
+
+    def interval(carry, i):
+        a_z, a_params, nfe = carry
+        t_start, t_end = t_starts[i], t_ends[i]
+        z_start = jtu.tree_map(lambda z: z[n - 1 - i], zs)
+        a_z = jtu.tree_map(lambda a, g: a + g[n - 1 - i], a_z, g_zs)
+
+        def solve(state):
+            sol = diffrax.diffeqsolve(
+                diffrax.ODETerm(dynamics),
+                solver,
+                t0=t_start,
+                t1=t_end,
+                dt0=_dt0(config, t_start, t_end),
+                y0=state,
+                stepsize_controller=controller,
+                adjoint=diffrax.ForwardMode(),
+                max_steps=config.max_steps,
+                throw=False,
+            )
+            out = jtu.tree_map(lambda y: y[-1], sol.ys)
+            return out, _nfe(config.solver, config.adaptive, sol.stats["num_steps"])
+
+        def skip(state):  # a zero-length interval (a save time equal to t0)
+            return state, jnp.asarray(0, jnp.int32)
+
+        state0 = (z_start, a_z, a_params, params)
+        (_, a_z, a_params, _), used = jax.lax.cond(t_start == t_end, skip, solve, state0)
+        return (a_z, a_params, nfe + used), None
+
+    a_z0 = jtu.tree_map(jnp.zeros_like, z0)
+    a_p0 = jtu.tree_map(jnp.zeros_like, params)
+    (a_z, a_params, nfe), _ = jax.lax.scan(
+        interval, (a_z0, a_p0, jnp.asarray(0, jnp.int32)), jnp.arange(n)
+    )
+    return a_params, a_z, nfe.astype(jnp.float32)
+
+
+# ------------------------------------------------------------------------ ODEBlock
+
+
+def _as_time(x) -> jax.Array:
+    return jnp.asarray(x, jnp.float32)
+
+
+class ODEBlock(eqx.Module):
+    """A continuous-depth block: z(t1) = z(t0) + int_{t0}^{t1} f(t, z; theta) dt.
+
+    **Arguments:**
+
+    - `field`: the vector field, a callable Equinox module ``field(t, z) -> dz/dt``
+      acting on one example (any PyTree state).
+    - `t0`, `t1`: the integration interval (arrays: changing them does not recompile).
+    - `config`: a `SolveConfig`.
+    - `name`: used in error messages.
+
+    ``block(z0)`` returns ``(z(t1), stats)``; ``block(z0, ts=ts)`` returns z at each of
+    the increasing times `ts` (stacked on a new leading axis) from one solve.
+    ``block.batched(z0s)`` does the same for a batch along axis 0.
+
+    The backward NFE of the backsolve adjoint arrives as the gradient of
+    `nfe_probe` (a zero that the forward ignores): read it with `backward_nfe`.
+    `trainable` excludes t0, t1, the tolerances and the probe from optimisation.
+    """
+
+    field: eqx.Module
+    t0: jax.Array = eqx.field(converter=_as_time)
+    t1: jax.Array = eqx.field(converter=_as_time)
+    config: SolveConfig
+    nfe_probe: jax.Array
+    name: str = eqx.field(static=True)
+
+    def __init__(self, field, t0=0.0, t1=1.0, config: SolveConfig | None = None, *, name="ode"):
+        self.field = field
+        self.t0 = t0
+        self.t1 = t1
+        self.config = SolveConfig() if config is None else config
+        self.nfe_probe = jnp.zeros((), jnp.float32)
+        self.name = name
+
+    # -- public API --------------------------------------------------------------
+
+    def __call__(self, z0, ts=None):
+        """Integrate one example.  Returns ``(z_t1, stats)`` or ``(z_ts, stats)``."""
+        return self._solve(z0, ts, joint_batch=False)
+
+    def batched(self, z0s, ts=None):
+        """Integrate a batch (leading axis) in the configured `batch_mode`.
+
+        ``joint``: one adaptive solve over the whole batch; stats are scalars.
+        ``per_sample``: one solve per example; stats have a leading batch axis.
+        With `ts`, outputs have shape ``(batch, len(ts), ...)``.
+        """
+        if self.config.batch_mode == "joint":
+            zs, stats = self._solve(z0s, ts, joint_batch=True)
+            if ts is not None:
+                zs = jtu.tree_map(lambda z: jnp.swapaxes(z, 0, 1), zs)
+            return zs, stats
+        return jax.vmap(lambda z: self._solve(z, ts, joint_batch=False))(z0s)
+
+    # -- internals ---------------------------------------------------------------
+
+    def _check_times(self, ts):
+        t0 = jax.lax.stop_gradient(self.t0)
+        t1 = jax.lax.stop_gradient(self.t1)
+        if ts is None:
+            return t0, jnp.reshape(t1, (1,)), False
+        ts = jnp.asarray(ts, jnp.float32)
+        if ts.ndim != 1 or ts.shape[0] == 0:
+            raise ValueError(
+                f"ODEBlock {self.name!r}: ts must be a non-empty 1-D array of times, got shape {ts.shape}."
+            )
+        ts = eqx.error_if(
+            ts,
+            jnp.any(jnp.diff(ts) < 0) | (ts[0] < t0) | (ts[-1] > t1),
+            f"ODEBlock {self.name!r}: ts must be non-decreasing and lie in [t0, t1].",
+        )
+        return t0, ts, True
+
+    def _solve(self, z0, ts, joint_batch):
+        _check_state(self.name, z0)
+        t0, ts_, keep_all = self._check_times(ts)
+        config = jtu.tree_map(jax.lax.stop_gradient, self.config)
+        params, static = eqx.partition(self.field, eqx.is_inexact_array)
+        if config.adjoint == "backsolve":
+            zs, stats, t_reached = _backsolve(
+                (params, z0, self.nfe_probe), static, config, t0, ts_, joint_batch
+            )
+        else:
+            adjoint = (
+                diffrax.RecursiveCheckpointAdjoint()
+                if config.adjoint == "checkpoint"
+                else diffrax.DirectAdjoint()
+            )
+            vf = _vector_field(joint_batch)
+            sol = _diffeqsolve(vf, config, t0, ts_[-1], ts_, z0, (params, static), adjoint)
+            zs = sol.ys[0]
+            stats, t_reached = _stats(config, sol)
+        if config.on_max_steps == "raise":
+            zs = _raise_on_max_steps(self.name, config, zs, stats, t0, ts_[-1], t_reached)
+        if not keep_all:
+            zs = jtu.tree_map(lambda z: z[-1], zs)
+        return zs, stats
+
+
+def _check_state(name, z0):
+    leaves = jtu.tree_leaves(z0)
+    if not leaves:
+        raise ValueError(f"ODEBlock {name!r}: the initial state is empty.")
+    for leaf in leaves:
+        if not (hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)):
+            raise TypeError(
+                f"ODEBlock {name!r}: the state must hold floating-point arrays, got "
+                f"{type(leaf).__name__} with dtype {getattr(leaf, 'dtype', None)}; "
+                "convert images with x.astype(jnp.float32) / 255 first."
+            )
+
+
+_BINS = 10
+
+
+def _raise_on_max_steps(name, config, zs, stats, t0, t1, t_reached):
+    """A clear runtime error when a solve runs out of steps.  The message is static
+    (as Equinox requires), so the progress is reported in tenths of [t0, t1]."""
+    frac = jnp.where(t1 > t0, (t_reached - t0) / (t1 - t0), 0.0)
+    index = jnp.clip(jnp.floor(frac * _BINS), 0, _BINS - 1).astype(jnp.int32)
+    messages = tuple(
+        f"ODEBlock {name!r} used all max_steps={config.max_steps} of solver "
+        f"{config.solver!r} (rtol/atol as configured) and reached only "
+        f"{10 * k}-{10 * (k + 1)}% of its time interval [t0, t1]. Increase "
+        "SolveConfig.max_steps, loosen rtol/atol, or check the model for blow-up "
+        "(a too-high learning rate often causes this); use on_max_steps='flag' to get "
+        "inf outputs and SolveStats.max_steps_reached instead of this error."
+        for k in range(_BINS)
+    )
+    failed = jnp.any(stats.max_steps_reached)
+    index = jnp.min(jnp.where(stats.max_steps_reached, index, _BINS - 1))
+    return eqx.branched_error_if(zs, failed, index, messages)
+
+
+# ------------------------------------------------------------------ model utilities
+
+
+def _is_block(x) -> bool:
+    return isinstance(x, ODEBlock)
+
+
+def backward_nfe(grads) -> jax.Array:
+    """Total backward-solve NFE recorded in a gradient PyTree of a model (the sum over
+    all `ODEBlock`s in it, and over the batch for ``per_sample`` blocks).  Zero for the
+    ``checkpoint`` and ``direct`` modes, which run no backward ODE solve."""
+    blocks = [b for b in jtu.tree_leaves(grads, is_leaf=_is_block) if _is_block(b)]
+    total = jnp.zeros((), jnp.float32)
+    for b in blocks:
+        if b.nfe_probe is not None:
+            total = total + b.nfe_probe
+    return total
+
+
+def trainable(model):
+    """Filter spec (a PyTree of bools) of the leaves an optimiser should update: all
+    inexact arrays except each ODEBlock's t0, t1, tolerances and nfe_probe."""
+    spec = jtu.tree_map(eqx.is_inexact_array, model)
+
+    def freeze(block_spec):
+        return eqx.tree_at(
+            lambda b: (b.t0, b.t1, b.config.rtol, b.config.atol, b.nfe_probe),
+            block_spec,
+            (False, False, False, False, False),
+        )
+
+    return jtu.tree_map(lambda x: freeze(x) if _is_block(x) else x, spec, is_leaf=_is_block)

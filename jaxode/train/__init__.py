@@ -1,0 +1,1 @@
+"""Training: optimisers and schedules, train/eval steps, checkpoints, run folders."""

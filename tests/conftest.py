@@ -1,0 +1,28 @@
+"""Shared test setup: JAX on the CPU, strict dtype promotion, a key fixture."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+@pytest.fixture
+def key():
+    return jax.random.PRNGKey(0)
+
+
+@pytest.fixture
+def shared_data():
+    """The offline datasets beside the project (`../shared/data`), or the folder named
+    by JAXODE_DATA; tests that need it skip when it is absent."""
+    root = os.environ.get("JAXODE_DATA") or os.path.join(
+        os.path.dirname(__file__), "..", "..", "shared", "data"
+    )
+    root = os.path.abspath(root)
+    if not os.path.isdir(root):
+        pytest.skip(f"offline data not found at {root}; set JAXODE_DATA")
+    return root
