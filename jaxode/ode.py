@@ -104,6 +104,20 @@ _ADJOINTS = ("backsolve", "checkpoint", "direct")
 _BATCH_MODES = ("joint", "per_sample")
 
 
+def _as_real(x) -> jax.Array:
+    """A time or tolerance as a strongly typed array of JAX's default float dtype
+    (float32, or float64 under ``jax_enable_x64``); `ODEBlock` casts it to the
+    precision of the state at solve time (`_time_dtype`)."""
+    return jnp.asarray(x).astype(jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
+def _time_dtype(z0):
+    """Times and tolerances follow the state: float64 if any state leaf is float64,
+    else float32 (never lower: half-precision times would lose whole steps)."""
+    leaves = jtu.tree_leaves(z0)
+    return jnp.float64 if any(jnp.dtype(x.dtype) == jnp.float64 for x in leaves) else jnp.float32
+
+
 def _init_evals(solver: str, adaptive: bool) -> int:
     """Evaluations before the first step: 2 for the initial step-size guess (Hairer's
     algorithm, as in torchdiffeq and Diffrax) plus 1 for the first stage of an FSAL
@@ -125,9 +139,10 @@ class SolveConfig(eqx.Module):
 
     - `solver`: one of ``dopri5`` (default), ``tsit5``, ``bosh3`` (adaptive) or
       ``euler``, ``midpoint``, ``rk4`` (fixed step).
-    - `rtol`, `atol`: tolerances of the adaptive solvers.  Stored as arrays so that
-      changing them (for example an inference sweep over tolerances) does not
-      recompile a jitted function.
+    - `rtol`, `atol`: tolerances of the adaptive solvers.  Stored as arrays (of JAX's
+      default float dtype) so that changing them (for example an inference sweep over
+      tolerances) does not recompile a jitted function; a solve uses them in the
+      precision of its state (float64 states get float64 tolerances and times).
     - `adjoint`: ``backsolve`` (default), ``checkpoint`` or ``direct``.
     - `seminorm`: backsolve only: measure the backward solve's error on (z, a_z)
       alone, skipping the parameter adjoint (fewer backward steps, same gradient
@@ -138,12 +153,13 @@ class SolveConfig(eqx.Module):
       over the batch, as torchdiffeq does) or ``per_sample`` (one solve per example
       via `vmap`; per-example statistics).
     - `on_max_steps`: ``raise`` (default: a clear runtime error) or ``flag`` (the
-      output is ``inf`` and `SolveStats.max_steps_reached` is True).
+      output is ``inf`` and `SolveStats.max_steps_reached` is True).  The same holds
+      for the backsolve adjoint's backward solve: an error, or ``inf`` gradients.
     """
 
     solver: str = eqx.field(static=True, default="dopri5")
-    rtol: jax.Array = eqx.field(default=1e-3, converter=lambda x: jnp.asarray(x, jnp.float32))
-    atol: jax.Array = eqx.field(default=1e-3, converter=lambda x: jnp.asarray(x, jnp.float32))
+    rtol: jax.Array = eqx.field(default=1e-3, converter=lambda x: _as_real(x))
+    atol: jax.Array = eqx.field(default=1e-3, converter=lambda x: _as_real(x))
     adjoint: str = eqx.field(static=True, default="backsolve")
     seminorm: bool = eqx.field(static=True, default=False)
     max_steps: int = eqx.field(static=True, default=4096)
@@ -250,11 +266,16 @@ def _controller(config: SolveConfig, norm=optx.rms_norm):
     return diffrax.ConstantStepSize(), None
 
 
-def _dt0(config: SolveConfig, t0, t1):
+def _dt0(config: SolveConfig, t0, t1, span=None):
+    """Initial (adaptive: none, Diffrax guesses it) or constant step from t0 towards t1.
+    With `num_steps`, the step is ``|span| / num_steps`` where `span` (default
+    (t0, t1)) is the forward interval, so the backsolve adjoint's per-interval solves
+    use the forward's step size."""
     if config.adaptive:
         return None
     if config.num_steps is not None:
-        return (t1 - t0) / config.num_steps
+        a, b = (t0, t1) if span is None else span
+        return jnp.sign(t1 - t0) * jnp.abs(b - a) / config.num_steps
     return jnp.sign(t1 - t0) * config.dt
 
 
@@ -304,7 +325,7 @@ def _stats(config, sol) -> tuple[SolveStats, jax.Array]:
 
 
 @eqx.filter_custom_vjp
-def _backsolve(diff, static, config, t0, ts, joint_batch):
+def _backsolve(diff, static, config, t0, ts, joint_batch, name):
     """Forward solve whose VJP is the continuous adjoint.  ``diff = (params, z0,
     probe)``: the field's arrays, the initial state, and a zero scalar whose
     cotangent returns the backward solve's NFE."""
@@ -316,9 +337,9 @@ def _backsolve(diff, static, config, t0, ts, joint_batch):
 
 
 @_backsolve.def_fwd
-def _backsolve_fwd(perturbed, diff, static, config, t0, ts, joint_batch):
+def _backsolve_fwd(perturbed, diff, static, config, t0, ts, joint_batch, name):
     del perturbed
-    out = _backsolve(diff, static, config, t0, ts, joint_batch)
+    out = _backsolve(diff, static, config, t0, ts, joint_batch, name)
     zs = out[0]
     return out, zs
 
@@ -339,7 +360,7 @@ def _adjoint_dynamics(static, joint_batch):
 
 
 @_backsolve.def_bwd
-def _backsolve_bwd(zs, grad_out, perturbed, diff, static, config, t0, ts, joint_batch):
+def _backsolve_bwd(zs, grad_out, perturbed, diff, static, config, t0, ts, joint_batch, name):
     del perturbed
     params, z0, _ = diff
     g_zs = grad_out[0]
@@ -362,7 +383,7 @@ def _backsolve_bwd(zs, grad_out, perturbed, diff, static, config, t0, ts, joint_
     t_ends = jnp.concatenate([ts[:-1][::-1], jnp.reshape(t0, (1,))])
 
     def interval(carry, i):
-        a_z, a_params, nfe = carry
+        a_z, a_params, nfe, failed = carry
         t_start, t_end = t_starts[i], t_ends[i]
         z_start = jtu.tree_map(lambda z: z[n - 1 - i], zs)
         a_z = jtu.tree_map(lambda a, g: a + g[n - 1 - i], a_z, g_zs)
@@ -373,7 +394,7 @@ def _backsolve_bwd(zs, grad_out, perturbed, diff, static, config, t0, ts, joint_
                 solver,
                 t0=t_start,
                 t1=t_end,
-                dt0=_dt0(config, t_start, t_end),
+                dt0=_dt0(config, t_start, t_end, span=(t0, ts[-1])),
                 y0=state,
                 stepsize_controller=controller,
                 adjoint=diffrax.ForwardMode(),
@@ -381,28 +402,39 @@ def _backsolve_bwd(zs, grad_out, perturbed, diff, static, config, t0, ts, joint_
                 throw=False,
             )
             out = jtu.tree_map(lambda y: y[-1], sol.ys)
-            return out, _nfe(config.solver, config.adaptive, sol.stats["num_steps"])
+            used = _nfe(config.solver, config.adaptive, sol.stats["num_steps"])
+            hit = sol.result == diffrax.RESULTS.max_steps_reached
+            return out, jnp.asarray(used, jnp.int32), hit  # int32: int64 under x64
 
         def skip(state):  # a zero-length interval (a save time equal to t0)
-            return state, jnp.asarray(0, jnp.int32)
+            return state, jnp.asarray(0, jnp.int32), jnp.asarray(False)
 
         state0 = (z_start, a_z, a_params, params)
-        (_, a_z, a_params, _), used = jax.lax.cond(t_start == t_end, skip, solve, state0)
-        return (a_z, a_params, nfe + used), None
+        (_, a_z, a_params, _), used, hit = jax.lax.cond(t_start == t_end, skip, solve, state0)
+        return (a_z, a_params, nfe + used, failed | hit), None
 
     a_z0 = jtu.tree_map(jnp.zeros_like, z0)
     a_p0 = jtu.tree_map(jnp.zeros_like, params)
-    (a_z, a_params, nfe), _ = jax.lax.scan(
-        interval, (a_z0, a_p0, jnp.asarray(0, jnp.int32)), jnp.arange(n)
-    )
+    carry0 = (a_z0, a_p0, jnp.asarray(0, jnp.int32), jnp.asarray(False))
+    (a_z, a_params, nfe, failed), _ = jax.lax.scan(interval, carry0, jnp.arange(n))
+    # Running out of steps backwards is never silent either: raise, or (``flag``)
+    # return inf gradients, which any optimiser step or finiteness check exposes.
+    if config.on_max_steps == "raise":
+        a_params, a_z = eqx.error_if(
+            (a_params, a_z),
+            failed,
+            f"ODEBlock {name!r}: the backward (adjoint) solve used all max_steps="
+            f"{config.max_steps} of solver {config.solver!r} on one of its intervals. "
+            "Increase SolveConfig.max_steps, loosen rtol/atol, use seminorm=True, or use "
+            "adjoint='checkpoint'; on_max_steps='flag' gives inf gradients instead.",
+        )
+    else:
+        inf_if_failed = lambda g: jnp.where(failed, jnp.inf, g)  # noqa: E731
+        a_params, a_z = jtu.tree_map(inf_if_failed, (a_params, a_z))
     return a_params, a_z, nfe.astype(jnp.float32)
 
 
 # ------------------------------------------------------------------------ ODEBlock
-
-
-def _as_time(x) -> jax.Array:
-    return jnp.asarray(x, jnp.float32)
 
 
 class ODEBlock(eqx.Module):
@@ -412,7 +444,8 @@ class ODEBlock(eqx.Module):
 
     - `field`: the vector field, a callable Equinox module ``field(t, z) -> dz/dt``
       acting on one example (any PyTree state).
-    - `t0`, `t1`: the integration interval (arrays: changing them does not recompile).
+    - `t0`, `t1`: the integration interval (arrays: changing them does not recompile;
+      a solve uses them in its state's precision, float64 for float64 states).
     - `config`: a `SolveConfig`.
     - `name`: used in error messages.
 
@@ -426,8 +459,8 @@ class ODEBlock(eqx.Module):
     """
 
     field: eqx.Module
-    t0: jax.Array = eqx.field(converter=_as_time)
-    t1: jax.Array = eqx.field(converter=_as_time)
+    t0: jax.Array = eqx.field(converter=_as_real)
+    t1: jax.Array = eqx.field(converter=_as_real)
     config: SolveConfig
     nfe_probe: jax.Array
     name: str = eqx.field(static=True)
@@ -462,12 +495,12 @@ class ODEBlock(eqx.Module):
 
     # -- internals ---------------------------------------------------------------
 
-    def _check_times(self, ts):
-        t0 = jax.lax.stop_gradient(self.t0)
-        t1 = jax.lax.stop_gradient(self.t1)
+    def _check_times(self, ts, dtype):
+        t0 = jax.lax.stop_gradient(self.t0).astype(dtype)
+        t1 = jax.lax.stop_gradient(self.t1).astype(dtype)
         if ts is None:
             return t0, jnp.reshape(t1, (1,)), False
-        ts = jnp.asarray(ts, jnp.float32)
+        ts = jnp.asarray(ts).astype(dtype)
         if ts.ndim != 1 or ts.shape[0] == 0:
             raise ValueError(
                 f"ODEBlock {self.name!r}: ts must be a non-empty 1-D array of times, got shape {ts.shape}."
@@ -481,12 +514,16 @@ class ODEBlock(eqx.Module):
 
     def _solve(self, z0, ts, joint_batch):
         _check_state(self.name, z0)
-        t0, ts_, keep_all = self._check_times(ts)
+        dtype = _time_dtype(z0)
+        t0, ts_, keep_all = self._check_times(ts, dtype)
         config = jtu.tree_map(jax.lax.stop_gradient, self.config)
+        config = eqx.tree_at(
+            lambda c: (c.rtol, c.atol), config, (config.rtol.astype(dtype), config.atol.astype(dtype))
+        )
         params, static = eqx.partition(self.field, eqx.is_inexact_array)
         if config.adjoint == "backsolve":
             zs, stats, t_reached = _backsolve(
-                (params, z0, self.nfe_probe), static, config, t0, ts_, joint_batch
+                (params, z0, self.nfe_probe), static, config, t0, ts_, joint_batch, self.name
             )
         else:
             adjoint = (

@@ -1,1 +1,102 @@
-"""Training: optimisers and schedules, train/eval steps, checkpoints, run folders."""
+"""Training: optimiser and schedules, train/eval steps, checkpoints, run folders.
+
+One model-agnostic trainer serves every pipeline of the project (classification,
+DCN, NODE-EW, SegNode).  Its contract:
+
+**The model** is an Equinox module called on a *batch*::
+
+    output, aux = model(x, *, key=None, inference=False)
+
+``x`` has a leading batch axis (images: float32 ``(N, C, H, W)``); ``key`` feeds
+dropout (``None`` is allowed when ``inference=True``); ``aux`` is a dict of per-example
+arrays of shape ``(N,)`` -- the ODE models of `jaxode.models` put the forward solver
+statistics there (``aux["nfe"]``, ``aux["steps"]``, summed over their ODE blocks; a
+joint-batch solve's scalar is broadcast to ``(N,)``).  Models without ODE blocks return
+zeros or an empty dict.  The trainer itself never calls the model: a *task* does.
+
+**The task** (any hashable object -- a frozen dataclass -- with two methods) says
+what a batch is and what is minimised::
+
+    loss, metrics = task.train_loss(model, batch, key)      # scalar, {name: scalar}
+    per_example   = task.eval_metrics(model, batch, key)    # {name: (N,) array}
+
+``batch`` is a dict of arrays with a common leading axis (``{"image": uint8 NHWC,
+"label": int32}`` for classification).  Augmentation happens inside `train_loss`,
+on the device, from `key`.  `ClassificationTask` (cross-entropy, random crop / flip /
+colour jitter, optional normalisation, metrics ``loss, acc, nfe, steps``) is the
+ready-made one; segmentation or reconstruction pipelines write their own.
+
+**The loop**::
+
+    from jaxode.train import TrainConfig, fit, RunDir, ClassificationTask, dataset_batches
+
+    config = TrainConfig(epochs=10, batch_size=128, lr=0.1, weight_decay=1e-4,
+                         lr_schedule="plateau", ema_decay=None, seed=0)
+    run = RunDir("runs/my-run", config_dict)          # config.json, metrics.csv, ...
+    result = fit(model, task,
+                 train_batches=lambda epoch: dataset_batches(train_set, 128,
+                                                             seed=(0, epoch), shuffle=True,
+                                                             drop_last=True),
+                 eval_batches=lambda: dataset_batches(test_set, 256, shuffle=False),
+                 config=config, run=run, resume=False)
+    result.model, result.eval_model, result.history   # eval_model = EMA weights if on
+
+`fit` optimises only `jaxode.ode.trainable(model)` leaves with SGD + momentum (PyTorch
+semantics: lr applied after momentum; weight decay added to the gradient), the
+learning rate following `lr_schedule` (``constant``, ``step`` at `milestones`,
+``cosine``, ``plateau`` on the monitored metric), optional warm-up, gradient clipping
+and EMA.  It differentiates all inexact arrays so that the backsolve adjoint's backward
+NFE is read from the gradients (`jaxode.ode.backward_nfe`) and logged as
+``nfe_backward`` beside the task's metrics.  With ``config.phases =
+"euler:5,adjoint:10"`` every ODEBlock's SolveConfig is switched per epoch
+(`jaxode.train.phases`).  Batches are sharded over all local devices (a 1-D
+``jax.sharding.Mesh``, axis ``"data"``; parameters replicated) when
+``config.data_parallel`` is on; the global batch must divide by the device count.
+
+Every epoch: train (tqdm bar with loss, acc, mean NFE), evaluate, append a row to
+``metrics.csv`` (+ TensorBoard if installed), redraw the PNG curves, write a
+checkpoint (model + optimiser state + EMA + epoch + RNG + schedule state + metrics
+history; written to a temporary file and `os.replace`d; the last
+``config.keep_checkpoints`` are kept).  ``resume=True`` continues from the newest
+checkpoint and reproduces the uninterrupted run exactly: every random draw depends
+only on (seed, epoch, step).  A non-finite loss stops the run with
+`NonFiniteLossError` naming epoch and step; the last good checkpoint is untouched.
+
+`evaluate(model, task, batches, batch_size=...)` returns the per-example metrics of a
+whole set as numpy arrays (used for Table-1-style statistics, e.g. solver steps per
+image mean +- std from ``per_sample`` solves); `with_batch_mode(model, "per_sample")`
+and `with_tolerance(model, tol)` rewrite every ODEBlock's SolveConfig (tolerances are
+arrays: a sweep does not recompile).
+"""
+
+from jaxode.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from jaxode.train.config import TrainConfig
+from jaxode.train.loop import FitResult, NonFiniteLossError, evaluate, fit
+from jaxode.train.parallel import data_mesh, replicate, shard_batch
+from jaxode.train.rundir import RunDir
+from jaxode.train.schedules import PlateauState, learning_rate
+from jaxode.train.tasks import ClassificationTask, dataset_batches
+from jaxode.train.utils import count_params, ode_blocks, with_batch_mode, with_tolerance
+
+__all__ = [
+    "TrainConfig",
+    "fit",
+    "evaluate",
+    "FitResult",
+    "NonFiniteLossError",
+    "RunDir",
+    "ClassificationTask",
+    "dataset_batches",
+    "data_mesh",
+    "replicate",
+    "shard_batch",
+    "learning_rate",
+    "PlateauState",
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+    "count_params",
+    "ode_blocks",
+    "with_batch_mode",
+    "with_tolerance",
+]

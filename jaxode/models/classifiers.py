@@ -1,0 +1,325 @@
+"""Image classifiers built from residual blocks or one ODE block.
+
+Carrara et al., "Evaluation of continuous image features learned by ODE Nets"
+(Sec. 3, Table 1) compare three CIFAR-10 networks that delegate more and more of the
+feature extraction to an ODE block
+
+    z(1) = z(0) + int_0^1 f(t, z(t); theta) dt,        f = `ConvODEFunc`,
+
+- **Residual Net**: stem (conv + two down-sampling residual blocks) + six residual
+  blocks + head (7,921,290 parameters);
+- **Res-ODE Net**: the same stem, the six blocks replaced by one ODE block (2,023,562);
+- **ODE-only Net**: a single 4x4 stride-2 convolution, then the ODE block (1,201,930).
+
+Chen et al. (2018, Sec. 7.1) use the same ODE block after a small convolutional
+down-sampling on MNIST (ODE-Net, 208,266 parameters with the 'conv' down-sampling of
+torchdiffeq's example) and compare with six residual blocks in its place (ResNet,
+576,778 with the same 'conv' down-sampling).
+
+All models share one calling convention (see `jaxode.train`)::
+
+    logits, aux = model(x, key=key, inference=False)   # x: float32 (N, C, H, W)
+
+``aux`` holds per-example arrays of shape (N,): ``nfe`` and ``steps`` of the forward
+solve (zeros for residual networks) and ``max_steps_reached``.  ``features(x, ts)``
+returns globally average-pooled intermediate representations (N, T, C) for the
+transfer experiment: z(t) at the times `ts` from one dense-output solve for ODE
+models, the outputs of the residual blocks for residual networks.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from jaxode.fields.conv_odefunc import ConvODEFunc
+from jaxode.nn.layers import group_norm
+from jaxode.ode import ODEBlock, SolveConfig
+
+# ----------------------------------------------------------------------------- layers
+
+
+class PreActBlock(eqx.Module):
+    """Pre-activation residual block (He et al. 2016), as in Chen et al.'s ResNet:
+
+    a = ReLU(GN(x));  y = conv3x3(ReLU(GN(conv3x3_s(a)))) + shortcut,
+
+    with shortcut = conv1x1_s(a) (no bias) when the block down-samples or changes the
+    width, x otherwise.  Convolutions have no bias.  One example (C, H, W).
+    """
+
+    norm1: eqx.nn.GroupNorm
+    conv1: eqx.nn.Conv2d
+    norm2: eqx.nn.GroupNorm
+    conv2: eqx.nn.Conv2d
+    shortcut: eqx.nn.Conv2d | None
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = eqx.nn.Conv2d(in_channels, out_channels, 3, stride, 1, use_bias=False, key=k1)
+        self.norm2 = group_norm(out_channels)
+        self.conv2 = eqx.nn.Conv2d(out_channels, out_channels, 3, 1, 1, use_bias=False, key=k2)
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = eqx.nn.Conv2d(in_channels, out_channels, 1, stride, 0,
+                                          use_bias=False, key=k3)
+        else:
+            self.shortcut = None
+
+    def __call__(self, x):
+        a = jax.nn.relu(self.norm1(x))
+        skip = x if self.shortcut is None else self.shortcut(a)
+        h = self.conv1(a)
+        h = self.conv2(jax.nn.relu(self.norm2(h)))
+        return h + skip
+
+
+class Sequence(eqx.Module):
+    """Layers applied in order to one example (each a callable ``layer(x)``)."""
+
+    layers: tuple
+
+    def __call__(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class Head(eqx.Module):
+    """Classifier head: GN -> ReLU -> global average pool -> dropout -> linear
+    (Chen et al.'s and Carrara et al.'s ``FCClassifier``)."""
+
+    norm: eqx.nn.GroupNorm
+    linear: eqx.nn.Linear
+    dropout: float = eqx.field(static=True)
+
+    def __init__(self, channels: int, num_classes: int, dropout: float = 0.0, *, key):
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"Head: dropout must lie in [0, 1), got {dropout!r}.")
+        self.norm = group_norm(channels)
+        self.linear = eqx.nn.Linear(channels, num_classes, key=key)
+        self.dropout = float(dropout)
+
+    def pool(self, z):
+        """ReLU(GN(z)) averaged over space: (C, H, W) -> (C,)."""
+        return jnp.mean(jax.nn.relu(self.norm(z)), axis=(-2, -1))
+
+    def __call__(self, zs, *, key=None, inference: bool = False):
+        """A batch (N, C, H, W) -> logits (N, classes)."""
+        h = jax.vmap(self.pool)(zs)
+        if self.dropout > 0 and not inference:
+            if key is None:
+                raise ValueError("Head: dropout needs a PRNG key in training (inference=False).")
+            keep = jax.random.bernoulli(key, 1.0 - self.dropout, h.shape)
+            h = jnp.where(keep, h / (1.0 - self.dropout), jnp.zeros_like(h))
+        return jax.vmap(self.linear)(h)
+
+
+def _relu(x):
+    return jax.nn.relu(x)
+
+
+def _check_input(name, x, channels):
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise ValueError(
+            f"{name} expects a float batch of shape (N, {channels}, H, W), got {x.shape}; "
+            "convert uint8 NHWC images with jaxode.data.augment.to_model_input."
+        )
+
+
+def _pool(z):
+    return jnp.mean(z, axis=(-2, -1))
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class ODENetClassifier(eqx.Module):
+    """stem -> ODE block z(0) -> z(t1) -> head.  The Res-ODE and ODE-only nets of
+    Carrara et al. and Chen et al.'s MNIST ODE-Net.
+
+    ``model(x, key=..., inference=...)`` -> ``(logits, aux)``; the batch is solved in
+    the ODE block's `SolveConfig.batch_mode` (``joint`` for training as torchdiffeq,
+    ``per_sample`` for per-image step counts).
+    """
+
+    stem: Sequence
+    ode: ODEBlock
+    head: Head
+    in_channels: int = eqx.field(static=True)
+
+    def _z0(self, x):
+        _check_input(type(self).__name__, x, self.in_channels)
+        return jax.vmap(self.stem)(x)
+
+    def __call__(self, x, *, key=None, inference: bool = False):
+        z0 = self._z0(x)
+        z1, stats = self.ode.batched(z0)
+        n = x.shape[0]
+        aux = {
+            "nfe": jnp.broadcast_to(stats.nfe.astype(jnp.float32), (n,)),
+            "steps": jnp.broadcast_to(stats.steps.astype(jnp.float32), (n,)),
+            "max_steps_reached": jnp.broadcast_to(stats.max_steps_reached, (n,)),
+        }
+        return self.head(z1, key=key, inference=inference), aux
+
+    def features(self, x, ts, *, through_head: bool = False):
+        """Pooled z(t) at the increasing times `ts` in [t0, t1], from one solve:
+        shape (N, len(ts), C).  `through_head` applies the head's GN -> ReLU before
+        pooling (as Carrara et al.'s released feature extractor does); by default
+        z(t) is pooled directly (the paper's text)."""
+        zs, _ = self.ode.batched(self._z0(x), ts=ts)  # (N, T, C, H, W)
+        pool = self.head.pool if through_head else _pool
+        return jax.vmap(jax.vmap(pool))(zs)
+
+
+class ResNetClassifier(eqx.Module):
+    """stem -> residual blocks -> head.  Carrara et al.'s Residual Net and Chen et
+    al.'s six-block ResNet baseline; aux statistics are zeros."""
+
+    stem: Sequence
+    blocks: tuple[PreActBlock, ...]
+    head: Head
+    in_channels: int = eqx.field(static=True)
+
+    def _body(self, x):
+        _check_input(type(self).__name__, x, self.in_channels)
+        h = jax.vmap(self.stem)(x)
+        outs = []
+        for block in self.blocks:
+            h = jax.vmap(block)(h)
+            outs.append(h)
+        return h, outs
+
+    def __call__(self, x, *, key=None, inference: bool = False):
+        h, _ = self._body(x)
+        n = x.shape[0]
+        zeros = jnp.zeros((n,), jnp.float32)
+        aux = {"nfe": zeros, "steps": zeros, "max_steps_reached": jnp.zeros((n,), bool)}
+        return self.head(h, key=key, inference=inference), aux
+
+    def features(self, x, ts=None, *, through_head: bool = False):
+        """Pooled outputs of the residual blocks, shape (N, blocks, C) (`ts` is
+        ignored; it is accepted for a common signature with the ODE models)."""
+        del ts
+        _, outs = self._body(x)
+        pool = self.head.pool if through_head else _pool
+        return jnp.stack([jax.vmap(pool)(h) for h in outs], axis=1)
+
+
+# ---------------------------------------------------------------------------- factories
+
+
+def _solve_config(tol, solver="dopri5", adjoint="backsolve", **kw) -> SolveConfig:
+    return SolveConfig(solver=solver, rtol=tol, atol=tol, adjoint=adjoint, **kw)
+
+
+def _ode_block(channels, key, solve: SolveConfig | None, t1=1.0, tol=1e-3):
+    field = ConvODEFunc(channels, key=key)
+    return ODEBlock(field, 0.0, t1, _solve_config(tol) if solve is None else solve, name="ode")
+
+
+def carrara_stem(in_channels: int = 3, channels: int = 256, *, key) -> Sequence:
+    """conv3x3 in->64 (valid, bias) -> block 64->64 /2 -> block 64->channels /2."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    return Sequence((
+        eqx.nn.Conv2d(in_channels, 64, 3, 1, 0, use_bias=True, key=k1),
+        PreActBlock(64, 64, 2, key=k2),
+        PreActBlock(64, channels, 2, key=k3),
+    ))
+
+
+def carrara_resnet(num_classes: int = 10, *, in_channels: int = 3, channels: int = 256,
+                   dropout: float = 0.5, key) -> ResNetClassifier:
+    """Carrara et al.'s Residual Net (Table 1: 7.92M parameters at 256 channels).
+
+    The stem's second residual block (64 -> 256) is stored as the first of `blocks`,
+    so `features` returns the last seven residual modules, as in the paper's Sec. 4.2.
+    """
+    k1, k2, k3 = jax.random.split(key, 3)
+    stem = carrara_stem(in_channels, channels, key=k1)
+    blocks = (stem.layers[2],) + tuple(
+        PreActBlock(channels, channels, 1, key=k) for k in jax.random.split(k2, 6))
+    return ResNetClassifier(Sequence(stem.layers[:2]), blocks,
+                            Head(channels, num_classes, dropout, key=k3), in_channels)
+
+
+def carrara_resode(num_classes: int = 10, *, in_channels: int = 3, channels: int = 256,
+                   dropout: float = 0.5, tol: float = 1e-3, solve: SolveConfig | None = None,
+                   key) -> ODENetClassifier:
+    """Carrara et al.'s Res-ODE Net (Table 1: 2.02M parameters at 256 channels)."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    return ODENetClassifier(carrara_stem(in_channels, channels, key=k1),
+                            _ode_block(channels, k2, solve, tol=tol),
+                            Head(channels, num_classes, dropout, key=k3), in_channels)
+
+
+def odeonly_net(num_classes: int = 10, *, in_channels: int = 3, channels: int = 256,
+                stem_kernel: int = 4, stem_stride: int = 2, stem_padding: int = 1,
+                dropout: float = 0.5, tol: float = 1e-3, solve: SolveConfig | None = None,
+                key) -> ODENetClassifier:
+    """Carrara et al.'s ODE-only Net: one conv (kernel 4, stride 2, padding 1, bias,
+    no activation: 32x32 -> 16x16) then the ODE block and the head (Table 1: 1.20M
+    parameters at 256 channels).  The stem's size is adjustable for small images
+    (e.g. 8x8 digits: kernel 3, stride 1)."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    stem = Sequence((eqx.nn.Conv2d(in_channels, channels, stem_kernel, stem_stride,
+                                   stem_padding, use_bias=True, key=k1),))
+    return ODENetClassifier(stem, _ode_block(channels, k2, solve, tol=tol),
+                            Head(channels, num_classes, dropout, key=k3), in_channels)
+
+
+carrara_odeonly = odeonly_net
+
+
+def chen_downsampling(in_channels: int = 1, channels: int = 64, *, key) -> Sequence:
+    """torchdiffeq's 'conv' down-sampling: conv3x3 (valid, bias) -> GN -> ReLU ->
+    conv4x4/2 -> GN -> ReLU -> conv4x4/2 (28x28 -> 26 -> 13 -> 6)."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    return Sequence((
+        eqx.nn.Conv2d(in_channels, channels, 3, 1, 0, use_bias=True, key=k1),
+        group_norm(channels), eqx.nn.Lambda(_relu),
+        eqx.nn.Conv2d(channels, channels, 4, 2, 1, use_bias=True, key=k2),
+        group_norm(channels), eqx.nn.Lambda(_relu),
+        eqx.nn.Conv2d(channels, channels, 4, 2, 1, use_bias=True, key=k3),
+    ))
+
+
+def chen_odenet(num_classes: int = 10, *, in_channels: int = 1, channels: int = 64,
+                tol: float = 1e-3, dropout: float = 0.0, solve: SolveConfig | None = None,
+                key) -> ODENetClassifier:
+    """Chen et al.'s MNIST ODE-Net, 'conv' down-sampling variant (208,266 params)."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    return ODENetClassifier(chen_downsampling(in_channels, channels, key=k1),
+                            _ode_block(channels, k2, solve, tol=tol),
+                            Head(channels, num_classes, dropout, key=k3), in_channels)
+
+
+def chen_resnet(num_classes: int = 10, *, in_channels: int = 1, channels: int = 64,
+                dropout: float = 0.0, key) -> ResNetClassifier:
+    """Chen et al.'s ResNet baseline: six residual blocks in place of the ODE block,
+    'conv' down-sampling variant (576,778 params; the paper's 0.60M is the 'res'
+    down-sampling variant, 601,482)."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    blocks = tuple(PreActBlock(channels, channels, 1, key=k) for k in jax.random.split(k2, 6))
+    return ResNetClassifier(chen_downsampling(in_channels, channels, key=k1), blocks,
+                            Head(channels, num_classes, dropout, key=k3), in_channels)
+
+
+MODELS: dict[str, Callable[..., eqx.Module]] = {
+    "carrara-resnet": carrara_resnet,
+    "carrara-resode": carrara_resode,
+    "carrara-odeonly": carrara_odeonly,
+    "chen-odenet": chen_odenet,
+    "chen-resnet": chen_resnet,
+}
+
+
+def make_model(name: str, **kwargs) -> eqx.Module:
+    """Build a model by name (see `MODELS`); keyword arguments go to its factory."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}.")
+    return MODELS[name](**kwargs)

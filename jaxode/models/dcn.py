@@ -1,0 +1,317 @@
+"""Deep continuous networks and their baselines (Tomen, Pintea & van Gemert, ICML 2021,
+Sec. 2.4 and Fig. 2; baselines of Sec. 3.1 / Table 1; meta-parametrized models of
+Table 4; the reconstruction encoder-decoder of supplement A.4).
+
+Layout (Fig. 2), for widths (32, 64, 128) on 32x32 inputs:
+
+    stem conv -> block(32) -> down(32->64) -> block(64) -> down(64->128) -> block(128)
+    -> GN -> act -> global average pool -> linear(128 -> classes)
+
+- stem: conv 3x3, no padding, with bias (32 -> 30), or in the "full" models an SRF
+  conv with "same" padding (32 -> 32);
+- down: GN -> act -> conv 4x4 stride 2 pad 1 with bias, or an SRF conv with stride 2
+  ("full" models: 32 -> 16 -> 8);
+- block: an ODE block (DCN: `DCNField` on t in [0, 2]; ODE-Net: `ConvODEFunc` on
+  [0, 1]) or one pre-activation residual block (ResNet baselines);
+- act: CELU in the DCN models, ReLU in ODE-Net and the ResNet baselines.
+
+`build_model(name, key=...)` builds any model of `MODEL_NAMES`.  The call follows
+the trainer's contract (`jaxode.train`): ``model(x, key=None, inference=False)`` with
+x a float batch (N, C, H, W) returns ``(logits, aux)``, `aux` holding per-example
+(N,) arrays ``nfe`` and ``steps`` (summed over the ODE blocks), ``nfe_block<i>`` and
+``max_steps_reached``; zeros for the ResNet baselines.  `model.forward_with_stats(x)`
+returns ``(logits, stats)`` with one `SolveStats` per ODE block.
+
+SRF layers carry a static kernel grid (see `jaxode.nn.srf`): call
+`jaxode.nn.srf.refresh_support(model)` after each optimiser step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from jaxode.fields.conv_odefunc import ConvODEFunc
+from jaxode.fields.dcn import DCNField
+from jaxode.nn.layers import group_norm
+from jaxode.nn.srf import SRFConv2d
+from jaxode.ode import ODEBlock, SolveConfig
+from jaxode.train.utils import count_params  # noqa: F401  (re-exported)
+
+__all__ = [
+    "MODEL_NAMES",
+    "MODEL_SPECS",
+    "PAPER_PARAMS",
+    "centre_crop",
+    "stats_aux",
+    "ResidualBlock",
+    "DCNClassifier",
+    "DCNAutoencoder",
+    "build_model",
+    "build_autoencoder",
+    "count_params",
+]
+
+celu = jax.nn.celu
+relu = jax.nn.relu
+
+# name -> (block kind, filter kind of the block, SRF stem/downsampling, activation, T)
+MODEL_SPECS: dict[str, tuple[str, str, bool, Callable, float]] = {
+    "dcn_ode": ("ode", "srf", False, celu, 2.0),
+    "dcn_full": ("ode", "srf", True, celu, 2.0),
+    "dcn_sigma_ji": ("ode", "srf_ji", False, celu, 2.0),
+    "dcn_sigma_t": ("ode", "sigma_t", False, celu, 2.0),
+    "dcn_sigma_t2": ("ode", "sigma_t2", False, celu, 2.0),
+    "dcn_sigma_alpha_t": ("ode", "sigma_alpha_t", False, celu, 2.0),
+    "odenet": ("ode", "pixel", False, relu, 1.0),
+    "resnet_blocks": ("res", "pixel", False, relu, 0.0),
+    "resnet_srf_blocks": ("res", "srf", False, relu, 0.0),
+    "resnet_srf_full": ("res", "srf", True, relu, 0.0),
+}
+MODEL_NAMES = tuple(MODEL_SPECS)
+
+#: Table 1 / Table 5 parameter counts of the released layer lists (REFERENCE_FACTS).
+PAPER_PARAMS = {
+    "dcn_ode": 428_752,
+    "dcn_full": 325_843,
+    "dcn_sigma_ji": 472_202,
+    "dcn_sigma_t": 428_758,
+    "dcn_sigma_t2": 428_764,
+    "dcn_sigma_alpha_t": 689_494,
+    "odenet": 559_562,
+    "resnet_blocks": 554_634,
+    "resnet_srf_blocks": 425_616,
+    "resnet_srf_full": 322_707,
+}
+
+
+class ResidualBlock(eqx.Module):
+    """Pre-activation residual block with identity shortcut (the ResNet baselines):
+    y = x + conv2(act(GN(conv1(act(GN(x)))))), convolutions 3x3 "same", no bias, or
+    SRF convolutions (ResNet-SRF)."""
+
+    norm1: eqx.nn.GroupNorm
+    conv1: eqx.Module
+    norm2: eqx.nn.GroupNorm
+    conv2: eqx.Module
+    activation: Callable = eqx.field(static=True)
+
+    def __init__(self, channels, srf=False, activation=relu, *, key):
+        k1, k2 = jax.random.split(key)
+
+        def conv(k):
+            if srf:
+                return SRFConv2d(channels, channels, key=k)
+            return eqx.nn.Conv2d(channels, channels, 3, 1, 1, use_bias=False, key=k)
+
+        self.norm1 = group_norm(channels)
+        self.conv1 = conv(k1)
+        self.norm2 = group_norm(channels)
+        self.conv2 = conv(k2)
+        self.activation = activation
+
+    def __call__(self, x):
+        h = self.conv1(self.activation(self.norm1(x)))
+        h = self.conv2(self.activation(self.norm2(h)))
+        return x + h
+
+
+class _Down(eqx.Module):
+    """GN -> act -> strided conv (4x4 stride 2 pad 1 with bias, or SRF stride 2)."""
+
+    norm: eqx.nn.GroupNorm
+    conv: eqx.Module
+    activation: Callable = eqx.field(static=True)
+
+    def __call__(self, x):
+        return self.conv(self.activation(self.norm(x)))
+
+
+def _make_block(kind, filt, channels, activation, T, config, key, name):
+    if kind == "res":
+        return ResidualBlock(channels, srf=(filt == "srf"), activation=activation, key=key)
+    if filt == "pixel":
+        field = ConvODEFunc(channels, activation=activation, key=key)
+    else:
+        field = DCNField(channels, filt, activation=activation, key=key)
+    return ODEBlock(field, 0.0, T, config, name=name)
+
+
+class DCNClassifier(eqx.Module):
+    """A three-stage classifier of Fig. 2 (see the module docstring).
+
+    ``model(x, key=None, inference=False)`` with x a float batch (N, C, H, W) returns
+    ``(logits (N, classes), aux)`` (see the module docstring);
+    ``model.forward_with_stats(x)`` returns ``(logits, stats)``, `stats` a tuple of
+    `SolveStats`, one per ODE block.
+    ``model.features(x)`` returns the state after each stage (for the reconstruction
+    encoder and the pattern-completion analysis).
+    """
+
+    stem: eqx.Module
+    blocks: tuple
+    downs: tuple
+    head_norm: eqx.nn.GroupNorm
+    head: eqx.nn.Linear
+    activation: Callable = eqx.field(static=True)
+    name: str = eqx.field(static=True)
+
+    def __init__(self, name="dcn_ode", widths=(32, 64, 128), num_classes=10, in_channels=3,
+                 config: SolveConfig | None = None, *, key):
+        if name not in MODEL_SPECS:
+            raise ValueError(f"unknown DCN model {name!r}; choose one of {', '.join(MODEL_NAMES)}.")
+        kind, filt, full, act, T = MODEL_SPECS[name]
+        config = SolveConfig() if config is None else config
+        self.name = name
+        self.activation = act
+        keys = jax.random.split(key, 8)
+        w = tuple(widths)
+        if full:
+            self.stem = SRFConv2d(in_channels, w[0], key=keys[0])
+        else:
+            self.stem = eqx.nn.Conv2d(in_channels, w[0], 3, 1, 0, key=keys[0])
+        self.blocks = tuple(
+            _make_block(kind, filt, w[i], act, T, config, keys[1 + i], f"block{i + 1}")
+            for i in range(len(w))
+        )
+        downs = []
+        for i in range(len(w) - 1):
+            if full:
+                conv = SRFConv2d(w[i], w[i + 1], stride=2, key=keys[4 + i])
+            else:
+                conv = eqx.nn.Conv2d(w[i], w[i + 1], 4, 2, 1, key=keys[4 + i])
+            downs.append(_Down(group_norm(w[i]), conv, act))
+        self.downs = tuple(downs)
+        self.head_norm = group_norm(w[-1])
+        self.head = eqx.nn.Linear(w[-1], num_classes, key=keys[7])
+
+    def _check(self, x):
+        if x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(
+                f"{self.name}: expected a float batch of shape (N, C, H, W), got shape {x.shape} "
+                f"dtype {x.dtype}; convert uint8 images with x.astype(jnp.float32) / 255."
+            )
+
+    def _block(self, i, h):
+        block = self.blocks[i]
+        if isinstance(block, ODEBlock):
+            return block.batched(h)
+        return jax.vmap(block)(h), None
+
+    def features(self, x, n_stages: int | None = None):
+        """States after each block, ``([h1, h2, h3], stats)``; stop after `n_stages`."""
+        self._check(x)
+        n = len(self.blocks) if n_stages is None else n_stages
+        h = jax.vmap(self.stem)(x)
+        feats, stats = [], []
+        for i in range(n):
+            h, s = self._block(i, h)
+            feats.append(h)
+            if s is not None:
+                stats.append(s)
+            if i < len(self.downs) and i + 1 < n:
+                h = jax.vmap(self.downs[i])(h)
+        return feats, tuple(stats)
+
+    def forward_with_stats(self, x):
+        feats, stats = self.features(x)
+        h = jax.vmap(lambda z: self.activation(self.head_norm(z)))(feats[-1])
+        logits = jax.vmap(self.head)(jnp.mean(h, axis=(2, 3)))
+        return logits, stats
+
+    def __call__(self, x, *, key=None, inference: bool = False):
+        del key, inference  # no dropout in these models
+        logits, stats = self.forward_with_stats(x)
+        return logits, stats_aux(stats, x.shape[0])
+
+
+def stats_aux(stats, n: int) -> dict:
+    """Per-example (n,) solver statistics from a tuple of `SolveStats` (joint solves'
+    scalars are broadcast): ``nfe``, ``steps`` (sums over blocks), ``nfe_block<i>``,
+    ``max_steps_reached``."""
+    def per(v, dtype=jnp.float32):
+        return jnp.broadcast_to(jnp.asarray(v).astype(dtype), (n,))
+
+    aux = {"nfe": jnp.zeros((n,), jnp.float32), "steps": jnp.zeros((n,), jnp.float32),
+           "max_steps_reached": jnp.zeros((n,), bool)}
+    for i, s in enumerate(stats):
+        aux["nfe"] = aux["nfe"] + per(s.nfe)
+        aux["steps"] = aux["steps"] + per(s.steps)
+        aux[f"nfe_block{i + 1}"] = per(s.nfe)
+        aux["max_steps_reached"] = aux["max_steps_reached"] | per(s.max_steps_reached, bool)
+    return aux
+
+
+def build_model(name: str, *, key, widths=(32, 64, 128), num_classes=10, in_channels=3,
+                config: SolveConfig | None = None) -> DCNClassifier:
+    """Any model of `MODEL_NAMES` (Table 1, Table 5)."""
+    return DCNClassifier(name, widths, num_classes, in_channels, config, key=key)
+
+
+def _upsample2(x):
+    c, h, w = x.shape
+    return jax.image.resize(x, (c, 2 * h, 2 * w), method="bilinear")
+
+
+class DCNAutoencoder(eqx.Module):
+    """Reconstruction network of supplement A.4: the classifier up to its last block as
+    encoder (128 x 7 x 7 for 32x32 inputs), and a decoder
+
+        bilinear x2 -> block(128) -> bilinear x2 -> conv1x1 128->64 -> block(64)
+        -> GN -> act -> conv1x1 64->3,
+
+    giving 28x28 images that are compared with the centre 28x28 crop (MSE).  The
+    blocks are of the encoder's kind.  ``model(x)`` returns ``(reconstruction, aux)``.
+    """
+
+    encoder: DCNClassifier
+    block_a: eqx.Module
+    reduce: eqx.nn.Conv2d
+    block_b: eqx.Module
+    out_norm: eqx.nn.GroupNorm
+    out_conv: eqx.nn.Conv2d
+    activation: Callable = eqx.field(static=True)
+
+    def __init__(self, encoder: DCNClassifier, out_channels=3, config=None, *, key):
+        kind, filt, _, act, T = MODEL_SPECS[encoder.name]
+        config = SolveConfig() if config is None else config
+        k1, k2, k3, k4 = jax.random.split(key, 4)
+        w = [b.field.norm1.channels if isinstance(b, ODEBlock) else b.norm1.channels
+             for b in encoder.blocks]
+        self.encoder = encoder
+        self.block_a = _make_block(kind, filt, w[2], act, T, config, k1, "dec_block1")
+        self.reduce = eqx.nn.Conv2d(w[2], w[1], 1, key=k2)
+        self.block_b = _make_block(kind, filt, w[1], act, T, config, k3, "dec_block2")
+        self.out_norm = group_norm(w[1])
+        self.out_conv = eqx.nn.Conv2d(w[1], out_channels, 1, key=k4)
+        self.activation = act
+
+    def _block(self, block, h):
+        if isinstance(block, ODEBlock):
+            return block.batched(h)
+        return jax.vmap(block)(h), None
+
+    def __call__(self, x, *, key=None, inference: bool = False):
+        del key, inference
+        feats, stats = self.encoder.features(x)
+        h = jax.vmap(_upsample2)(feats[-1])
+        h, s1 = self._block(self.block_a, h)
+        h = jax.vmap(self.reduce)(jax.vmap(_upsample2)(h))
+        h, s2 = self._block(self.block_b, h)
+        y = jax.vmap(lambda z: self.out_conv(self.activation(self.out_norm(z))))(h)
+        stats = stats + tuple(s for s in (s1, s2) if s is not None)
+        return y, stats_aux(stats, x.shape[0])
+
+
+def build_autoencoder(encoder: DCNClassifier, *, key, config=None) -> DCNAutoencoder:
+    return DCNAutoencoder(encoder, config=config, key=key)
+
+
+def centre_crop(x, size: int = 28):
+    """The centre size x size crop of a batch (N, C, H, W): the reconstruction target."""
+    h, w = x.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top:top + size, left:left + size]

@@ -1,0 +1,163 @@
+"""A 2-D convolution whose derivatives stay fast inside XLA:CPU loops.
+
+Every adaptive ODE solve is a ``lax.while_loop``, and the backsolve adjoint
+(`jaxode.ode`) evaluates the vector field and its vector-Jacobian product inside
+one.  On XLA:CPU a convolution is only lowered to the fast (Eigen) kernel when its
+operands are in the canonical layout -- input ``(N, H, W, C)``, kernel
+``(kh, kw, I, O)``, output ``(N, H, W, C)``.  Outside loops XLA inserts the
+transposes itself; inside a loop body it does not, and a convolution in another
+layout falls back to a generic kernel that measured 10-25x slower here (see
+``docs/results/benchmarks.md``).  Equinox's ``Conv2d`` works in ``(C, H, W)`` /
+``(O, I, kh, kw)`` layout, and the convolutions that JAX's autodiff derives for
+the input and weight gradients are not canonical either, whatever the forward
+layout.
+
+`conv2d` computes exactly the same function as ``lax.conv_general_dilated`` but
+
+- the forward pass is written in the canonical layout, and
+- its derivative is given by a `jax.custom_jvp` whose two tangent terms,
+  d(x) -> conv(dx, W) and d(W) -> conv(x, dW), are written in the layouts whose
+  *transposes* (taken by JAX's own transpose rules during reverse-mode autodiff)
+  are canonical: the input gradient becomes a canonical convolution of the
+  output cotangent with the flipped kernel, and the weight gradient becomes a
+  canonical convolution of the inputs, with the batch as contraction axis, against
+  the output cotangents.
+
+Because the rule is a JVP (not a VJP), `jax.vmap` over examples -- the project's
+convention, one ``(C, H, W)`` example per call -- is applied *before*
+linearisation and transposition: the weight gradient is one convolution that
+contracts over the whole batch, not a per-example gradient summed afterwards.
+The residual kept for the backward pass is the input itself (no image patches).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+
+__all__ = ["conv2d", "reference_conv2d"]
+
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _pair(value, name) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(value)
+    if len(value) != 2 or not all(isinstance(v, int) for v in value):
+        raise ValueError(f"conv2d: {name} must be an int or a pair of ints, got {value!r}.")
+    return value  # type: ignore[return-value]
+
+
+def _padding(value) -> Padding:
+    if isinstance(value, int):
+        return ((value, value), (value, value))
+    value = tuple(value)
+    if len(value) == 2 and all(isinstance(v, int) for v in value):
+        return ((value[0], value[0]), (value[1], value[1]))
+    if len(value) == 2 and all(isinstance(v, Sequence) and len(v) == 2 for v in value):
+        return (tuple(value[0]), tuple(value[1]))  # type: ignore[return-value]
+    raise ValueError(
+        "conv2d: padding must be an int, a pair of ints or a pair of (low, high) pairs, "
+        f"got {value!r}."
+    )
+
+
+def _forward(x, w, stride, padding):
+    """y[o] = sum_c W[o, c] * x[c] in the canonical NHWC / HWIO layout."""
+    xh = jnp.transpose(x, (1, 2, 0))[None]  # (1, H, W, C)
+    wh = jnp.transpose(w, (2, 3, 1, 0))  # (kh, kw, I, O)
+    y = lax.conv_general_dilated(
+        xh, wh, stride, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    return jnp.transpose(y[0], (2, 0, 1))
+
+
+def _tangent_x(dx, w, stride, padding):
+    """conv(dx, W), with the kernel stored as (kh, kw, O, I): JAX's transpose rule
+    swaps the kernel's I and O roles and flips it, so the input gradient is a
+    convolution with a kernel laid out (kh, kw, I', O') -- canonical."""
+    xh = jnp.transpose(dx, (1, 2, 0))[None]
+    wt = jnp.transpose(w, (2, 3, 0, 1))  # (kh, kw, O, I)
+    y = lax.conv_general_dilated(
+        xh, wt, stride, padding, dimension_numbers=("NHWC", "HWOI", "NHWC")
+    )
+    return jnp.transpose(y[0], (2, 0, 1))
+
+
+def _tangent_w(x, dw, stride, padding):
+    """conv(x, dW) in the layouts whose weight-transpose is canonical: input stored
+    (C, H, W, N), kernel (I, kh, kw, O), output (H, W, N, O).  The transpose rule
+    swaps batch and feature roles, giving the weight gradient as a convolution with
+    input (C, H, W, N) [batch = C, feature = N], kernel = output cotangent
+    (H, W, N, O) [I = N, O = O] and output (C, kh, kw, O): all canonical, with the
+    batch N (merged in by `vmap`) as the contraction axis."""
+    xh = x[..., None]  # (C, H, W, 1)
+    wh = jnp.transpose(dw, (1, 2, 3, 0))  # (I, kh, kw, O)
+    y = lax.conv_general_dilated(
+        xh, wh, stride, padding, dimension_numbers=("CHWN", "IHWO", "HWNC")
+    )
+    return jnp.transpose(y[:, :, 0, :], (2, 0, 1))
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _conv(x, w, stride, padding):
+    return _forward(x, w, stride, padding)
+
+
+def _conv_jvp(stride, padding, primals, tangents):
+    x, w = primals
+    dx, dw = tangents
+    y = _forward(x, w, stride, padding)
+    dy = None
+    if not isinstance(dx, SymbolicZero):
+        dy = _tangent_x(dx, w, stride, padding)
+    if not isinstance(dw, SymbolicZero):
+        term = _tangent_w(x, dw, stride, padding)
+        dy = term if dy is None else dy + term
+    if dy is None:
+        dy = jnp.zeros_like(y)
+    return y, dy
+
+
+_conv.defjvp(_conv_jvp, symbolic_zeros=True)
+
+
+def conv2d(x, weight, stride=1, padding=0):
+    """2-D cross-correlation of one example, fast to differentiate in XLA:CPU loops.
+
+    y[o, i, j] = sum_{c, p, q} W[o, c, p, q] x_pad[c, s_0 i + p, s_1 j + q]
+
+    **Arguments:**
+
+    - `x`: one example, shape ``(C, H, W)`` (vmap over a batch).
+    - `weight`: kernel ``(O, C, kh, kw)`` (Equinox / PyTorch layout).
+    - `stride`: int or pair.
+    - `padding`: int, pair, or pair of (low, high) pairs (zero padding).
+
+    **Returns:** ``(O, H_out, W_out)``; values and gradients equal those of
+    ``lax.conv_general_dilated`` in NCHW / OIHW layout (`reference_conv2d`).
+    """
+    if x.ndim != 3:
+        raise ValueError(f"conv2d expects one example of shape (C, H, W), got {x.shape}; vmap over a batch.")
+    if weight.ndim != 4 or weight.shape[1] != x.shape[0]:
+        raise ValueError(
+            f"conv2d: weight of shape {weight.shape} does not fit an input with "
+            f"{x.shape[0]} channels; expected (O, {x.shape[0]}, kh, kw)."
+        )
+    return _conv(x, weight, _pair(stride, "stride"), _padding(padding))
+
+
+def reference_conv2d(x, weight, stride=1, padding=0):
+    """The same convolution by plain ``lax.conv_general_dilated`` (NCHW / OIHW), as
+    Equinox's ``Conv2d`` computes it; the reference for tests and benchmarks."""
+    y = lax.conv_general_dilated(
+        x[None], weight, _pair(stride, "stride"), _padding(padding),
+        dimension_numbers=("NCHW", "OIHW", "NCHW"),
+    )
+    return y[0]

@@ -1,0 +1,86 @@
+"""Atomic checkpoints: arrays with `equinox.tree_serialise_leaves`, the rest as JSON.
+
+Layout inside a checkpoint folder::
+
+    ckpt-0003.eqx    the arrays (model, optimiser state, EMA, ...) in PyTree order
+    ckpt-0003.json   epoch, step, RNG key data, schedule state, metrics history, ...
+    latest.json      {"epoch": 3}: the newest complete checkpoint
+
+Each file is written to a temporary name and moved into place with `os.replace`, and
+`latest.json` is replaced last, so a crash (or a NaN stop) at any moment leaves the
+previous checkpoint readable.  Loading needs a *template* PyTree of the same structure
+(build the model and optimiser state as at the start, then load into them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import equinox as eqx
+
+
+def _atomic_write(path: str, write) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_bytes(obj) -> bytes:
+    return json.dumps(obj, indent=1, sort_keys=True).encode()
+
+
+def save_checkpoint(folder: str, epoch: int, tree, meta: dict, keep: int = 2) -> str:
+    """Write checkpoint `epoch` (arrays of `tree`, JSON-able `meta`), point
+    ``latest.json`` at it and delete all but the newest `keep`.  Returns its path."""
+    os.makedirs(folder, exist_ok=True)
+    base = os.path.join(folder, f"ckpt-{epoch:04d}")
+    _atomic_write(base + ".eqx", lambda f: eqx.tree_serialise_leaves(f, tree))
+    _atomic_write(base + ".json", lambda f: f.write(_json_bytes(meta)))
+    _atomic_write(os.path.join(folder, "latest.json"),
+                  lambda f: f.write(_json_bytes({"epoch": epoch})))
+    epochs = sorted(_saved_epochs(folder))
+    for old in epochs[:-keep]:
+        for ext in (".eqx", ".json"):
+            try:
+                os.remove(os.path.join(folder, f"ckpt-{old:04d}{ext}"))
+            except FileNotFoundError:
+                pass
+    return base + ".eqx"
+
+
+def _saved_epochs(folder):
+    out = []
+    for name in os.listdir(folder):
+        if name.startswith("ckpt-") and name.endswith(".eqx"):
+            try:
+                out.append(int(name[5:-4]))
+            except ValueError:
+                pass
+    return out
+
+
+def latest_checkpoint(folder: str) -> int | None:
+    """The epoch of the newest complete checkpoint in `folder`, or None."""
+    path = os.path.join(folder, "latest.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return int(json.load(f)["epoch"])
+
+
+def load_checkpoint(folder: str, epoch: int, template):
+    """Read checkpoint `epoch` into `template`; returns ``(tree, meta)``."""
+    base = os.path.join(folder, f"ckpt-{epoch:04d}")
+    if not os.path.exists(base + ".eqx"):
+        raise FileNotFoundError(
+            f"checkpoint {base}.eqx not found; the run folder may have been cleaned — "
+            "start without --resume."
+        )
+    tree = eqx.tree_deserialise_leaves(base + ".eqx", template)
+    with open(base + ".json") as f:
+        meta = json.load(f)
+    return tree, meta

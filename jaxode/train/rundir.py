@@ -1,0 +1,144 @@
+"""The run folder ``runs/<name>/``: resolved config, metrics, plots, summary, checkpoints.
+
+::
+
+    config.json        the resolved configuration (everything needed to rerun)
+    metrics.csv        one row per epoch (rewritten whole each epoch: columns may grow)
+    tb/                TensorBoard events, when `tensorboardX` or `torch.utils.tensorboard`
+                       with `tensorboard` is installed
+    loss.png acc.png nfe.png lr.png   curves of the matching metric columns
+    summary.json       final numbers
+    checkpoints/       see `jaxode.train.checkpoint`
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from typing import Any
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:
+        return _jsonable(x.item())
+    if hasattr(x, "tolist"):
+        return _jsonable(x.tolist())
+    return x
+
+
+def write_json(path: str, obj) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """A run folder.  ``RunDir(path, config)`` creates it and writes ``config.json``
+    (`config` is any JSON-able dict).  `log_epoch` records metrics, `summary` writes
+    ``summary.json``; `checkpoints` is the checkpoint folder."""
+
+    def __init__(self, path: str, config: dict | None = None, *, tensorboard: bool = True):
+        self.path = os.path.abspath(path)
+        os.makedirs(self.path, exist_ok=True)
+        self.checkpoints = os.path.join(self.path, "checkpoints")
+        if config is not None:
+            write_json(os.path.join(self.path, "config.json"), config)
+        self._tb = self._open_tensorboard() if tensorboard else None
+
+    def _open_tensorboard(self):
+        for mod in ("tensorboardX", "torch.utils.tensorboard"):
+            try:
+                module = __import__(mod, fromlist=["SummaryWriter"])
+                return module.SummaryWriter(os.path.join(self.path, "tb"))
+            except Exception:  # noqa: BLE001 - optional dependency
+                continue
+        return None
+
+    # -- metrics ---------------------------------------------------------------
+
+    def write_history(self, history: list[dict[str, Any]]) -> None:
+        """Rewrite ``metrics.csv`` from the full history and redraw the plots."""
+        columns: list[str] = []
+        for row in history:
+            for k in row:
+                if k not in columns:
+                    columns.append(k)
+        path = os.path.join(self.path, "metrics.csv")
+        tmp = path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns)
+            w.writeheader()
+            for row in history:
+                w.writerow({k: _fmt(row.get(k)) for k in columns})
+        os.replace(tmp, path)
+        if history and self._tb is not None:
+            row = history[-1]
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self._tb.add_scalar(k, v, row.get("epoch", len(history)))
+            self._tb.flush()
+        self.plot(history)
+
+    def plot(self, history: list[dict[str, Any]]) -> list[str]:
+        """Draw ``loss.png``, ``acc.png``, ``nfe.png``, ``lr.png`` from the columns whose
+        names contain those words.  Returns the files written."""
+        if not history:
+            return []
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        written = []
+        epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
+        for group in ("loss", "acc", "nfe", "lr"):
+            cols = sorted({k for row in history for k in row if group in k.split("_")})
+            if not cols:
+                continue
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            for c in cols:
+                xs = [e for e, row in zip(epochs, history) if _num(row.get(c)) is not None]
+                ys = [_num(row.get(c)) for row in history if _num(row.get(c)) is not None]
+                ax.plot(xs, ys, marker="o", ms=3, label=c)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(group)
+            if group == "lr":
+                ax.set_yscale("log")
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            path = os.path.join(self.path, f"{group}.png")
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            written.append(path)
+        return written
+
+    def summary(self, values: dict[str, Any]) -> str:
+        path = os.path.join(self.path, "summary.json")
+        write_json(path, values)
+        return path
+
+    def close(self):
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _num(v):
+    if isinstance(v, (int, float)) and math.isfinite(v):
+        return float(v)
+    return None
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
