@@ -26,3 +26,13 @@ def shared_data():
     if not os.path.isdir(root):
         pytest.skip(f"offline data not found at {root}; set JAXODE_DATA")
     return root
+
+
+@pytest.fixture(scope="module")
+def x64():
+    """Float64 for a whole test module (the ODE-core accuracy and gradient tests need
+    it to resolve tight tolerances); the flag is restored after the module, so other
+    modules keep JAX's float32 default.  Module-scoped fixtures that build arrays must
+    request this fixture so that they are created inside it."""
+    with jax.enable_x64(True):
+        yield

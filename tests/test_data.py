@@ -299,9 +299,16 @@ def test_tiny_imagenet_layout(tmp_path):
     assert np.array_equal(ds.images, np.stack(exp))
     small = read_tiny_imagenet_val(str(tmp_path), image_size=4, progress=False)
     assert small.images.shape == (4, 4, 4, 3)
-    # 8 -> 4 bilinear (antialiased) resize = 2x2 box average for an exact halving.
-    box = np.stack(exp).astype(float).reshape(4, 4, 2, 4, 2, 3).mean(axis=(2, 4))
-    assert np.abs(small.images - box).max() <= 1.0
+    # A symmetric antialiasing filter maps a linear ramp to its 2x2 box averages
+    # (interior pixels; at the border the filter is truncated).
+    import io
+
+    ramp = (np.add.outer(np.arange(8) * 9, np.arange(8) * 5) + 20).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format="PNG")
+    out, grey = folder_mod._decode_one(buf.getvalue(), "ramp", (4, 4))
+    box = ramp.astype(float).reshape(4, 2, 4, 2).mean(axis=(1, 3))
+    assert grey and np.abs(out[1:3, 1:3, 0] - box[1:3, 1:3]).max() <= 1.0
     (top / "val/val_annotations.txt").write_text("val_0.png\tn99\t0\t0\t1\t1\n")
     with pytest.raises(ValueError, match=r"line 1: .*n99.* does not name a wnid"):
         read_tiny_imagenet_val(str(tmp_path))
@@ -340,17 +347,18 @@ def test_tfds_conversion_with_fake_module(monkeypatch):
     def load(name, split, data_dir, batch_size, with_info, download):
         seen.update(name=name, split=split, data_dir=data_dir, batch_size=batch_size)
         info = types.SimpleNamespace(supervised_keys=("image", "label"), features={"label": Label(), "image": None})
-        return {"image": images, "label": labels}, info
+        # tfds yields batches: two of them here.
+        return [{"image": images[:4], "label": labels[:4]}, {"image": images[4:], "label": labels[4:]}], info
 
     fake = types.SimpleNamespace(load=load, as_numpy=lambda d: d)
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
     ds = load_tfds("fake_ds", "test", data_dir="/d")
-    assert seen == {"name": "fake_ds", "split": "test", "data_dir": "/d", "batch_size": -1}
+    assert seen == {"name": "fake_ds", "split": "test", "data_dir": "/d", "batch_size": 1024}
     assert ds.images.shape == (6, 5, 5, 1) and np.array_equal(ds.images[..., 0], images)
     assert ds.labels.dtype == np.int32 and ds.labels.tolist() == labels.tolist()
     assert ds.class_names == ("a", "b", "c") and ds.name == "tfds:fake_ds/test"
     bad = np.array([0, 3, 1, 2, 0, 1])
-    fake.load = lambda *a, **k: ({"image": images, "label": bad}, load(*a, **k)[1])
+    fake.load = lambda *a, **k: ([{"image": images, "label": bad}], load(*a, **k)[1])
     with pytest.raises(ValueError, match=r"label 3 is out of range \[0, 3\)"):
         load_dataset("tfds:fake_ds", "train")
 

@@ -52,28 +52,21 @@ def _z0(batch=None, dtype=jnp.float32):
     return jax.random.normal(jax.random.PRNGKey(7), shape, dtype)
 
 
-@pytest.mark.parametrize("solver", ["rk4", "dopri5"])
-def test_zero_dynamics_is_the_fixed_weight_ode(solver):
+def test_zero_dynamics_is_the_fixed_weight_ode():
+    """g = 0 (ZeroDynamics, or ElementwiseDynamics at initialisation) gives exactly the
+    fixed-weight neural ODE (same steps, same arithmetic with a fixed-step solver)."""
     field = TinyField(3, 6, jax.random.PRNGKey(1))
-    cfg = (SolveConfig(solver="rk4", num_steps=8) if solver == "rk4"
-           else SolveConfig(rtol=1e-6, atol=1e-6))
-    fixed = ODEBlock(field, 0.0, 1.0, cfg)
+    cfg = SolveConfig(solver="rk4", num_steps=8)
     ts = jnp.linspace(0.0, 1.0, 5)
-    z_fixed, _ = fixed(_z0(), ts=ts)
-    # ZeroDynamics, and ElementwiseDynamics at initialisation (g = 0 there too)
-    for g in ("zero",) if solver == "dopri5" else ("zero", "elementwise"):
+    z_fixed, _ = ODEBlock(field, 0.0, 1.0, cfg)(_z0(), ts=ts)
+    for g in ("zero", "elementwise"):
         ew = EvolvingODE(field, g, 0.0, 1.0, cfg, key=jax.random.PRNGKey(2))
         (z, theta), _ = ew(_z0(), ts=ts)
-        if solver == "rk4":
-            # same steps, same arithmetic: identical trajectories
-            np.testing.assert_array_equal(np.asarray(z), np.asarray(z_fixed))
-        else:
-            # the adaptive error norm also sees theta (zero error): steps may differ
-            np.testing.assert_allclose(z, z_fixed, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(np.asarray(z), np.asarray(z_fixed))
         for a, b in zip(jtu.tree_leaves(theta), jtu.tree_leaves(eqx.filter(field, eqx.is_array))):
             # theta stays theta_0 (up to the rounding of the dense-output interpolant)
             np.testing.assert_allclose(a[-1], b, rtol=1e-6, atol=1e-7)
-    assert ew.fixed_field().w1 is not None
+        assert ew.fixed_field().w1 is field.w1
 
 
 def _loss_fn(ew, z0):
@@ -83,8 +76,7 @@ def _loss_fn(ew, z0):
 
 @pytest.mark.parametrize(
     "adjoint, dynamics",
-    [("backsolve", "elementwise"), ("backsolve", "lowrank"), ("checkpoint", "elementwise"),
-     ("direct", "lowrank")],
+    [("backsolve", "elementwise"), ("checkpoint", "lowrank")],
 )
 def test_gradients_match_finite_differences(adjoint, dynamics):
     """dL/dtheta_0, dL/dtheta_1 and dL/dz0 against central differences (float64):
@@ -100,11 +92,14 @@ def test_gradients_match_finite_differences(adjoint, dynamics):
         theta_1 = eqx.filter(ew.g, eqx.is_inexact_array)
         assert num_params(theta_1) > 0
 
-        @jax.jit
-        def loss(p, z):
-            return _loss_fn(eqx.combine(p, static), z)
+        # one compiled function serves both the gradient and the finite differences
+        value_and_grad = jax.jit(jax.value_and_grad(
+            lambda p, z: _loss_fn(eqx.combine(p, static), z), argnums=(0, 1)))
 
-        g_params, g_z0 = jax.grad(loss, argnums=(0, 1))(params, z0)
+        def loss(p, z):
+            return value_and_grad(p, z)[0]
+
+        _, (g_params, g_z0) = value_and_grad(params, z0)
         eps = 1e-5
         groups = {
             "theta_0": lambda m: m.theta0,
@@ -139,16 +134,15 @@ def test_batched_joint_shares_theta_and_matches_per_example():
     (zs, theta), _ = ew.batched(z0s, ts=ts)
     assert zs.shape == (4, 3, 3)
     assert jtu.tree_leaves(theta)[0].shape[0] == 3  # one shared trajectory (time axis)
-    for i in range(4):
-        (z_i, theta_i), _ = ew(z0s[i], ts=ts)
-        np.testing.assert_allclose(zs[i], z_i, rtol=1e-5, atol=1e-6)
-        for a, b in zip(jtu.tree_leaves(theta), jtu.tree_leaves(theta_i)):
-            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # per_sample mode: one solve per example (vmap of the single-example path)
+    per = eqx.tree_at(lambda m: m.block.config, ew, cfg.replace(batch_mode="per_sample"))
+    (zs_p, theta_p), _ = per.batched(z0s, ts=ts)
+    np.testing.assert_allclose(zs_p, zs, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jtu.tree_leaves(theta), jtu.tree_leaves(theta_p)):
+        assert b.shape == (4,) + a.shape
+        np.testing.assert_allclose(b[2], a, rtol=1e-6, atol=1e-7)
     # weights really move when g != 0
     assert float(jnp.max(jnp.abs(theta.w1[-1] - field.w1))) > 1e-3
-    per = eqx.tree_at(lambda m: m.block.config, ew, cfg.replace(batch_mode="per_sample"))
-    (zs_p, _), _ = per.batched(z0s)
-    np.testing.assert_allclose(zs_p, zs[:, -1], rtol=1e-5, atol=1e-6)
 
 
 def test_lowrank_weights_follow_the_matrix_exponential():

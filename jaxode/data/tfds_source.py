@@ -2,7 +2,7 @@
 
 tensorflow-datasets and TensorFlow are optional (``pip install jaxode[tfds]``); they
 are imported only when a ``tfds:`` spec is loaded.  The whole split is materialised as
-numpy arrays (``batch_size=-1``) and converted to the project's `Dataset`: images uint8
+numpy arrays (read in batches) and converted to the project's `Dataset`: images uint8
 (N, H, W, C), labels int32, class names from the label feature.
 """
 
@@ -89,18 +89,37 @@ def from_tfds_arrays(
     )
 
 
-def load_tfds(name: str, split: str, *, data_dir: str | None = None, download: bool = True) -> Dataset:
-    """Load split `split` of the tfds dataset `name` (e.g. "mnist", "cifar10")."""
+def load_tfds(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    download: bool = True,
+    batch_size: int = 1024,
+) -> Dataset:
+    """Load split `split` of the tfds dataset `name` (e.g. "mnist", "cifar10").
+
+    The split is read in batches of `batch_size` and concatenated (``batch_size=-1``,
+    one tensor for the whole split, aborts inside TensorFlow 2.21 on mock data).
+    """
+    from tqdm.auto import tqdm
+
     tfds = import_tfds()
     ds, info = tfds.load(
         name,
         split=split,
         data_dir=data_dir,
-        batch_size=-1,
+        batch_size=batch_size,
         with_info=True,
         download=download,
     )
-    arrays = tfds.as_numpy(ds)
+    parts: dict[str, list] = {}
+    for batch in tqdm(tfds.as_numpy(ds), desc=f"reading tfds:{name}/{split}", leave=False):
+        for k, v in batch.items():
+            parts.setdefault(k, []).append(np.asarray(v))
+    if not parts:
+        raise ValueError(f"tfds dataset {name!r} split {split!r} holds no examples.")
+    arrays = {k: np.concatenate(v, axis=0) for k, v in parts.items()}
     image_key = label_key = None
     if getattr(info, "supervised_keys", None):
         image_key, label_key = info.supervised_keys[:2]

@@ -9,6 +9,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from jaxode.nn.conv import conv2d
+
 
 def group_norm(channels: int, max_groups: int = 32) -> eqx.nn.GroupNorm:
     """GroupNorm with ``min(max_groups, channels)`` groups (affine), the
@@ -32,18 +34,22 @@ class ConcatConv2d(eqx.Module):
 
     y = W * [t 1; x] + b, i.e. the input (C, H, W) is extended to (C + 1, H, W) with
     a first channel filled with t (Chen et al. 2018, the ``ConcatConv2d`` of their
-    ODE-Net; Carrara et al. Sec. 3).  Implemented without materialising the extra
-    channel: the t-channel's contribution is t times the convolution of a ones image
-    with the first input slice of the kernel, which keeps the padding behaviour of
-    the concatenated form exactly.
+    ODE-Net; Carrara et al. Sec. 3).  The parameters live in ``conv`` (an Equinox
+    ``Conv2d`` over C + 1 channels: weight (out, C + 1, kh, kw), bias (out, 1, 1)),
+    but the convolution itself is `jaxode.nn.conv.conv2d`, which gives the same
+    values and gradients and stays fast when differentiated inside the while loop of
+    an ODE solve on CPU (see that module).  `fast=False` uses Equinox's own
+    convolution instead (for comparisons).
     """
 
     conv: eqx.nn.Conv2d
     in_channels: int = eqx.field(static=True)
+    fast: bool = eqx.field(static=True)
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1,
-                 use_bias=True, *, key):
+                 use_bias=True, *, key, fast: bool = True):
         self.in_channels = in_channels
+        self.fast = fast
         self.conv = eqx.nn.Conv2d(in_channels + 1, out_channels, kernel_size, stride,
                                   padding, use_bias=use_bias, key=key)
 
@@ -54,4 +60,10 @@ class ConcatConv2d(eqx.Module):
                 f"got {x.shape}; vmap over a batch."
             )
         tt = jnp.broadcast_to(jnp.asarray(t, x.dtype), (1,) + x.shape[1:])
-        return self.conv(jnp.concatenate([tt, x], axis=0))
+        xt = jnp.concatenate([tt, x], axis=0)
+        if not self.fast:
+            return self.conv(xt)
+        y = conv2d(xt, self.conv.weight, self.conv.stride, self.conv.padding)
+        if self.conv.use_bias:
+            y = y + self.conv.bias
+        return y

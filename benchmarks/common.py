@@ -1,0 +1,144 @@
+"""Timing helpers shared by the benchmarks.
+
+The rules (DESIGN.md, Benchmarks): compile first, then time with
+``block_until_ready``, report the median of several runs (with min and max), and
+print NFE beside every time.  `describe_machine` records where a number was
+measured, including the load average, because the CPU may be shared.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+
+__all__ = [
+    "Timing",
+    "time_jax",
+    "time_torch",
+    "describe_machine",
+    "machine_tag",
+    "cpu_count",
+    "write_results",
+    "markdown_table",
+]
+
+
+class Timing(dict):
+    """``{"median", "min", "max", "runs", "first"}`` in seconds; `first` is the first
+    call (compilation plus one run for JAX, warm-up for torch)."""
+
+    @property
+    def median(self) -> float:
+        return self["median"]
+
+
+def _summary(times: list[float], first: float) -> Timing:
+    return Timing(
+        median=statistics.median(times), min=min(times), max=max(times),
+        runs=len(times), first=first,
+    )
+
+
+def time_jax(fn: Callable[..., Any], *args, repeats: int = 5) -> tuple[Timing, Any]:
+    """Call `fn(*args)` once to compile, then `repeats` more times, each waited on
+    with ``jax.block_until_ready``.  Returns the timing and the last output."""
+    t = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return _summary(times, first), out
+
+
+def time_torch(fn: Callable[[], Any], repeats: int = 5) -> tuple[Timing, Any]:
+    """One warm-up call of `fn()`, then `repeats` timed calls (torch on the CPU runs
+    synchronously, so no explicit wait is needed)."""
+    t = time.perf_counter()
+    out = fn()
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return _summary(times, first), out
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_machine() -> dict[str, Any]:
+    """Device, CPU model, core count, load average and library versions."""
+    dev = jax.devices()[0]
+    info: dict[str, Any] = {
+        "backend": jax.default_backend(),
+        "device": getattr(dev, "device_kind", str(dev)),
+        "cpu": _cpu_model(),
+        "cores": cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    try:
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        pass
+    for name in ("equinox", "diffrax", "torch", "torchdiffeq"):
+        try:
+            info[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001 - optional
+            pass
+    return info
+
+
+def machine_tag(info: dict[str, Any]) -> str:
+    """A short file-name tag such as ``cpu-2core`` or ``gpu-nvidia-h100``."""
+    if info["backend"] == "cpu":
+        return f"cpu-{info['cores']}core"
+    kind = "".join(c if c.isalnum() else "-" for c in str(info["device"]).lower()).strip("-")
+    return f"{info['backend']}-{kind}"
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(out_dir: str | os.PathLike, stem: str, payload: dict, markdown: str) -> tuple[Path, Path]:
+    """Write ``<out_dir>/<stem>.json`` and ``<out_dir>/<stem>.md``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
+    json_path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    md_path.write_text(markdown + "\n")
+    return json_path, md_path

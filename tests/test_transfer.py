@@ -1,0 +1,132 @@
+"""Transfer features and linear classifiers: dense-output features against separate
+solves and against the block's own input/output, SVM reproducibility and sanity."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxode import transfer as tr
+from jaxode.data.augment import to_model_input
+from jaxode.models.classifiers import carrara_resnet, odeonly_net
+from jaxode.ode import ODEBlock, SolveConfig
+
+TOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def ode_model():
+    solve = SolveConfig(solver="dopri5", rtol=TOL, atol=TOL)
+    return odeonly_net(5, channels=4, stem_kernel=3, stem_stride=1, stem_padding=1,
+                       solve=solve, dropout=0.0, key=jax.random.PRNGKey(1))
+
+
+@pytest.fixture(scope="module")
+def ode_features(ode_model, images):
+    return tr.extract_features(ode_model, images, batch_size=4, progress=False)
+
+
+def test_ode_feature_shapes_and_endpoints(ode_model, ode_features, images):
+    assert ode_features.shape == (4, 21, 4) and ode_features.dtype == np.float32
+    assert np.allclose(tr.feature_times(ode_model), np.linspace(0, 1, 21))
+    x = to_model_input(jnp.asarray(images))
+    z0 = jax.vmap(ode_model.stem)(x)
+    z1, _ = ode_model.ode.batched(z0)
+    # z(0) is the block input and z(1) the block output (pooled over space).
+    assert np.allclose(ode_features[:, 0], np.asarray(z0.mean(axis=(2, 3))), atol=1e-6)
+    assert np.allclose(ode_features[:, -1], np.asarray(z1.mean(axis=(2, 3))), atol=1e-5)
+    # The trajectory moves: z(1) differs from z(0).
+    assert np.abs(ode_features[:, -1] - ode_features[:, 0]).max() > 1e-3
+
+
+def test_dense_output_equals_separate_solves(ode_model, ode_features, images):
+    x = to_model_input(jnp.asarray(images))
+    z0 = jax.vmap(ode_model.stem)(x)
+    for i in (5, 13):  # t = 0.25, 0.65
+        t = tr.ODE_TIMES[i]
+        block = ODEBlock(ode_model.ode.field, 0.0, t, ode_model.ode.config)
+        zt, _ = block.batched(z0)
+        sep = np.asarray(zt.mean(axis=(2, 3)))
+        scale = np.abs(sep).max()
+        assert np.abs(ode_features[:, i] - sep).max() <= 1e-4 * max(scale, 1.0)
+
+
+def test_resnet_features_are_last_seven_blocks(images):
+    model = carrara_resnet(5, channels=4, dropout=0.0, key=jax.random.PRNGKey(2))
+    f = tr.extract_features(model, images, batch_size=3, progress=False)  # 2 batches: 3 + 1
+    assert f.shape == (4, 7, 4)
+    assert np.allclose(tr.feature_times(model), np.linspace(0, 1, 7))
+    # Independent path: run the blocks by hand.
+    h = jax.vmap(model.stem)(to_model_input(jnp.asarray(images)))
+    outs = []
+    for b in model.blocks:
+        h = jax.vmap(b)(h)
+        outs.append(np.asarray(h.mean(axis=(2, 3))))
+    assert np.allclose(f, np.stack(outs[-7:], axis=1), atol=1e-5)
+
+
+def test_feature_cache_hits_and_follows_weights(ode_model, images, tmp_path, monkeypatch):
+    calls = []
+    real = tr.extract_features
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(tr, "extract_features", counting)
+    a = tr.cached_features(str(tmp_path), ode_model, images, data_key="x", batch_size=4, progress=False)
+    b = tr.cached_features(str(tmp_path), ode_model, images, data_key="x", batch_size=4, progress=False)
+    assert len(calls) == 1 and np.array_equal(a, b)
+    changed = jax.tree_util.tree_map(lambda v: v, ode_model)
+    changed = eqx_set_bias(changed)
+    assert tr.model_fingerprint(changed) != tr.model_fingerprint(ode_model)
+    with pytest.raises(ValueError, match="feature times must increase"):
+        tr.extract_features(ode_model, images, ts=(0.5, 0.2), progress=False)
+
+
+def eqx_set_bias(model):
+    import equinox as eqx
+
+    conv = model.stem.layers[0]
+    return eqx.tree_at(lambda m: m.stem.layers[0].bias, model, conv.bias + 1.0)
+
+
+def test_svm_cv_reproducible_and_sane():
+    rng = np.random.default_rng(0)
+    n_per, k, d = 30, 3, 6
+    centers = rng.normal(0, 3, (k, d))
+    X = np.concatenate([c + rng.normal(0, 1, (n_per, d)) for c in centers])
+    y = np.repeat(np.arange(k), n_per)
+    r1 = tr.svm_cv(X, y, seed=0, n_jobs=1)
+    r2 = tr.svm_cv(X, y, seed=0, n_jobs=1)
+    assert r1["best_C"] == r2["best_C"] and r1["cv_accuracy"] == r2["cv_accuracy"]
+    assert r1["cv_accuracy_per_C"] == r2["cv_accuracy_per_C"]
+    assert r1["cv_accuracy"] == max(r1["cv_accuracy_per_C"].values())
+    assert r1["cv_accuracy"] > 0.9 and r1["dual"] is False  # 90 samples > 6 features
+    # Labels that carry no information: chance level (3 classes).
+    r3 = tr.svm_cv(X, rng.permutation(y), seed=0, n_jobs=1)
+    assert r3["cv_accuracy"] < 0.6
+    # More features than samples -> the dual problem.
+    assert tr.svm_cv(X[:, :6].repeat(20, axis=1), y, Cs=(1.0,), n_jobs=1)["dual"] is True
+
+
+def test_linear_probe_learns_separable_classes():
+    rng = np.random.default_rng(1)
+    centers = rng.normal(0, 3, (4, 5))
+    X = np.concatenate([c + rng.normal(0, 0.5, (50, 5)) for c in centers])
+    y = np.repeat(np.arange(4), 50)
+    idx = rng.permutation(200)
+    tr_i, va_i = idx[:150], idx[150:]
+    r = tr.linear_probe(X[tr_i], y[tr_i], X[va_i], y[va_i], num_classes=4, epochs=30,
+                        batch_size=50, lr=0.05)
+    assert r["val_accuracy"] > 0.95 and r["train_loss"] < 0.3
+    sub = tr.stratified_subset(np.repeat(np.arange(5), 10), classes=3, per_class=4, seed=0)
+    assert len(sub) == 12 and np.bincount(np.repeat(np.arange(5), 10)[sub]).tolist() == [4, 4, 4]
