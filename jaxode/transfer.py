@@ -267,12 +267,13 @@ def linear_probe(
     *,
     num_classes: int,
     epochs: int = 100,
-    lr: float = 1e-2,
+    lr: float = 0.05,
     weight_decay: float = 1e-4,
     batch_size: int = 256,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Train a new linear head W z + b on frozen pooled features with AdamW (optax).
+    """Train a new linear head W z + b on frozen pooled features by SGD with momentum
+    and weight decay (optax), full cross-entropy.
 
     Because the network up to z(t*) is frozen and used without augmentation, training
     the head on its cached pooled features is the same optimisation as back-propagating
@@ -294,7 +295,9 @@ def linear_probe(
         "W": jax.random.normal(k_w, (xt.shape[1], num_classes), jnp.float32) * 0.01,
         "b": jnp.zeros((num_classes,), jnp.float32),
     }
-    tx = optax.adamw(lr, weight_decay=weight_decay)
+    # SGD with momentum and decoupled-free L2 (optax's Adam bias correction mixes a
+    # Python float with an int32 count, which strict dtype promotion rejects).
+    tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum=0.9))
     opt = tx.init(params)
 
     def loss_fn(p, x, y):

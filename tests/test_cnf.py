@@ -30,7 +30,7 @@ def test_linear_flow_matches_change_of_variables():
         [[0.6, 0.0], [0.0, 0.2]], jnp.float32)
     cnf = CNF(ODEBlock(CNFField(Linear(A)), 0.0, 1.0, SolveConfig(rtol=1e-7, atol=1e-7)))
     xs = jax.random.normal(jax.random.PRNGKey(0), (5, 2), jnp.float32) * 1.5
-    logp, _ = jax.jit(cnf.log_prob_batched)(xs)
+    logp, _ = eqx.filter_jit(cnf.log_prob_batched)(xs)
     E = jsl.expm(A)
     sign, logdet = jnp.linalg.slogdet(E)
     assert sign > 0
@@ -52,30 +52,24 @@ def evolving_flow():
     return CNF(ode)
 
 
-def test_evolving_flow_density_integrates_to_one(evolving_flow):
-    n, half = 90, 7.0
+def test_evolving_flow_density_integrates_to_one_and_sampling_inverts(evolving_flow):
+    n, half = 64, 6.5
     grid = jnp.linspace(-half, half, n, dtype=jnp.float32)
     xx, yy = jnp.meshgrid(grid, grid)
     pts = jnp.stack([xx.ravel(), yy.ravel()], axis=1)
-    logp, _ = jax.jit(evolving_flow.log_prob_batched)(pts)
+    samples, logp_samples = evolving_flow.sample(jax.random.PRNGKey(3), 8)
+    assert samples.shape == (8, 2)
+    # one compiled density evaluation for the grid and the samples together
+    logp, _ = eqx.filter_jit(CNF.log_prob_batched)(evolving_flow, jnp.concatenate([pts, samples]))
+    logp, logp_again = logp[:-8], logp[-8:]
     cell = float(grid[1] - grid[0]) ** 2
     total = float(jnp.sum(jnp.exp(logp)) * cell)
     assert abs(total - 1.0) < 0.02, total
     # not trivially the base density: the flow changes log p by O(1) somewhere
     base = jnp.sum(jss.norm.logpdf(pts), axis=-1)
     assert float(jnp.max(jnp.abs(logp - base)[jnp.abs(base) < 6])) > 0.3
-    # and the weights do evolve
-    theta1 = evolving_flow.ode.weights_at(jnp.array([1.0]))
-    moved = jax.tree_util.tree_map(lambda a, b: jnp.max(jnp.abs(a[-1] - b)), theta1,
-                                   evolving_flow.ode.theta0)
-    assert max(float(m) for m in jax.tree_util.tree_leaves(moved)) > 1e-2
-
-
-def test_sampling_inverts_the_flow(evolving_flow):
-    x, logp_x = evolving_flow.sample(jax.random.PRNGKey(3), 8)
-    assert x.shape == (8, 2)
-    logp_again, _ = jax.jit(evolving_flow.log_prob_batched)(x)
-    np.testing.assert_allclose(logp_again, logp_x, rtol=1e-3, atol=1e-3)
+    # sampling runs the joint (z, delta, theta) system backwards: same log-density
+    np.testing.assert_allclose(logp_again, logp_samples, rtol=1e-3, atol=1e-3)
 
 
 def test_cnf_rejects_a_plain_field():

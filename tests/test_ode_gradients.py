@@ -128,8 +128,9 @@ def test_backward_nfe_only_for_backsolve(conv_problem):
 
 
 def test_pytree_state_gradients(x64):
-    """A tuple state (image, vector): backsolve (with seminorm) and checkpoint agree
-    with each other and with finite differences."""
+    """A tuple state (image, vector): the hand-written backsolve adjoint (with
+    seminorm) matches finite differences.  (Checkpoint/direct are Diffrax's own
+    reverse passes, which handle PyTrees natively; one compile fewer.)"""
     k1, k2, k3, k4, k5 = jax.random.split(jax.random.PRNGKey(3), 5)
     field = PairField(
         ConvODEFunc(2, max_groups=2, activation=jnp.tanh, key=k1),
@@ -137,11 +138,9 @@ def test_pytree_state_gradients(x64):
         jax.random.normal(k3, (3,), jnp.float64),
     )
     z0 = (jax.random.normal(k4, (2, 4, 4), jnp.float64), jax.random.normal(k5, (3,), jnp.float64))
-    block = ODEBlock(field, 0.0, 1.0, SolveConfig(rtol=TOL, atol=TOL, adjoint="checkpoint"))
-    g_ck, _ = _joint_grad(_pair_loss)(block, z0)
-    g_bs, nfe_bs = _joint_grad(_pair_loss)(_with(block, "backsolve", True), z0)
+    block = ODEBlock(field, 0.0, 1.0, SolveConfig(rtol=TOL, atol=TOL, seminorm=True))
+    g_bs, nfe_bs = _joint_grad(_pair_loss)(block, z0)
     assert nfe_bs > 0
     assert isinstance(g_bs[1], tuple) and g_bs[1][0].shape == (2, 4, 4)
-    ref = _flat(g_ck)
-    np.testing.assert_allclose(_flat(g_bs), ref, rtol=0, atol=1e-6 * np.max(np.abs(ref)))
-    _check_against_fd(_pair_loss, block, z0, g_ck)
+    assert np.max(np.abs(_flat(g_bs[1][1]))) > 1e-2  # the vector part gets a gradient
+    _check_against_fd(_pair_loss, block, z0, g_bs)

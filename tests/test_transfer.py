@@ -25,8 +25,19 @@ def images():
 @pytest.fixture(scope="module")
 def ode_model():
     solve = SolveConfig(solver="dopri5", rtol=TOL, atol=TOL)
-    return odeonly_net(5, channels=4, stem_kernel=3, stem_stride=1, stem_padding=1,
-                       solve=solve, dropout=0.0, key=jax.random.PRNGKey(1))
+    import equinox as eqx
+
+    model = odeonly_net(5, channels=4, stem_kernel=3, stem_stride=1, stem_padding=1,
+                        solve=solve, dropout=0.0, key=jax.random.PRNGKey(1))
+    # Larger field weights than at initialisation, so that the pooled state moves.
+    field = jax.tree_util.tree_map(lambda a: a * 3.0 if eqx.is_inexact_array(a) else a,
+                                   model.ode.field)
+    # The field ends in a per-channel GroupNorm, whose output has zero spatial mean per
+    # channel unless its bias is non-zero (as after training): set one, so that the
+    # pooled features move along the trajectory.
+    field = eqx.tree_at(lambda f: f.norm3.bias, field,
+                        jax.random.normal(jax.random.PRNGKey(3), field.norm3.bias.shape))
+    return eqx.tree_at(lambda m: m.ode.field, model, field)
 
 
 @pytest.fixture(scope="module")
@@ -34,43 +45,59 @@ def ode_features(ode_model, images):
     return tr.extract_features(ode_model, images, batch_size=4, progress=False)
 
 
-def test_ode_feature_shapes_and_endpoints(ode_model, ode_features, images):
-    assert ode_features.shape == (4, 21, 4) and ode_features.dtype == np.float32
-    assert np.allclose(tr.feature_times(ode_model), np.linspace(0, 1, 21))
+@pytest.fixture(scope="module")
+def separate(ode_model, images):
+    """Independent reference: pooled z0 = stem(x), and z(t) from a fresh solve over
+    [0, t] (one compile, t traced)."""
     x = to_model_input(jnp.asarray(images))
-    z0 = jax.vmap(ode_model.stem)(x)
-    z1, _ = ode_model.ode.batched(z0)
-    # z(0) is the block input and z(1) the block output (pooled over space).
-    assert np.allclose(ode_features[:, 0], np.asarray(z0.mean(axis=(2, 3))), atol=1e-6)
-    assert np.allclose(ode_features[:, -1], np.asarray(z1.mean(axis=(2, 3))), atol=1e-5)
-    # The trajectory moves: z(1) differs from z(0).
-    assert np.abs(ode_features[:, -1] - ode_features[:, 0]).max() > 1e-3
 
-
-def test_dense_output_equals_separate_solves(ode_model, ode_features, images):
-    x = to_model_input(jnp.asarray(images))
-    z0 = jax.vmap(ode_model.stem)(x)
-    for i in (5, 13):  # t = 0.25, 0.65
-        t = tr.ODE_TIMES[i]
+    @jax.jit
+    def solve_to(t):
+        z0 = jax.vmap(ode_model.stem)(x)
         block = ODEBlock(ode_model.ode.field, 0.0, t, ode_model.ode.config)
         zt, _ = block.batched(z0)
-        sep = np.asarray(zt.mean(axis=(2, 3)))
-        scale = np.abs(sep).max()
-        assert np.abs(ode_features[:, i] - sep).max() <= 1e-4 * max(scale, 1.0)
+        return z0.mean(axis=(2, 3)), zt.mean(axis=(2, 3))
+
+    return lambda t: tuple(np.asarray(a) for a in solve_to(jnp.float32(t)))
+
+
+def test_ode_feature_shapes_and_endpoints(ode_model, ode_features, separate):
+    assert ode_features.shape == (4, 21, 4) and ode_features.dtype == np.float32
+    assert np.allclose(tr.feature_times(ode_model), np.linspace(0, 1, 21))
+    z0, z1 = separate(1.0)
+    # z(0) is the block input and z(1) the block output (pooled over space).
+    assert np.allclose(ode_features[:, 0], z0, atol=1e-6)
+    assert np.allclose(ode_features[:, -1], z1, atol=1e-5)
+    # The trajectory moves: z(1) differs from z(0).
+    assert np.abs(ode_features[:, -1] - ode_features[:, 0]).max() > 1e-2
+
+
+def test_dense_output_equals_separate_solves(ode_features, separate):
+    for i in (5, 13):  # t = 0.25, 0.65
+        _, sep = separate(tr.ODE_TIMES[i])
+        assert np.abs(ode_features[:, i] - sep).max() <= 1e-4 * max(np.abs(sep).max(), 1.0)
+        # ... and is not trivially equal to the endpoints.
+        assert np.abs(ode_features[:, i] - ode_features[:, -1]).max() > 1e-3
 
 
 def test_resnet_features_are_last_seven_blocks(images):
-    model = carrara_resnet(5, channels=4, dropout=0.0, key=jax.random.PRNGKey(2))
-    f = tr.extract_features(model, images, batch_size=3, progress=False)  # 2 batches: 3 + 1
+    from jaxode.models.classifiers import Head, PreActBlock, ResNetClassifier, Sequence
+    import equinox as eqx
+
+    keys = jax.random.split(jax.random.PRNGKey(2), 10)
+    blocks = tuple(PreActBlock(4, 4, 1, key=k) for k in keys[:8])  # 8 blocks: last 7 used
+    stem = Sequence((eqx.nn.Conv2d(3, 4, 3, 1, 1, key=keys[8]),))
+    model = ResNetClassifier(stem, blocks, Head(4, 5, 0.0, key=keys[9]), 3)
+    f = tr.extract_features(model, images, batch_size=4, progress=False)
     assert f.shape == (4, 7, 4)
     assert np.allclose(tr.feature_times(model), np.linspace(0, 1, 7))
-    # Independent path: run the blocks by hand.
-    h = jax.vmap(model.stem)(to_model_input(jnp.asarray(images)))
+    # Independent path: run the blocks one by one, eagerly, and pool each output.
+    h = jax.vmap(stem)(to_model_input(jnp.asarray(images)))
     outs = []
-    for b in model.blocks:
+    for b in blocks:
         h = jax.vmap(b)(h)
         outs.append(np.asarray(h.mean(axis=(2, 3))))
-    assert np.allclose(f, np.stack(outs[-7:], axis=1), atol=1e-5)
+    assert np.allclose(f, np.stack(outs[1:], axis=1), atol=1e-5)
 
 
 def test_feature_cache_hits_and_follows_weights(ode_model, images, tmp_path, monkeypatch):

@@ -157,6 +157,7 @@ class CNF(eqx.Module):
             (z, delta), stats = self.ode.batched((xs, zeros))
         return self._finish(z, delta), stats
 
+    @eqx.filter_jit
     def sample(self, key, n: int, dim: int = 2, dtype=jnp.float32):
         """n samples x = z(t0) from z(t1) ~ N(0, I), and log p(x).  Integrates the
         reversed joint field as one batch (forward-mode solve: no gradients needed)."""

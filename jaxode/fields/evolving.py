@@ -269,7 +269,7 @@ class EvolvingODE(eqx.Module):
                  *, evolve=None, key=None, name: str = "node_ew", **dynamics_kwargs):
         theta0, rest = split_weights(field, evolve)
         if isinstance(dynamics, str):
-            if key is None:
+            if key is None and dynamics != "zero":
                 raise ValueError("EvolvingODE: a named dynamics needs a PRNG `key`.")
             dynamics = make_dynamics(dynamics, theta0, key=key, **dynamics_kwargs)
         elif not isinstance(dynamics, WeightDynamics):
@@ -306,6 +306,7 @@ class EvolvingODE(eqx.Module):
             return (zs, theta), stats
         return jax.vmap(lambda z: self.block((z, self.theta0), ts=ts))(z0s)
 
+    @eqx.filter_jit
     def weights_at(self, ts):
         """theta(t) at the times `ts` (solving dtheta/dt = g alone, for inspection)."""
         cfg = self.block.config

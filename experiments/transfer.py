@@ -1,0 +1,291 @@
+"""Transfer experiment (Carrara et al., Sec. 4.3): how well do the intermediate features
+z(t) of CIFAR-10-trained networks serve a new task, as a function of t?
+
+Recipe::
+
+    trained classifiers (checkpoints of `experiments.classify`, or small ones trained
+    here with --quick-train) -> Tiny-ImageNet-200 val (64x64, resized to 32x32)
+    -> pooled features at t = 0, 0.05, ..., 1 (ODE nets, one dense-output solve) or
+       the last seven residual blocks (Residual Net), cached on disk
+    -> per t: standardise + LinearSVC, C in {0.01, 0.1, 1, 10, 100} by 5-fold stratified
+       CV (the reported number is the mean CV accuracy at the best C)
+    -> optional fine-tune comparison at t*: new linear head (optax SGD) vs SVM, both
+       scored on the same held-out stratified split
+    -> runs/<name>/: results.csv, accuracy_vs_t.png, summary.json, config.json
+
+Examples::
+
+    python -m experiments.transfer --quick-train --classes 50 --per-class 30
+    python -m experiments.transfer --checkpoint resode=runs/cifar-resode \\
+        --checkpoint resnet=runs/cifar-resnet --data-root /path/to/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m experiments.transfer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=RUN_DIR",
+                   help="a trained classification run folder (repeatable)")
+    p.add_argument("--quick-train", action="store_true",
+                   help="train small Residual / Res-ODE / ODE-only nets on a CIFAR-10 subset "
+                        "on this machine first (when no checkpoints exist)")
+    p.add_argument("--quick-models", default="resnet,resode,odeonly")
+    p.add_argument("--quick-channels", type=int, default=32)
+    p.add_argument("--quick-train-size", type=int, default=5000)
+    p.add_argument("--quick-epochs", type=int, default=2)
+    p.add_argument("--data-root", default=None,
+                   help="folder with tiny-imagenet-200-val.zip and cifar10-jpeg.zip "
+                        "(default $JAXODE_DATA)")
+    p.add_argument("--cache-dir", default=None, help="decoded-image cache (default $JAXODE_CACHE)")
+    p.add_argument("--image-size", type=int, default=32,
+                   help="Tiny-ImageNet images are resized 64 -> this (default 32, to match "
+                        "the CIFAR-10 input size)")
+    p.add_argument("--classes", type=int, default=None, help="use the first K classes (default all 200)")
+    p.add_argument("--per-class", type=int, default=None, help="images per class (default all 50)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--Cs", default="0.01,0.1,1,10,100")
+    p.add_argument("--n-jobs", type=int, default=-1)
+    p.add_argument("--finetune-t", type=float, default=None,
+                   help="also train a linear head on the frozen features at this t and "
+                        "compare with the SVM on a held-out split")
+    p.add_argument("--finetune-epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=250, help="feature-extraction batch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="transfer")
+    p.add_argument("--runs-dir", default="runs")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def _quick_factory(kind: str, channels: int):
+    import jax
+
+    from jaxode.models.classifiers import carrara_odeonly, carrara_resnet, carrara_resode
+
+    key = jax.random.PRNGKey(0)
+    if kind == "resnet":
+        return carrara_resnet(10, channels=channels, dropout=0.0, key=key)
+    if kind == "resode":
+        return carrara_resode(10, channels=channels, dropout=0.0, key=key)
+    if kind == "odeonly":
+        return carrara_odeonly(10, channels=channels, dropout=0.0, key=key)
+    raise ValueError(f"--quick-models: unknown model {kind!r}; use resnet, resode, odeonly.")
+
+
+def quick_train(args, log=print):
+    """Train small Carrara-style nets on a stratified CIFAR-10 subset (CPU-sized)."""
+    from jaxode.data import load_dataset
+    from jaxode.train import ClassificationTask, RunDir, TrainConfig, dataset_batches, fit
+    from jaxode.transfer import stratified_subset
+
+    train = load_dataset("cifar10", "train", root=args.data_root, cache_dir=args.cache_dir)
+    test = load_dataset("cifar10", "test", root=args.data_root, cache_dir=args.cache_dir)
+    idx = stratified_subset(train.labels, classes=None,
+                            per_class=args.quick_train_size // 10, seed=args.seed)
+    train = train.subset(idx, name=f"cifar10/train[{len(idx)}]")
+    test = test.subset(stratified_subset(test.labels, classes=None, per_class=100, seed=0),
+                       name="cifar10/test[1000]")
+    task = ClassificationTask(crop_padding=4, flip=True)
+    models = {}
+    for kind in args.quick_models.split(","):
+        kind = kind.strip()
+        model = _quick_factory(kind, args.quick_channels)
+        config = TrainConfig(epochs=args.quick_epochs, batch_size=100, lr=0.05,
+                             weight_decay=5e-4, lr_schedule="cosine", seed=args.seed)
+        run = RunDir(os.path.join(args.runs_dir, f"{args.name}-quick-{kind}"),
+                     {"model": kind, "channels": args.quick_channels,
+                      "train_size": len(train), "train": config.to_dict(),
+                      "task": "crop 4 + flip, no normalisation"})
+        t0 = time.perf_counter()
+        res = fit(model, task,
+                  lambda e: dataset_batches(train, 100, seed=(args.seed, e), drop_last=True),
+                  lambda: dataset_batches(test, 250, shuffle=False),
+                  config=config, run=run, log=log)
+        acc = res.history[-1].get("eval_acc")
+        log(f"quick-train {kind}: CIFAR-10 test[1000] acc {acc:.3f} "
+            f"({time.perf_counter() - t0:.0f} s)")
+        models[kind] = {"model": res.eval_model, "cifar_acc": acc, "source": run.path}
+    return models
+
+
+def load_run(run_dir: str):
+    """A trained classifier from a classification run folder: the model named in its
+    ``config.json`` (``model`` + ``model_kwargs``), weights from the newest checkpoint
+    (EMA weights when the run kept them)."""
+    import equinox as eqx
+    import jax
+
+    from jaxode.models.classifiers import make_model
+    from jaxode.train import latest_checkpoint
+
+    with open(os.path.join(run_dir, "config.json")) as f:
+        cfg = json.load(f)
+    name = cfg.get("model")
+    kwargs = dict(cfg.get("model_kwargs", {}))
+    if isinstance(name, dict):
+        kwargs = {k: v for k, v in name.items() if k != "name"}
+        name = name["name"]
+    if not isinstance(name, str):
+        raise ValueError(f"{run_dir}/config.json names no model ('model' key); cannot rebuild it.")
+    model = make_model(name, key=jax.random.PRNGKey(0), **kwargs)
+    ckpt = os.path.join(run_dir, "checkpoints")
+    epoch = latest_checkpoint(ckpt)
+    if epoch is None:
+        raise FileNotFoundError(f"no checkpoint in {ckpt}; train the model first.")
+    params = [p for p in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))]
+    path = os.path.join(ckpt, f"ckpt-{epoch:04d}.eqx")
+    # Leaves are stored in PyTree order of {"ema", "model", "opt_state"}: read the EMA
+    # list (if any) and the model, ignore the optimiser state that follows.
+    for ema in ([p for p in params], None):
+        try:
+            state = eqx.tree_deserialise_leaves(path, {"ema": ema, "model": model})
+            break
+        except Exception:  # noqa: BLE001 - try the layout without EMA
+            state = None
+    if state is None:
+        raise ValueError(f"could not read {path} into a {name} model built from config.json.")
+    return state["model"], name
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None, log=print):
+    args = parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tqdm.auto import tqdm
+
+    from jaxode.data.load import resolve_path
+    from jaxode.data.tiny_imagenet import load_tiny_imagenet_val
+    from jaxode import transfer as tr
+
+    out = os.path.join(args.runs_dir, args.name)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(vars(args), f, indent=2)
+
+    models = {}
+    for spec in args.checkpoint:
+        if "=" not in spec:
+            raise SystemExit(f"--checkpoint expects NAME=RUN_DIR, got {spec!r}.")
+        nm, run_dir = spec.split("=", 1)
+        model, kind = load_run(run_dir)
+        models[nm] = {"model": model, "cifar_acc": None, "source": run_dir}
+    if args.quick_train:
+        models.update(quick_train(args, log))
+    if not models:
+        raise SystemExit("no models: give --checkpoint NAME=RUN_DIR or --quick-train.")
+
+    path = resolve_path("tiny-imagenet", args.data_root, ("tiny-imagenet-200-val.zip", "tiny-imagenet-200"))
+    data = load_tiny_imagenet_val(path, image_size=args.image_size, cache_dir=args.cache_dir)
+    log(f"Tiny-ImageNet-200 val: {len(data)} images, resized 64 -> {args.image_size} "
+        f"(Pillow bilinear, antialiased; --image-size)")
+    idx = tr.stratified_subset(data.labels, classes=args.classes, per_class=args.per_class,
+                               seed=args.seed)
+    images = data.images[idx]
+    _, y = np.unique(data.labels[idx], return_inverse=True)
+    n_classes = int(y.max()) + 1
+    log(f"subset: {len(idx)} images, {n_classes} classes "
+        f"({len(idx) // n_classes} per class), seed {args.seed}")
+    Cs = tuple(float(c) for c in args.Cs.split(","))
+    rows = []
+    summary = {"reported": (f"mean {args.folds}-fold stratified CV accuracy at the best C "
+                            f"of {Cs} (max over the grid: slightly optimistic)"),
+               "n_images": int(len(idx)), "n_classes": n_classes,
+               "image_size": args.image_size, "models": {}}
+    feat_dir = os.path.join(out, "features")
+    for nm, entry in models.items():
+        model = entry["model"]
+        t_start = time.perf_counter()
+        feats = tr.cached_features(
+            feat_dir, model, images,
+            data_key=f"tiny-imagenet-val@{args.image_size}:{args.classes}:{args.per_class}:{args.seed}",
+            batch_size=args.batch_size, desc=f"features {nm}")
+        t_feat = time.perf_counter() - t_start
+        times = tr.feature_times(model)
+        kind = "ode" if tr.is_ode_model(model) else "resnet"
+        log(f"{nm}: features {feats.shape} in {t_feat:.0f} s")
+        accs = []
+        for j in tqdm(range(feats.shape[1]), desc=f"SVM {nm}", leave=False):
+            r = tr.svm_cv(feats[:, j], y, Cs=Cs, folds=args.folds, seed=args.seed, n_jobs=args.n_jobs)
+            accs.append(r["cv_accuracy"])
+            rows.append({"model": nm, "kind": kind, "index": j, "t": float(times[j]),
+                         "cv_accuracy": r["cv_accuracy"], "cv_std": r["cv_std"],
+                         "best_C": r["best_C"], "dual": r["dual"],
+                         "n_features": feats.shape[2]})
+            log(f"  {nm} t={times[j]:.2f}: CV acc {r['cv_accuracy']:.4f} ± {r['cv_std']:.4f} (C={r['best_C']:g})")
+        best = int(np.argmax(accs))
+        info = {"kind": kind, "source": entry["source"], "cifar10_acc": entry["cifar_acc"],
+                "best_t": float(times[best]), "best_cv_accuracy": float(accs[best]),
+                "cv_accuracy_at_t1": float(accs[-1]), "feature_seconds": t_feat,
+                "n_features": int(feats.shape[2])}
+        if args.finetune_t is not None:
+            j = int(np.argmin(np.abs(times - args.finetune_t)))
+            info["finetune"] = finetune_compare(tr, feats[:, j], y, n_classes, args)
+            info["finetune"]["t"] = float(times[j])
+        summary["models"][nm] = info
+
+    with open(os.path.join(out, "results.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for nm in models:
+        r = [row for row in rows if row["model"] == nm]
+        ax.errorbar([x["t"] for x in r], [x["cv_accuracy"] for x in r],
+                    yerr=[x["cv_std"] for x in r], marker="o", ms=3, capsize=2, label=nm)
+    ax.set_xlabel("t (ResNet: last seven blocks spread over [0, 1])")
+    ax.set_ylabel(f"{args.folds}-fold CV accuracy (best C)")
+    ax.set_title(f"Tiny-ImageNet val subset: {len(idx)} images, {n_classes} classes")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "accuracy_vs_t.png"), dpi=110)
+    plt.close(fig)
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    log(f"reported: {summary['reported']}")
+    for nm, info in summary["models"].items():
+        line = f"{nm}: best t = {info['best_t']:.2f} (CV acc {info['best_cv_accuracy']:.4f}); t=1: {info['cv_accuracy_at_t1']:.4f}"
+        if "finetune" in info:
+            ft = info["finetune"]
+            line += (f"; at t*={ft['t']:.2f} held-out acc: linear head {ft['head_val_accuracy']:.4f}"
+                     f" vs SVM {ft['svm_val_accuracy']:.4f}")
+        log(line)
+    log(f"wrote {out}/results.csv, accuracy_vs_t.png, summary.json")
+    return summary
+
+
+def finetune_compare(tr, X, y, n_classes, args):
+    """Linear head (gradient descent) vs SVM on the same stratified 80/20 split."""
+    from sklearn.model_selection import train_test_split
+
+    i_tr, i_va = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y,
+                                  random_state=args.seed)
+    head = tr.linear_probe(X[i_tr], y[i_tr], X[i_va], y[i_va], num_classes=n_classes,
+                           epochs=args.finetune_epochs, seed=args.seed)
+    svm = tr.svm_cv(X[i_tr], y[i_tr], folds=args.folds, seed=args.seed, n_jobs=args.n_jobs)
+    svm_val = float(np.mean(svm["model"].predict(X[i_va]) == y[i_va]))
+    return {"split": "stratified 80/20", "n_train": int(len(i_tr)), "n_val": int(len(i_va)),
+            "head_val_accuracy": head["val_accuracy"], "head_train_accuracy": head["train_accuracy"],
+            "svm_val_accuracy": svm_val, "svm_best_C": svm["best_C"]}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,154 @@
+"""jaxode.nn.conv.conv2d: same values and gradients as lax.conv_general_dilated
+(autodiff), checked by finite differences too; fast inside while loops because
+its derivative convolutions are in XLA:CPU's canonical layout."""
+
+import re
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxode.nn.conv import conv2d, reference_conv2d
+from jaxode.nn.layers import ConcatConv2d
+
+# (kernel, stride, padding) of the convolutions used in the project.
+CASES = [(3, 1, 1), (4, 2, 1), (3, 1, 0), (1, 2, 0)]
+
+
+def _data(k, key, c=2, o=3, h=6, batch=2):
+    kx, kw, kg = jax.random.split(key, 3)
+    x = jax.random.normal(kx, (batch, c, h, h), jnp.float32)
+    w = jax.random.normal(kw, (o, c, k, k), jnp.float32) / (c * k * k) ** 0.5
+    return x, w, kg
+
+
+@pytest.mark.parametrize("k,s,p", CASES)
+def test_forward_and_gradients_match_lax_autodiff(k, s, p, key):
+    x, w, kg = _data(k, key)
+    out_shape = jax.eval_shape(lambda: jax.vmap(lambda xi: conv2d(xi, w, s, p))(x)).shape
+    g = jax.random.normal(kg, out_shape, jnp.float32)
+    dx, dw = jax.random.normal(kg, x.shape), jax.random.normal(kg, w.shape)
+
+    def loss(fn):
+        return lambda x_, w_: jnp.sum(g * jax.vmap(lambda xi: fn(xi, w_, s, p))(x_))
+
+    @jax.jit
+    def both(x, w):
+        res = []
+        for fn in (conv2d, reference_conv2d):
+            res.append((
+                jax.vmap(lambda xi: fn(xi, w, s, p))(x),
+                jax.grad(loss(fn), (0, 1))(x, w),
+                jax.jvp(loss(fn), (x, w), (dx, dw))[1],  # forward mode uses the tangents directly
+            ))
+        return res
+
+    (out, (gx, gw), t1), (ref, (rx, rw), t2) = both(x, w)
+    # the reference is lax.conv_general_dilated in NCHW / OIHW, differentiated by JAX
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gx, rx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gw, rw, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(t1, t2, rtol=1e-4)
+
+
+@pytest.mark.parametrize("k,s,p", CASES)
+def test_gradients_match_finite_differences(k, s, p, key):
+    """Central differences in float64 along random directions (independent truth)."""
+    with jax.enable_x64(True):
+        x, w, kg = _data(k, key, batch=1)
+        x, w = x.astype(jnp.float64), w.astype(jnp.float64)
+        out_shape = jax.eval_shape(lambda: jax.vmap(lambda xi: conv2d(xi, w, s, p))(x)).shape
+        g = jax.random.normal(kg, out_shape, jnp.float64)
+
+        @jax.jit
+        def loss(x_, w_):
+            return jnp.sum(g * jnp.tanh(jax.vmap(lambda xi: conv2d(xi, w_, s, p))(x_)))
+
+        dirs = [jax.random.normal(jax.random.fold_in(kg, i), a.shape, jnp.float64)
+                for i, a in enumerate((x, w))]
+
+        @jax.jit
+        def checks(x, w):
+            gx, gw = jax.grad(loss, (0, 1))(x, w)
+            eps = 1e-6
+            out = []
+            for grad, dxx, dww in ((gx, dirs[0], 0.0), (gw, 0.0, dirs[1])):
+                fd = (loss(x + eps * dxx, w + eps * dww) - loss(x - eps * dxx, w - eps * dww)) / (2 * eps)
+                out.append((jnp.vdot(grad, dirs[0] if grad is gx else dirs[1]), fd))
+            return out
+
+        for analytic, fd in checks(x, w):
+            np.testing.assert_allclose(analytic, fd, rtol=1e-6)
+
+
+def test_second_order_matches_reference(key):
+    """Hessian-vector products (needed by e.g. gradient penalties) are exact too."""
+    x, w, _ = _data(3, key, batch=1)
+
+    def loss(fn):
+        return lambda w_: jnp.sum(jnp.tanh(fn(x[0], w_, 1, 1)) ** 2)
+
+    v = jnp.ones_like(w)
+    hv1 = jax.jvp(jax.grad(loss(conv2d)), (w,), (v,))[1]
+    hv2 = jax.jvp(jax.grad(loss(reference_conv2d)), (w,), (v,))[1]
+    np.testing.assert_allclose(hv1, hv2, rtol=1e-4, atol=1e-5)
+
+
+def test_derivative_convolutions_are_canonical_inside_a_loop(key):
+    """Inside lax.scan every convolution of value + gradient (forward, input grad,
+    weight grad contracted over the batch) is in XLA:CPU's canonical NHWC / HWIO
+    layout, the one lowered to the fast kernel; Equinox's layout is not."""
+    x, w, _ = _data(3, key, c=5, o=6, h=7, batch=4)
+
+    def body_for(fn):
+        def f(x, w):
+            def body(acc, i):
+                def loss(x_, w_):
+                    return jnp.sum(jax.vmap(lambda xi: fn(xi, w_, 1, 1))(x_ * i) ** 2)
+
+                val, (gx, gw) = jax.value_and_grad(loss, (0, 1))(x, w)
+                return (acc[0] + gx, acc[1] + gw, acc[2] + val), None
+
+            init = (jnp.zeros_like(x), jnp.zeros_like(w), jnp.zeros(()))
+            return lax.scan(body, init, jnp.arange(1.0, 3.0))[0]
+
+        return jax.jit(f).lower(x, w).compile().as_text()
+
+    def labels(hlo):
+        return re.findall(r"convolution\(.*?dim_labels=([\w>-]+)", hlo)
+
+    fast = labels(body_for(conv2d))
+    assert len(fast) == 3 and set(fast) == {"b01f_01io->b01f"}, fast
+    slow = labels(body_for(reference_conv2d))
+    assert any(lab != "b01f_01io->b01f" for lab in slow), slow
+
+
+def test_bad_shapes_raise(key):
+    x, w, _ = _data(3, key)
+    with pytest.raises(ValueError, match="one example"):
+        conv2d(x, w)
+    with pytest.raises(ValueError, match="does not fit"):
+        conv2d(x[0], w[:, :2])
+    with pytest.raises(ValueError, match="padding"):
+        conv2d(x[0], w, 1, "SAME")
+
+
+def test_concat_conv2d_fast_equals_equinox(key):
+    """ConcatConv2d's default (fast) path equals Equinox's Conv2d on [t; x], values
+    and parameter gradients, and keeps the `conv` attribute layout."""
+    layer = ConcatConv2d(3, 4, 4, 2, 1, key=key)
+    slow = eqx.tree_at(lambda m: m.conv, ConcatConv2d(3, 4, 4, 2, 1, key=key, fast=False), layer.conv)
+    assert layer.conv.weight.shape == (4, 4, 4, 4) and layer.conv.bias.shape == (4, 1, 1)
+    x = jax.random.normal(key, (2, 3, 8, 8))
+    t = jnp.asarray(0.7, jnp.float32)
+
+    def loss(m):
+        return jnp.sum(jnp.sin(jax.vmap(m, in_axes=(None, 0))(t, x)))
+
+    np.testing.assert_allclose(loss(layer), loss(slow), rtol=1e-5)
+    g1, g2 = eqx.filter_grad(loss)(layer), eqx.filter_grad(loss)(slow)
+    np.testing.assert_allclose(g1.conv.weight, g2.conv.weight, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g1.conv.bias, g2.conv.bias, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,134 @@
+"""DCN models (jaxode.models.dcn, jaxode.fields.dcn): parameter counts against the
+paper's Table 1 / Table 5 layer lists, layout (spatial sizes), the trainer's call
+contract, and a gradient step through the backsolve adjoint."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxode.fields.dcn import DCNField
+from jaxode.models.dcn import (
+    MODEL_NAMES,
+    PAPER_PARAMS,
+    build_autoencoder,
+    build_model,
+    centre_crop,
+    count_params,
+)
+from jaxode.nn.srf import MetaSRFConv2d, SRFConv2d, refresh_support, srf_layers
+from jaxode.ode import SolveConfig, backward_nfe
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_param_counts_match_paper(name):
+    # Table 1: 429K, 326K, 472K, 560K, 555K, 426K, 323K; Table 5 meta models
+    model = build_model(name, key=jax.random.PRNGKey(0))
+    assert count_params(model) == PAPER_PARAMS[name]
+
+
+def test_paper_counts_are_the_documented_ones():
+    assert PAPER_PARAMS == {
+        "dcn_ode": 428_752, "dcn_full": 325_843, "dcn_sigma_ji": 472_202,
+        "dcn_sigma_t": 428_758, "dcn_sigma_t2": 428_764, "dcn_sigma_alpha_t": 689_494,
+        "odenet": 559_562, "resnet_blocks": 554_634, "resnet_srf_blocks": 425_616,
+        "resnet_srf_full": 322_707,
+    }
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="unknown DCN model"):
+        build_model("dcn_bogus", key=jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize("name,sizes", [("resnet_blocks", (30, 15, 7)),
+                                        ("resnet_srf_full", (32, 16, 8))])
+def test_stage_sizes(name, sizes):
+    model = build_model(name, key=jax.random.PRNGKey(1), widths=(8, 16, 32))
+    model = refresh_support(model, "exact")
+    x = jnp.zeros((2, 3, 32, 32), jnp.float32)
+    feats, stats = eqx.filter_jit(lambda m, x: m.features(x))(model, x)
+    assert [f.shape[-1] for f in feats] == list(sizes)
+    assert [f.shape[1] for f in feats] == [8, 16, 32]
+    assert stats == ()
+
+
+def test_grid_modes_same_logits_resnet_srf():
+    """The whole network gives the same logits with exact-size and max-size grids."""
+    model = build_model("resnet_srf_full", key=jax.random.PRNGKey(2), widths=(4, 8, 8),
+                        num_classes=3)
+    x = jax.random.uniform(jax.random.PRNGKey(3), (2, 3, 16, 16))
+    f = eqx.filter_jit(lambda m, x: m(x)[0])
+    a = f(refresh_support(model, "exact"), x)
+    b = f(refresh_support(model, "max", max_half_width=6), x)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    assert len(srf_layers(model)) == 3 + 6
+
+
+def test_autoencoder_layout():
+    enc = build_model("resnet_blocks", key=jax.random.PRNGKey(4), widths=(4, 8, 8))
+    ae = build_autoencoder(enc, key=jax.random.PRNGKey(5))
+    x = jnp.zeros((2, 3, 32, 32), jnp.float32)
+    y, aux = eqx.filter_jit(lambda m, x: m(x))(ae, x)
+    assert y.shape == (2, 3, 28, 28) and centre_crop(x).shape == y.shape
+    assert aux["nfe"].shape == (2,)
+
+
+def test_field_sees_time_and_rejects_bad_kind():
+    field = DCNField(4, "sigma_t", key=jax.random.PRNGKey(6))
+    assert isinstance(field.conv1, MetaSRFConv2d) and field.conv1.in_channels == 4
+    h = jax.random.normal(jax.random.PRNGKey(7), (4, 6, 6))
+    f = eqx.filter_jit(field)
+    assert float(jnp.abs(f(0.0, h) - f(1.5, h)).max()) > 1e-4
+    with pytest.raises(ValueError, match="filter kind"):
+        DCNField(4, "bogus", key=jax.random.PRNGKey(6))
+
+
+@pytest.fixture(scope="module")
+def dcn_step():
+    """Loss, gradients and aux of a tiny meta-parametrized DCN (sigma(t), alpha(t)):
+    three ODE blocks on [0, 2], dopri5, backsolve adjoint."""
+    cfg = SolveConfig(rtol=1e-2, atol=1e-2)
+    model = build_model("dcn_sigma_alpha_t", key=jax.random.PRNGKey(8), widths=(4, 4, 4),
+                        num_classes=3, config=cfg)
+    model = refresh_support(model, "max", max_half_width=4)
+    x = jax.random.uniform(jax.random.PRNGKey(9), (2, 3, 10, 10))
+    labels = jnp.array([0, 2])
+
+    def loss_fn(m):
+        logits, aux = m(x, key=None, inference=False)
+        logp = jax.nn.log_softmax(logits)
+        return -jnp.mean(logp[jnp.arange(2), labels]), aux
+
+    (loss, aux), grads = eqx.filter_jit(eqx.filter_value_and_grad(loss_fn, has_aux=True))(model)
+    return model, loss, aux, grads
+
+
+def test_dcn_forward_contract(dcn_step):
+    model, loss, aux, _ = dcn_step
+    assert np.isfinite(float(loss))
+    for k in ("nfe", "steps", "nfe_block1", "nfe_block3", "max_steps_reached"):
+        assert aux[k].shape == (2,)
+    # dopri5: 3 + 6 * steps per block (jaxode.ode), summed over the three blocks
+    assert float(aux["nfe"][0]) == pytest.approx(3 * 3 + 6 * float(aux["steps"][0]))
+    assert not bool(aux["max_steps_reached"].any())
+    assert model.blocks[0].t1 == 2.0
+
+
+def test_dcn_gradients_reach_scales_and_coefficients(dcn_step):
+    _, _, _, grads = dcn_step
+    assert float(backward_nfe(grads)) > 0
+    metas = [lay for lay in srf_layers(grads) if isinstance(lay, MetaSRFConv2d)]
+    assert len(metas) == 6
+    for g in metas:
+        assert np.all(np.isfinite(np.asarray(g.scale_coeffs)))
+        assert float(jnp.abs(g.scale_coeffs).max()) > 0
+        assert float(jnp.abs(g.alpha_bias).max()) > 0
+
+
+def test_input_checks():
+    model = build_model("resnet_blocks", key=jax.random.PRNGKey(0), widths=(4, 8, 8))
+    with pytest.raises(ValueError, match="float batch"):
+        model.features(jnp.zeros((3, 32, 32), jnp.uint8))
+    assert isinstance(build_model("dcn_full", key=jax.random.PRNGKey(0)).stem, SRFConv2d)
