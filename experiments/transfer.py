@@ -70,19 +70,19 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------- models
 
 
+QUICK_MODELS = {"resnet": "carrara-resnet", "resode": "carrara-resode",
+                "odeonly": "carrara-odeonly"}
+
+
 def _quick_factory(kind: str, channels: int):
     import jax
 
-    from jaxode.models.classifiers import carrara_odeonly, carrara_resnet, carrara_resode
+    from jaxode.models.classifiers import make_model
 
-    key = jax.random.PRNGKey(0)
-    if kind == "resnet":
-        return carrara_resnet(10, channels=channels, dropout=0.0, key=key)
-    if kind == "resode":
-        return carrara_resode(10, channels=channels, dropout=0.0, key=key)
-    if kind == "odeonly":
-        return carrara_odeonly(10, channels=channels, dropout=0.0, key=key)
-    raise ValueError(f"--quick-models: unknown model {kind!r}; use resnet, resode, odeonly.")
+    if kind not in QUICK_MODELS:
+        raise ValueError(f"--quick-models: unknown model {kind!r}; use resnet, resode, odeonly.")
+    kwargs = {"num_classes": 10, "channels": channels, "dropout": 0.0}
+    return make_model(QUICK_MODELS[kind], key=jax.random.PRNGKey(0), **kwargs), kwargs
 
 
 def quick_train(args, log=print):
@@ -102,11 +102,11 @@ def quick_train(args, log=print):
     models = {}
     for kind in args.quick_models.split(","):
         kind = kind.strip()
-        model = _quick_factory(kind, args.quick_channels)
+        model, kwargs = _quick_factory(kind, args.quick_channels)
         config = TrainConfig(epochs=args.quick_epochs, batch_size=100, lr=0.05,
                              weight_decay=5e-4, lr_schedule="cosine", seed=args.seed)
         run = RunDir(os.path.join(args.runs_dir, f"{args.name}-quick-{kind}"),
-                     {"model": kind, "channels": args.quick_channels,
+                     {"model": QUICK_MODELS[kind], "model_kwargs": kwargs,
                       "train_size": len(train), "train": config.to_dict(),
                       "task": "crop 4 + flip, no normalisation"})
         t0 = time.perf_counter()
@@ -145,19 +145,30 @@ def load_run(run_dir: str):
     epoch = latest_checkpoint(ckpt)
     if epoch is None:
         raise FileNotFoundError(f"no checkpoint in {ckpt}; train the model first.")
-    params = [p for p in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))]
     path = os.path.join(ckpt, f"ckpt-{epoch:04d}.eqx")
+    with open(os.path.join(ckpt, f"ckpt-{epoch:04d}.json")) as f:
+        meta = json.load(f)
+    has_ema = (meta.get("config") or {}).get("ema_decay") is not None
     # Leaves are stored in PyTree order of {"ema", "model", "opt_state"}: read the EMA
-    # list (if any) and the model, ignore the optimiser state that follows.
-    for ema in ([p for p in params], None):
-        try:
-            state = eqx.tree_deserialise_leaves(path, {"ema": ema, "model": model})
-            break
-        except Exception:  # noqa: BLE001 - try the layout without EMA
-            state = None
-    if state is None:
-        raise ValueError(f"could not read {path} into a {name} model built from config.json.")
-    return state["model"], name
+    # list (when the run kept one) and the model; the optimiser state that follows is
+    # not needed.  The EMA weights are the ones the run evaluated with.
+    ema = None
+    if has_ema:
+        from jaxode.ode import trainable
+
+        ema = jax.tree_util.tree_leaves(eqx.filter(model, trainable(model)))
+    try:
+        state = eqx.tree_deserialise_leaves(path, {"ema": ema, "model": model})
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(
+            f"could not read {path} into a {name!r} model built from config.json ({e})."
+        ) from e
+    model = state["model"]
+    if has_ema:
+        params = eqx.filter(model, trainable(model))
+        model = eqx.combine(jax.tree_util.tree_unflatten(
+            jax.tree_util.tree_structure(params), state["ema"]), model)
+    return model, name
 
 
 # ----------------------------------------------------------------------------- main

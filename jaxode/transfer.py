@@ -305,6 +305,7 @@ def linear_probe(
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
     n = xt.shape[0]
+    batch_size = min(batch_size, n)
     steps = max(1, n // batch_size)
 
     @jax.jit

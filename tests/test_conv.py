@@ -26,62 +26,47 @@ def _data(k, key, c=2, o=3, h=6, batch=2):
 
 
 @pytest.mark.parametrize("k,s,p", CASES)
-def test_forward_and_gradients_match_lax_autodiff(k, s, p, key):
-    x, w, kg = _data(k, key)
-    out_shape = jax.eval_shape(lambda: jax.vmap(lambda xi: conv2d(xi, w, s, p))(x)).shape
-    g = jax.random.normal(kg, out_shape, jnp.float32)
-    dx, dw = jax.random.normal(kg, x.shape), jax.random.normal(kg, w.shape)
-
-    def loss(fn):
-        return lambda x_, w_: jnp.sum(g * jax.vmap(lambda xi: fn(xi, w_, s, p))(x_))
-
-    @jax.jit
-    def both(x, w):
-        res = []
-        for fn in (conv2d, reference_conv2d):
-            res.append((
-                jax.vmap(lambda xi: fn(xi, w, s, p))(x),
-                jax.grad(loss(fn), (0, 1))(x, w),
-                jax.jvp(loss(fn), (x, w), (dx, dw))[1],  # forward mode uses the tangents directly
-            ))
-        return res
-
-    (out, (gx, gw), t1), (ref, (rx, rw), t2) = both(x, w)
-    # the reference is lax.conv_general_dilated in NCHW / OIHW, differentiated by JAX
-    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(gx, rx, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(gw, rw, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(t1, t2, rtol=1e-4)
-
-
-@pytest.mark.parametrize("k,s,p", CASES)
-def test_gradients_match_finite_differences(k, s, p, key):
-    """Central differences in float64 along random directions (independent truth)."""
+def test_values_and_gradients_match_lax_autodiff_and_finite_differences(k, s, p, key):
+    """In float64: forward, input and weight gradients (reverse mode) and the JVP
+    equal those of lax.conv_general_dilated (NCHW / OIHW) under JAX autodiff, and
+    both gradients match central finite differences along random directions."""
     with jax.enable_x64(True):
-        x, w, kg = _data(k, key, batch=1)
+        x, w, kg = _data(k, key)
         x, w = x.astype(jnp.float64), w.astype(jnp.float64)
         out_shape = jax.eval_shape(lambda: jax.vmap(lambda xi: conv2d(xi, w, s, p))(x)).shape
         g = jax.random.normal(kg, out_shape, jnp.float64)
+        dx = jax.random.normal(jax.random.fold_in(kg, 1), x.shape, jnp.float64)
+        dw = jax.random.normal(jax.random.fold_in(kg, 2), w.shape, jnp.float64)
+
+        def loss(fn):
+            return lambda x_, w_: jnp.sum(g * jnp.tanh(jax.vmap(lambda xi: fn(xi, w_, s, p))(x_)))
 
         @jax.jit
-        def loss(x_, w_):
-            return jnp.sum(g * jnp.tanh(jax.vmap(lambda xi: conv2d(xi, w_, s, p))(x_)))
-
-        dirs = [jax.random.normal(jax.random.fold_in(kg, i), a.shape, jnp.float64)
-                for i, a in enumerate((x, w))]
-
-        @jax.jit
-        def checks(x, w):
-            gx, gw = jax.grad(loss, (0, 1))(x, w)
+        def run(x, w):
+            res = {}
+            for name, fn in (("fast", conv2d), ("ref", reference_conv2d)):
+                res[name] = (
+                    jax.vmap(lambda xi: fn(xi, w, s, p))(x),
+                    jax.grad(loss(fn), (0, 1))(x, w),
+                    jax.jvp(loss(fn), (x, w), (dx, dw))[1],  # forward mode: the rule's tangents
+                )
             eps = 1e-6
-            out = []
-            for grad, dxx, dww in ((gx, dirs[0], 0.0), (gw, 0.0, dirs[1])):
-                fd = (loss(x + eps * dxx, w + eps * dww) - loss(x - eps * dxx, w - eps * dww)) / (2 * eps)
-                out.append((jnp.vdot(grad, dirs[0] if grad is gx else dirs[1]), fd))
-            return out
+            f = loss(conv2d)
+            res["fd"] = (
+                (f(x + eps * dx, w) - f(x - eps * dx, w)) / (2 * eps),
+                (f(x, w + eps * dw) - f(x, w - eps * dw)) / (2 * eps),
+            )
+            return res
 
-        for analytic, fd in checks(x, w):
-            np.testing.assert_allclose(analytic, fd, rtol=1e-6)
+        res = run(x, w)
+    (out, (gx, gw), t1), (ref, (rx, rw), t2) = res["fast"], res["ref"]
+    np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(gx, rx, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(gw, rw, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(t1, t2, rtol=1e-10)
+    fd_x, fd_w = res["fd"]
+    np.testing.assert_allclose(np.vdot(gx, dx), fd_x, rtol=1e-6)
+    np.testing.assert_allclose(np.vdot(gw, dw), fd_w, rtol=1e-6)
 
 
 def test_second_order_matches_reference(key):
@@ -131,7 +116,7 @@ def test_bad_shapes_raise(key):
     with pytest.raises(ValueError, match="one example"):
         conv2d(x, w)
     with pytest.raises(ValueError, match="does not fit"):
-        conv2d(x[0], w[:, :2])
+        conv2d(x[0], w[:, :1])
     with pytest.raises(ValueError, match="padding"):
         conv2d(x[0], w, 1, "SAME")
 
@@ -148,7 +133,8 @@ def test_concat_conv2d_fast_equals_equinox(key):
     def loss(m):
         return jnp.sum(jnp.sin(jax.vmap(m, in_axes=(None, 0))(t, x)))
 
-    np.testing.assert_allclose(loss(layer), loss(slow), rtol=1e-5)
-    g1, g2 = eqx.filter_grad(loss)(layer), eqx.filter_grad(loss)(slow)
+    (l1, g1), (l2, g2) = eqx.filter_jit(lambda a, b: (
+        eqx.filter_value_and_grad(loss)(a), eqx.filter_value_and_grad(loss)(b)))(layer, slow)
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
     np.testing.assert_allclose(g1.conv.weight, g2.conv.weight, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(g1.conv.bias, g2.conv.bias, rtol=1e-5, atol=1e-6)

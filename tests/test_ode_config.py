@@ -151,7 +151,7 @@ def test_max_steps_flag(batch_mode):
         # Only the hard sample runs out; the easy one is finished and correct.
         assert reached.tolist() == [False, True]
         assert np.all(np.isinf(z[1])) and np.all(np.isfinite(z[0]))
-        np.testing.assert_allclose(z[0], TRUTH[0], rtol=1e-4, atol=1e-10)
+        np.testing.assert_allclose(z[0], TRUTH[0], rtol=0, atol=20 * TIGHT)  # |z| ~ 1e-4: atol rules
         assert int(stats.steps[1]) == MAX_STEPS
 
 
@@ -178,18 +178,23 @@ def test_backward_solve_max_steps_is_not_silent():
     fwd_steps = int(stats.steps)
     assert not bool(stats.max_steps_reached)
 
-    def loss(block):
+    @eqx.filter_jit
+    @eqx.filter_grad
+    def grad(block):
         return jnp.sum(block(z0)[0] ** 2)
 
-    def with_budget(on_max_steps, max_steps):
-        cfg = probe.config.replace(max_steps=max_steps, on_max_steps=on_max_steps)
+    def with_budget(on_max_steps, tol=1e-6):
+        cfg = probe.config.replace(
+            max_steps=fwd_steps, on_max_steps=on_max_steps, rtol=tol, atol=tol
+        )
         return eqx.tree_at(lambda b: b.config, probe, cfg)
 
-    g = eqx.filter_grad(loss)(with_budget("flag", fwd_steps))
+    g = grad(with_budget("flag"))
     assert np.all(np.isinf(np.asarray(g.field.A)))
     with pytest.raises(Exception) as info:
-        jax.block_until_ready(eqx.filter_grad(loss)(with_budget("raise", fwd_steps)))
+        jax.block_until_ready(grad(with_budget("raise")))
     assert "backward (adjoint) solve" in str(info.value) and "'stem_ode'" in str(info.value)
-    # Enough budget: finite gradients.
-    g = eqx.filter_grad(loss)(with_budget("flag", 8 * fwd_steps))
+    assert f"max_steps={fwd_steps}" in str(info.value)
+    # Same compiled gradient, a looser tolerance: the backward solve fits, finite.
+    g = grad(with_budget("flag", tol=1e-3))
     assert np.all(np.isfinite(np.asarray(g.field.A)))

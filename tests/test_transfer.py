@@ -157,3 +157,31 @@ def test_linear_probe_learns_separable_classes():
     assert r["val_accuracy"] > 0.95 and r["train_loss"] < 0.3
     sub = tr.stratified_subset(np.repeat(np.arange(5), 10), classes=3, per_class=4, seed=0)
     assert len(sub) == 12 and np.bincount(np.repeat(np.arange(5), 10)[sub]).tolist() == [4, 4, 4]
+
+
+@pytest.mark.parametrize("with_ema", [False, True])
+def test_load_run_reads_model_and_ema_from_a_checkpoint(tmp_path, with_ema):
+    import json
+
+    import equinox as eqx
+
+    from experiments.transfer import load_run
+    from jaxode.models.classifiers import make_model
+    from jaxode.ode import trainable
+    from jaxode.train import save_checkpoint
+
+    kwargs = {"num_classes": 3, "channels": 4, "dropout": 0.0}
+    trained = make_model("carrara-resnet", key=jax.random.PRNGKey(7), **kwargs)  # != template key 0
+    params = jax.tree_util.tree_leaves(eqx.filter(trained, trainable(trained)))
+    ema = [p + 1.0 for p in params] if with_ema else None
+    momentum = [p * 0.0 + 5.0 for p in params]
+    (tmp_path / "config.json").write_text(json.dumps({"model": "carrara-resnet", "model_kwargs": kwargs}))
+    save_checkpoint(str(tmp_path / "checkpoints"), 3,
+                    {"model": trained, "opt_state": momentum, "ema": ema},
+                    {"config": {"ema_decay": 0.999 if with_ema else None}})
+    model, name = load_run(str(tmp_path))
+    assert name == "carrara-resnet"
+    got = jax.tree_util.tree_leaves(eqx.filter(model, trainable(model)))
+    want = ema if with_ema else params
+    assert len(got) == len(want)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got, want))

@@ -214,6 +214,15 @@ def _check_input(name, x, channels):
 
 # -------------------------------------------------------------------------- layers
 
+# Grid used when a layer is built under `jit` (its sigma is not known then); callers
+# building under `jit` (e.g. `jaxode.models.dcn.build_model`) call `refresh_support`.
+_PLACEHOLDER_GRID = 4
+
+
+def _traced(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
 
 class _SRFBase(eqx.Module):
     in_channels: int = eqx.field(static=True)
@@ -263,7 +272,8 @@ class SRFConv2d(_SRFBase):
         self.alpha = 0.1 * jax.random.normal(k1, (num_basis(order), n_in, out_channels))
         self.scale = (2.0 / 3.0) * jax.random.normal(k2, ())
         if grid_half_width is None:
-            grid_half_width = half_width_host(2.0 ** float(self.scale))
+            grid_half_width = (_PLACEHOLDER_GRID if _traced(self.scale)
+                               else half_width_host(2.0 ** float(self.scale)))
         self.grid_half_width = int(grid_half_width)
 
     @property
@@ -363,7 +373,8 @@ class MetaSRFConv2d(_SRFBase):
         slopes = (2.0 / 3.0) * jax.random.normal(k4, (n_slopes,))
         self.scale_coeffs = jnp.concatenate([b[None], slopes])
         if grid_half_width is None:
-            grid_half_width = half_width_host(self.sigma_range()[1])
+            grid_half_width = (_PLACEHOLDER_GRID if _traced(self.scale_coeffs)
+                               else half_width_host(self.sigma_range()[1]))
         self.grid_half_width = int(grid_half_width)
 
     @staticmethod

@@ -23,7 +23,10 @@ def ode_blocks(model) -> list[ODEBlock]:
 def count_params(model) -> int:
     """Number of trainable scalars (`jaxode.ode.trainable` leaves): the papers' count
     (ODE blocks' t0, t1, tolerances and NFE probe are not parameters)."""
-    leaves = jtu.tree_leaves(eqx.filter(model, trainable(model)))
+    # works on real models and on `eqx.filter_eval_shape` skeletons (no weights drawn)
+    stand_in = jtu.tree_map(
+        lambda x: jnp.zeros((), x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x, model)
+    leaves = jtu.tree_leaves(eqx.filter(model, trainable(stand_in)))
     return int(sum(np.prod(x.shape) for x in leaves))
 
 

@@ -1,0 +1,324 @@
+"""Train and evaluate an image classifier: ODE-Nets (Chen et al. 2018; Carrara et al.)
+and their residual baselines.
+
+The recipe: config -> data -> model -> train (jaxode.train.fit) -> evaluation (test
+error, parameters, solver steps per image mean +- std from one adaptive solve per
+image, Fig. 1 of Carrara et al.: the test images needing most and fewest steps, and
+an inference-time sweep over tolerances) -> run folder ``runs/<name>/``.
+
+Examples::
+
+    python -m experiments.classify --config smoke-digits          # ~2 min on a CPU
+    python -m experiments.classify --config chen-mnist-odenet --data-root DATA
+    python -m experiments.classify --config carrara-cifar10-odeonly --epochs 1
+    python -m experiments.classify --config smoke-digits --resume  # continue a run
+    python -m experiments.classify --list                          # named configs
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+from experiments.configs import describe, get_config, names
+from experiments.configs.classify import ClassifyConfig
+
+
+# ------------------------------------------------------------------------- pieces
+
+
+def load_data(cfg: ClassifyConfig):
+    """Train and test `Dataset`s (optionally the first `train_limit`/`test_limit`)."""
+    from jaxode.data import load_dataset
+
+    train = load_dataset(cfg.dataset, "train", root=cfg.data_root)
+    test = load_dataset(cfg.dataset, "test", root=cfg.data_root)
+    if cfg.train_limit is not None:
+        train = train.subset(slice(0, cfg.train_limit))
+    if cfg.test_limit is not None:
+        test = test.subset(slice(0, cfg.test_limit))
+    return train, test
+
+
+def build_model(cfg: ClassifyConfig, num_classes: int, in_channels: int, key):
+    """The model named by `cfg.model`, with its ODE block's SolveConfig from `cfg`."""
+    from jaxode.models import MODELS
+    from jaxode.ode import SolveConfig
+
+    if cfg.model not in MODELS:
+        raise ValueError(f"unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}.")
+    kwargs = dict(cfg.model_kwargs)
+    kwargs.update(num_classes=num_classes, in_channels=in_channels, dropout=cfg.dropout, key=key)
+    if cfg.channels is not None:
+        kwargs["channels"] = cfg.channels
+    if "resnet" not in cfg.model:
+        kwargs["solve"] = SolveConfig(solver=cfg.solver, rtol=cfg.tol, atol=cfg.tol,
+                                      adjoint=cfg.adjoint, max_steps=cfg.max_steps,
+                                      **({} if cfg.solver in ("dopri5", "tsit5", "bosh3")
+                                         else {"num_steps": cfg.euler_steps}))
+    return MODELS[cfg.model](**kwargs)
+
+
+def build_task(cfg: ClassifyConfig, train):
+    from jaxode.data.augment import channel_stats
+    from jaxode.train import ClassificationTask
+
+    mean = std = None
+    if cfg.normalize:
+        mean, std = channel_stats(train.images)
+    return ClassificationTask(crop_padding=cfg.crop_padding, flip=cfg.flip,
+                              color_jitter=cfg.color_jitter, mean=mean, std=std)
+
+
+def train_config(cfg: ClassifyConfig):
+    from jaxode.train import TrainConfig
+
+    return TrainConfig(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay, lr_schedule=cfg.lr_schedule,
+        milestones=cfg.milestones, gamma=cfg.gamma, plateau_metric=cfg.plateau_metric,
+        plateau_patience=cfg.plateau_patience, ema_decay=cfg.ema_decay, phases=cfg.phases,
+        euler_steps=cfg.euler_steps, seed=cfg.seed, data_parallel=cfg.data_parallel,
+        max_train_batches=cfg.max_train_batches,
+    )
+
+
+def steps_figure(test, per_image_steps, path: str, k: int = 5) -> list[int]:
+    """Carrara et al. Fig. 1: the `k` test images needing the most (left) and the
+    fewest (right) solver steps, each labelled with its count.  Returns the indices."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(per_image_steps, kind="stable")
+    most, fewest = order[::-1][:k], order[:k]
+    fig, axes = plt.subplots(2, k, figsize=(1.6 * k, 3.8))
+    for row, (idx, title) in enumerate(((most, "most steps"), (fewest, "fewest steps"))):
+        for j, i in enumerate(idx):
+            ax = axes[row, j] if k > 1 else axes[row]
+            img = test.images[i]
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img,
+                      cmap="gray" if img.shape[-1] == 1 else None)
+            ax.set_title(f"{int(per_image_steps[i])} steps\n{test.class_names[test.labels[i]]}",
+                         fontsize=8)
+            ax.axis("off")
+        (axes[row, 0] if k > 1 else axes[row]).text(
+            -0.3, 0.5, title, transform=(axes[row, 0] if k > 1 else axes[row]).transAxes,
+            rotation=90, va="center", ha="right", fontsize=9)
+    fig.suptitle("Solver steps per test image (one dopri5 solve per image)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [int(i) for i in most] + [int(i) for i in fewest]
+
+
+def tolerance_sweep(model, task, test_batches, tols, *, batch_size, path=None, mesh=None):
+    """Accuracy and NFE per image at each inference tolerance (rtol = atol = tol).
+
+    Tolerances are arrays inside the model, so every point reuses one compiled
+    evaluation step.  Returns a list of dicts; draws a PNG at `path`."""
+    from jaxode.train import evaluate, with_tolerance
+
+    rows = []
+    for tol in tols:
+        t = time.perf_counter()
+        r = evaluate(with_tolerance(model, tol), task, test_batches(), batch_size=batch_size,
+                     mesh=mesh)
+        rows.append({"tol": float(tol), "acc": float(np.mean(r["acc"])),
+                     "nfe_mean": float(np.mean(r["nfe"])), "nfe_std": float(np.std(r["nfe"])),
+                     "steps_mean": float(np.mean(r["steps"])), "time_s": time.perf_counter() - t})
+    if path is not None and rows:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax1 = plt.subplots(figsize=(5, 3.5))
+        tol_axis = [r["tol"] for r in rows]
+        ax1.semilogx(tol_axis, [100 * r["acc"] for r in rows], "o-", color="C0")
+        ax1.set_xlabel("inference tolerance (rtol = atol)")
+        ax1.set_ylabel("test accuracy (%)", color="C0")
+        ax2 = ax1.twinx()
+        ax2.errorbar(tol_axis, [r["nfe_mean"] for r in rows], [r["nfe_std"] for r in rows],
+                     fmt="s--", color="C1", capsize=3)
+        ax2.set_ylabel("NFE per image", color="C1")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    return rows
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run(cfg: ClassifyConfig, *, resume: bool = False, progress: bool = True, log=print) -> dict:
+    """Train and evaluate per `cfg`; returns the summary (also in summary.json)."""
+    from jaxode.train import (RunDir, count_params, dataset_batches, evaluate, fit,
+                              ode_blocks, with_batch_mode)
+    from jaxode.train.parallel import data_mesh
+
+    t_start = time.perf_counter()
+    train, test = load_data(cfg)
+    h, w, c = train.image_shape
+    log(f"data: {train!r}, {test!r}")
+    model = build_model(cfg, train.num_classes, c, jax.random.PRNGKey(cfg.seed))
+    n_params = count_params(model)
+    log(f"model: {cfg.model}  parameters: {n_params:,}")
+    task = build_task(cfg, train)
+    tcfg = train_config(cfg).replace(progress=progress)
+    run_dir = RunDir(os.path.join(cfg.runs_dir, cfg.name),
+                     {"classify": cfg.to_dict(), "train": tcfg.to_dict(),
+                      "params": n_params, "devices": [str(d) for d in jax.local_devices()]})
+    log(f"run folder: {run_dir.path}")
+
+    def train_batches(epoch):
+        return dataset_batches(train, cfg.batch_size, seed=(cfg.seed, epoch), shuffle=True,
+                               drop_last=True)
+
+    def test_batches():
+        return dataset_batches(test, cfg.eval_batch_size, shuffle=False)
+
+    result = fit(model, task, train_batches, test_batches, config=tcfg, run=run_dir,
+                 resume=resume, eval_batch_size=cfg.eval_batch_size, log=log)
+    final = result.eval_model
+    mesh = data_mesh(cfg.data_parallel)
+    has_ode = bool(ode_blocks(final))
+    summary: dict = {"config": cfg.name, "model": cfg.model, "dataset": cfg.dataset,
+                     "params": n_params, "epochs": result.epochs_done,
+                     "history": result.history}
+    if has_ode and cfg.per_sample_eval:
+        final = with_batch_mode(final, "per_sample")
+    t_eval = time.perf_counter()
+    per_image = evaluate(final, task, test_batches(), batch_size=cfg.eval_batch_size,
+                         mesh=mesh, progress=progress, desc="final eval")
+    acc = float(np.mean(per_image["acc"]))
+    summary.update(test_accuracy=acc, test_error=1.0 - acc,
+                   eval_batch_mode="per_sample" if has_ode and cfg.per_sample_eval else "joint",
+                   final_eval_time_s=time.perf_counter() - t_eval)
+    if has_ode:
+        steps, nfe = per_image["steps"], per_image["nfe"]
+        summary.update(steps_mean=float(steps.mean()), steps_std=float(steps.std()),
+                       steps_min=int(steps.min()), steps_max=int(steps.max()),
+                       nfe_mean=float(nfe.mean()), nfe_std=float(nfe.std()))
+        if cfg.per_sample_eval and cfg.fig_examples > 0:
+            fig_path = os.path.join(run_dir.path, "fig1_steps.png")
+            summary["fig1_indices"] = steps_figure(test, steps, fig_path, cfg.fig_examples)
+            summary["fig1"] = fig_path
+        if cfg.tol_sweep:
+            summary["tol_sweep"] = tolerance_sweep(
+                final, task, test_batches, cfg.tol_sweep, batch_size=cfg.eval_batch_size,
+                path=os.path.join(run_dir.path, "tol_sweep.png"), mesh=mesh)
+    summary["total_time_s"] = time.perf_counter() - t_start
+    np.save(os.path.join(run_dir.path, "test_steps_per_image.npy"), per_image["steps"])
+    run_dir.summary(summary)
+    run_dir.close()
+    _report(summary, run_dir.path, log)
+    return summary
+
+
+def _report(s: dict, path: str, log) -> None:
+    log("-" * 60)
+    log(f"test error: {100 * s['test_error']:.2f}%   (accuracy {100 * s['test_accuracy']:.2f}%)")
+    log(f"parameters: {s['params']:,}")
+    if "steps_mean" in s:
+        log(f"solver steps per image ({s['eval_batch_mode']}): {s['steps_mean']:.2f} +- "
+            f"{s['steps_std']:.2f} (min {s['steps_min']}, max {s['steps_max']}); "
+            f"NFE {s['nfe_mean']:.1f} +- {s['nfe_std']:.1f}")
+    for r in s.get("tol_sweep", []):
+        log(f"  tol {r['tol']:.0e}: acc {100 * r['acc']:.2f}%  NFE {r['nfe_mean']:.1f}")
+    log(f"time: {s['total_time_s']:.0f} s")
+    log(f"run folder: {path}")
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.classify",
+        description=(
+            "Train an image classifier (ODE-Net or ResNet) and evaluate it: test error, "
+            "parameter count, solver steps per image (mean +- std, one adaptive solve per "
+            "image), Fig. 1 of Carrara et al. and an inference-time tolerance sweep. "
+            "Start from a named --config; any other flag overrides one of its fields. "
+            "Results go to RUNS_DIR/NAME/ (config.json, metrics.csv, PNG plots, "
+            "summary.json, checkpoints)."),
+        epilog="Configs: " + "; ".join(f"{n} ({describe(n)})" for n in names()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a = p.add_argument
+    a("--config", default="smoke-digits", help="named configuration (default: smoke-digits)")
+    a("--list", action="store_true", help="list the named configurations and exit")
+    a("--model", help="carrara-resnet, carrara-resode, carrara-odeonly, chen-odenet, chen-resnet")
+    a("--channels", type=int, help="width of the ODE block / residual blocks")
+    a("--dropout", type=float, help="dropout before the final linear layer")
+    a("--dataset", help="digits, mnist, cifar10, folder:PATH or tfds:NAME")
+    a("--data-root", help="where the dataset files are (default: $JAXODE_DATA)")
+    a("--train-limit", type=int, help="use only the first N training images")
+    a("--test-limit", type=int, help="use only the first N test images")
+    a("--epochs", type=int)
+    a("--batch-size", type=int)
+    a("--eval-batch-size", type=int)
+    a("--lr", type=float, help="initial learning rate (SGD with momentum)")
+    a("--weight-decay", type=float)
+    a("--lr-schedule", choices=("constant", "step", "cosine", "plateau"))
+    a("--milestones", help="epochs of the step schedule, e.g. 60,100,140")
+    a("--ema", type=float, dest="ema_decay", help="EMA decay of the weights used to evaluate")
+    a("--solver", help="dopri5, tsit5, bosh3 (adaptive) or euler, midpoint, rk4")
+    a("--tol", type=float, help="rtol = atol of the adaptive solver in training")
+    a("--adjoint", choices=("backsolve", "checkpoint", "direct"),
+      help="gradient of the ODE block: continuous adjoint (default) or backprop")
+    a("--schedule", dest="phases",
+      help="solver phases per epoch, e.g. euler:5,adjoint:10 (NODE-EW style)")
+    a("--euler-steps", type=int, help="steps of the fixed-step phase/solver")
+    a("--tol-sweep", help="inference tolerances, e.g. 1e-1,1e-2,1e-3 ('' = none)")
+    a("--no-per-sample", action="store_true",
+      help="final evaluation with one joint solve per batch (faster, no per-image steps)")
+    a("--max-train-batches", type=int, help="cap on batches per epoch (quick checks)")
+    a("--seed", type=int)
+    a("--name", "--run-name", dest="name", help="run folder name (default: the config's)")
+    a("--runs-dir", help="parent folder of run folders (default: runs)")
+    a("--resume", action="store_true", help="continue the run in RUNS_DIR/NAME from its last checkpoint")
+    a("--no-data-parallel", action="store_true", help="use one device only")
+    a("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def config_from_args(args) -> ClassifyConfig:
+    cfg = get_config(args.config)
+    changes = {}
+    for f in dataclasses.fields(ClassifyConfig):
+        v = getattr(args, f.name, None)
+        if v is not None and f.name not in ("milestones", "tol_sweep"):
+            changes[f.name] = v
+    if args.milestones is not None:
+        changes["milestones"] = tuple(int(m) for m in args.milestones.split(",") if m)
+    if args.tol_sweep is not None:
+        changes["tol_sweep"] = tuple(float(t) for t in args.tol_sweep.split(",") if t)
+    if args.no_per_sample:
+        changes["per_sample_eval"] = False
+    if args.no_data_parallel:
+        changes["data_parallel"] = False
+    return cfg.replace(**changes)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        for n in names():
+            print(f"{n:28s} {describe(n)}")
+        return 0
+    cfg = config_from_args(args)
+    run(cfg, resume=args.resume, progress=not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
