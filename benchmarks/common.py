@@ -24,6 +24,7 @@ __all__ = [
     "Timing",
     "time_jax",
     "time_torch",
+    "time_interleaved",
     "describe_machine",
     "machine_tag",
     "cpu_count",
@@ -74,6 +75,30 @@ def time_torch(fn: Callable[[], Any], repeats: int = 5) -> tuple[Timing, Any]:
         out = fn()
         times.append(time.perf_counter() - t)
     return _summary(times, first), out
+
+
+def time_interleaved(calls: dict[str, Callable[[], Any]], repeats: int = 5,
+                     progress: Callable[[str], None] | None = None) -> tuple[dict[str, Timing], dict[str, Any]]:
+    """Time several zero-argument calls round-robin: one first call each (compile or
+    warm-up), then `repeats` rounds in which every call runs once.  On a shared
+    machine this exposes all candidates to the same load, which a sequential
+    schedule does not.  Each call must wait for its own result (for JAX, wrap it in
+    ``jax.block_until_ready``)."""
+    first, times, outs = {}, {k: [] for k in calls}, {}
+    for name, fn in calls.items():
+        t = time.perf_counter()
+        outs[name] = fn()
+        first[name] = time.perf_counter() - t
+        if progress:
+            progress(f"{name}: first call {first[name]:.1f} s")
+    for r in range(repeats):
+        for name, fn in calls.items():
+            t = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - t)
+        if progress:
+            progress(f"round {r + 1}/{repeats} done")
+    return {k: _summary(times[k], first[k]) for k in calls}, outs
 
 
 def cpu_count() -> int:

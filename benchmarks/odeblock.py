@@ -54,6 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--eqx-modes", default="backsolve",
                    help="modes run with the eqx convolution (default: backsolve only; it is slow)")
     p.add_argument("--no-torch", action="store_true", help="skip torchdiffeq")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch intra-op threads (default: the cores of this process, as XLA:CPU uses)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
                    help="folder for the JSON and Markdown results (default benchmarks/results)")
@@ -141,7 +143,7 @@ def torch_step_fn(func, z0_np, tol, seminorm=False):
         nfe_fwd = tfunc.nfe
         loss = (z1**2).mean()
         loss.backward()
-        return float(loss), nfe_fwd, tfunc.nfe - nfe_fwd
+        return float(loss.detach()), nfe_fwd, tfunc.nfe - nfe_fwd
 
     return step, tfunc
 
@@ -160,7 +162,7 @@ def run(args):
     from benchmarks import common
 
     info = common.describe_machine()
-    threads = common.cpu_count()
+    threads = args.torch_threads or common.cpu_count()
     z0_np = np.random.default_rng(args.seed).standard_normal(
         (args.batch, args.channels, args.size, args.size)).astype(np.float32)
     z0 = jax.numpy.asarray(z0_np)
@@ -172,45 +174,61 @@ def run(args):
 
     results = {"config": vars(args) | {"torch_threads": threads}, "machine": info, "rows": []}
 
-    torch_rows = {}
+    calls, meta = {}, {}
     if not args.no_torch:
         import torch
 
         torch.set_num_threads(threads)
-        print(f"torch {torch.__version__}: {threads} threads (as many as XLA:CPU's cores)", flush=True)
-        variants = [False] + ([True] if "backsolve-seminorm" in args.modes else [])
-        for seminorm in variants:
-            func = build_field(args.channels, key)
-            step, tfunc = torch_step_fn(func, z0_np, args.tol, seminorm)
-            timing, (loss, nf, nb) = common.time_torch(step, args.repeats)
-            grad_w = tfunc.func.conv1.conv.weight.grad.numpy().copy()
+        print(f"torch {torch.__version__}: {threads} threads (XLA:CPU uses {info['cores']} cores)", flush=True)
+        for seminorm in [False] + ([True] if "backsolve-seminorm" in args.modes else []):
             name = "torchdiffeq odeint_adjoint" + (" (seminorm)" if seminorm else "")
-            torch_rows[seminorm] = dict(name=name, timing=timing, nfe_fwd=nf, nfe_bwd=nb,
-                                        loss=loss, grad_conv1=grad_w)
-            print(f"{name:34s} {timing['median']:8.3f} s  NFE {nf}/{nb}", flush=True)
+            tstep, tfunc = torch_step_fn(build_field(args.channels, key), z0_np, args.tol, seminorm)
+            calls[name] = tstep
+            meta[name] = dict(kind="torch", seminorm=seminorm, tfunc=tfunc)
 
     step = make_step()
     for conv in args.convs:
         modes = args.modes if conv == "fast" else [m for m in args.modes if m in args.eqx_modes]
         for mode in modes:
             block = make_block(build_field(args.channels, key, conv), mode, args.tol)
-            timing, out = common.time_jax(step, block, z0, repeats=args.repeats)
-            loss, nfe_f, nfe_b, gfield = out
-            row = dict(mode=mode, conv=conv, time=dict(timing), nfe_fwd=int(nfe_f),
-                       nfe_bwd=int(nfe_b), compile_s=timing["first"] - timing["median"],
-                       loss=float(loss))
-            ref = torch_rows.get(mode == "backsolve-seminorm")
-            if ref is not None:
-                row["torch_s"] = ref["timing"]["median"]
-                row["ratio"] = timing["median"] / ref["timing"]["median"]
-                row["loss_rel_diff_vs_torch"] = abs(float(loss) - ref["loss"]) / abs(ref["loss"])
-                row["grad_rel_diff_vs_torch"] = _rel(gfield.conv1.conv.weight, ref["grad_conv1"])
-            results["rows"].append(row)
-            print(f"jaxode {mode:18s} conv={conv:4s} {timing['median']:8.3f} s "
-                  f"(min {timing['min']:.3f}, max {timing['max']:.3f})  NFE {int(nfe_f)}/{int(nfe_b)}  "
-                  f"compile {row['compile_s']:.1f} s"
-                  + (f"  ratio {row['ratio']:.2f}  grad rel diff {row['grad_rel_diff_vs_torch']:.1e}"
-                     if ref is not None else ""), flush=True)
+            name = f"jaxode {mode} conv={conv}"
+            calls[name] = (lambda b=block: jax.block_until_ready(step(b, z0)))
+            meta[name] = dict(kind="jax", mode=mode, conv=conv)
+
+    timings, outs = common.time_interleaved(
+        calls, args.repeats, progress=lambda msg: print("  " + msg, flush=True))
+
+    torch_rows = {}
+    for name, m in meta.items():
+        if m["kind"] != "torch":
+            continue
+        loss, nf, nb = outs[name]
+        torch_rows[m["seminorm"]] = dict(
+            name=name, timing=timings[name], nfe_fwd=nf, nfe_bwd=nb, loss=loss,
+            grad_conv1=m["tfunc"].func.conv1.conv.weight.grad.numpy().copy())
+        t = timings[name]
+        print(f"{name:38s} {t['median']:8.3f} s (min {t['min']:.3f}, max {t['max']:.3f})  NFE {nf}/{nb}",
+              flush=True)
+    for name, m in meta.items():
+        if m["kind"] != "jax":
+            continue
+        timing = timings[name]
+        loss, nfe_f, nfe_b, gfield = outs[name]
+        mode, conv = m["mode"], m["conv"]
+        row = dict(mode=mode, conv=conv, time=dict(timing), nfe_fwd=int(nfe_f),
+                   nfe_bwd=int(nfe_b), compile_s=timing["first"] - timing["median"],
+                   loss=float(loss))
+        ref = torch_rows.get(mode == "backsolve-seminorm")
+        if ref is not None:
+            row["torch_s"] = ref["timing"]["median"]
+            row["ratio"] = timing["median"] / ref["timing"]["median"]
+            row["loss_rel_diff_vs_torch"] = abs(float(loss) - ref["loss"]) / abs(ref["loss"])
+            row["grad_rel_diff_vs_torch"] = _rel(gfield.conv1.conv.weight, ref["grad_conv1"])
+        results["rows"].append(row)
+        print(f"{name:38s} {timing['median']:8.3f} s (min {timing['min']:.3f}, max {timing['max']:.3f})  "
+              f"NFE {int(nfe_f)}/{int(nfe_b)}  compile {row['compile_s']:.1f} s"
+              + (f"  ratio {row['ratio']:.2f}  grad rel diff {row['grad_rel_diff_vs_torch']:.1e}"
+                 if ref is not None else ""), flush=True)
 
     results["torch"] = [
         dict(name=r["name"], time=dict(r["timing"]), nfe_fwd=r["nfe_fwd"], nfe_bwd=r["nfe_bwd"],
@@ -236,7 +254,7 @@ def to_markdown(results) -> str:
     head = (f"ODE block of Chen et al.'s MNIST ODE-Net: {c['channels']} channels at "
             f"{c['size']}x{c['size']}, batch {c['batch']}, dopri5, rtol = atol = {c['tol']:g}, "
             f"t in [0, 1]; one training step (forward + backward of mean(z(1)^2)), "
-            f"median of {c['repeats']} runs after compilation.\n\n"
+            f"median of {c['repeats']} runs after compilation, all candidates timed round-robin so that they share the machine's load.\n\n"
             f"Machine: {m['cpu']}, {m['cores']} cores ({m['backend']}: {m['device']}); "
             f"torch threads: {c['torch_threads']}; load average before/after: "
             f"{m.get('load_average')} / {results.get('load_average_after')}; {m['date']}; "

@@ -274,7 +274,8 @@ def _memory(compiled) -> int:
                - m.alias_size_in_bytes)
 
 
-def measure_table2(cfg, batch: int, budget_gb: float, timing: bool = True, key=None):
+def measure_table2(cfg, batch: int, budget_gb: float, timing: bool = True, key=None,
+                   two_batches: bool = False):
     """Table 2 for both models at the config's widths and crop: parameters, training
     memory at `batch`, the largest batch within `budget_gb` (from the memory at batch
     `batch` and 2*`batch`, which is affine in the batch), memory to test one image at
@@ -297,18 +298,22 @@ def measure_table2(cfg, batch: int, budget_gb: float, timing: bool = True, key=N
             return eqx.filter(m, eqx.is_array), o2, loss, nf, nb
 
         raw_predict = jax.jit(lambda d, x: predict(eqx.combine(d, static), x))
-        mem = {}
-        compiled = {}
-        for b in (batch, 2 * batch):
+        mem, args_bytes, compiled = {}, {}, {}
+        for b in ((batch, 2 * batch) if two_batches else (batch,)):
             imgs = jax.ShapeDtypeStruct((b,) + crop + (3,), jnp.uint8)
             labs = jax.ShapeDtypeStruct((b,) + crop, jnp.uint8)
             t0 = time.time()
             compiled[b] = jax.jit(raw_step).lower(params, opt_state, imgs, labs, key).compile()
             mem[b] = _memory(compiled[b])
+            args_bytes[b] = int(compiled[b].memory_analysis().argument_size_in_bytes)
             print(f"[{name}] train step batch {b}: {mem[b] / 2**30:.3f} GiB "
                   f"(compiled in {time.time() - t0:.0f} s)", flush=True)
-        per_image = (mem[2 * batch] - mem[batch]) / batch
-        fixed = mem[batch] - per_image * batch
+        if two_batches:  # memory is affine in the batch: fit it through two points
+            per_image = (mem[2 * batch] - mem[batch]) / batch
+            fixed = mem[batch] - per_image * batch
+        else:  # one point: the fixed part is the arguments (parameters, optimiser state)
+            fixed = args_bytes[batch]
+            per_image = (mem[batch] - fixed) / batch
         max_batch = int((budget_gb * 2**30 - fixed) // per_image) if per_image > 0 else None
         x1 = jax.ShapeDtypeStruct((1,) + crop + (3,), jnp.uint8)
         test_c = raw_predict.lower(params, x1).compile()
@@ -386,6 +391,8 @@ def parse_args(argv=None):
     p.add_argument("--memory-budget-gb", type=float, default=32.0,
                    help="memory for the 'largest batch' column (paper: a 32 GB V100)")
     p.add_argument("--no-timing", action="store_true", help="Table 2: memory only, no runs")
+    p.add_argument("--two-batches", action="store_true",
+                   help="Table 2: fit memory vs batch from two compiles (slower)")
     return p.parse_args(argv)
 
 
@@ -416,10 +423,12 @@ def main(argv=None):
     run = RunDir(os.path.join("runs", name), dict(cfg, models=models, table2=args.table2),
                  tensorboard=False)
     if args.table2:
-        rows = measure_table2(cfg, args.table2_batch, args.memory_budget_gb, not args.no_timing)
+        rows = measure_table2(cfg, args.table2_batch, args.memory_budget_gb, not args.no_timing,
+                              two_batches=args.two_batches)
         rows["setting"] = dict(crop=cfg["crop"], widths=cfg["widths"], blocks=cfg["blocks"],
                                baseline_modules=cfg["baseline_modules"], batch=args.table2_batch,
-                               budget_gb=args.memory_budget_gb, device=str(jax.devices()[0]))
+                               budget_gb=args.memory_budget_gb, device=str(jax.devices()[0]),
+                               solver=cfg["solver"], rtol=cfg["rtol"])
         print(run.summary(rows))
         return rows
     splits, num_classes, ignore_label, palette = load_data(cfg)

@@ -41,9 +41,10 @@ def parse_args(argv=None):
                    help="train small Residual / Res-ODE / ODE-only nets on a CIFAR-10 subset "
                         "on this machine first (when no checkpoints exist)")
     p.add_argument("--quick-models", default="resnet,resode,odeonly")
-    p.add_argument("--quick-channels", type=int, default=32)
-    p.add_argument("--quick-train-size", type=int, default=5000)
-    p.add_argument("--quick-epochs", type=int, default=2)
+    p.add_argument("--quick-channels", type=int, default=16)
+    p.add_argument("--quick-train-size", type=int, default=4000)
+    p.add_argument("--quick-epochs", type=int, default=4)
+    p.add_argument("--quick-batch-size", type=int, default=50)
     p.add_argument("--data-root", default=None,
                    help="folder with tiny-imagenet-200-val.zip and cifar10-jpeg.zip "
                         "(default $JAXODE_DATA)")
@@ -98,33 +99,39 @@ def quick_train(args, log=print):
     train = train.subset(idx, name=f"cifar10/train[{len(idx)}]")
     test = test.subset(stratified_subset(test.labels, classes=None, per_class=100, seed=0),
                        name="cifar10/test[1000]")
-    task = ClassificationTask(crop_padding=4, flip=True)
+    from jaxode.data.augment import channel_stats
+
+    mean, std = channel_stats(train.images)
+    task = ClassificationTask(crop_padding=4, flip=True, mean=mean, std=std)
     models = {}
     for kind in args.quick_models.split(","):
         kind = kind.strip()
         model, kwargs = _quick_factory(kind, args.quick_channels)
-        config = TrainConfig(epochs=args.quick_epochs, batch_size=100, lr=0.05,
-                             weight_decay=5e-4, lr_schedule="cosine", seed=args.seed)
+        config = TrainConfig(epochs=args.quick_epochs, batch_size=args.quick_batch_size,
+                             lr=0.1, weight_decay=5e-4, lr_schedule="cosine", seed=args.seed)
         run = RunDir(os.path.join(args.runs_dir, f"{args.name}-quick-{kind}"),
                      {"model": QUICK_MODELS[kind], "model_kwargs": kwargs,
                       "train_size": len(train), "train": config.to_dict(),
-                      "task": "crop 4 + flip, no normalisation"})
+                      "task": {"crop_padding": 4, "flip": True, "mean": mean, "std": std}})
         t0 = time.perf_counter()
         res = fit(model, task,
-                  lambda e: dataset_batches(train, 100, seed=(args.seed, e), drop_last=True),
+                  lambda e: dataset_batches(train, args.quick_batch_size, seed=(args.seed, e),
+                                            drop_last=True),
                   lambda: dataset_batches(test, 250, shuffle=False),
                   config=config, run=run, log=log)
         acc = res.history[-1].get("eval_acc")
         log(f"quick-train {kind}: CIFAR-10 test[1000] acc {acc:.3f} "
             f"({time.perf_counter() - t0:.0f} s)")
-        models[kind] = {"model": res.eval_model, "cifar_acc": acc, "source": run.path}
+        models[kind] = {"model": res.eval_model, "cifar_acc": acc, "source": run.path,
+                        "norm": (mean, std)}
     return models
 
 
 def load_run(run_dir: str):
     """A trained classifier from a classification run folder: the model named in its
     ``config.json`` (``model`` + ``model_kwargs``), weights from the newest checkpoint
-    (EMA weights when the run kept them)."""
+    (EMA weights when the run kept them).  Returns ``(model, name, norm)`` where
+    `norm` is the (mean, std) input normalisation of ``config.json``'s ``task`` or None."""
     import equinox as eqx
     import jax
 
@@ -168,7 +175,9 @@ def load_run(run_dir: str):
         params = eqx.filter(model, trainable(model))
         model = eqx.combine(jax.tree_util.tree_unflatten(
             jax.tree_util.tree_structure(params), state["ema"]), model)
-    return model, name
+    task = cfg.get("task") if isinstance(cfg.get("task"), dict) else {}
+    norm = (task["mean"], task["std"]) if task.get("mean") is not None else None
+    return model, name, norm
 
 
 # ----------------------------------------------------------------------------- main
@@ -196,8 +205,8 @@ def main(argv=None, log=print):
         if "=" not in spec:
             raise SystemExit(f"--checkpoint expects NAME=RUN_DIR, got {spec!r}.")
         nm, run_dir = spec.split("=", 1)
-        model, kind = load_run(run_dir)
-        models[nm] = {"model": model, "cifar_acc": None, "source": run_dir}
+        model, kind, norm = load_run(run_dir)
+        models[nm] = {"model": model, "cifar_acc": None, "source": run_dir, "norm": norm}
     if args.quick_train:
         models.update(quick_train(args, log))
     if not models:
@@ -227,7 +236,9 @@ def main(argv=None, log=print):
         feats = tr.cached_features(
             feat_dir, model, images,
             data_key=f"tiny-imagenet-val@{args.image_size}:{args.classes}:{args.per_class}:{args.seed}",
-            batch_size=args.batch_size, desc=f"features {nm}")
+            batch_size=args.batch_size, desc=f"features {nm}",
+            mean=None if entry["norm"] is None else tuple(entry["norm"][0]),
+            std=None if entry["norm"] is None else tuple(entry["norm"][1]))
         t_feat = time.perf_counter() - t_start
         times = tr.feature_times(model)
         kind = "ode" if tr.is_ode_model(model) else "resnet"

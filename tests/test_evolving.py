@@ -190,3 +190,18 @@ def test_errors_name_the_problem():
     ew = EvolvingODE(field, g)
     with pytest.raises(ValueError, match="structure"):
         ew(_z0())
+
+
+def test_node_ew_mnist_matches_the_odenet_of_the_same_size():
+    from jaxode.models.node_ew import chen_odenet, node_ew_mnist
+    from jaxode.train.utils import count_params
+
+    key = jax.random.PRNGKey(0)
+    ew, fixed = node_ew_mnist(key=key), chen_odenet(key=key)
+    # REFERENCE_FACTS: Chen's MNIST ODE-Net ('conv' down-sampling) has 208,266
+    assert count_params(fixed) == 208_266
+    # + ElementwiseDynamics: 10 weight tensors x (4 * 8 + 1)
+    assert count_params(ew) == 208_266 + 10 * 33
+    # same initial function: theta_0 is the ODE-Net's field
+    for a, b in zip(jtu.tree_leaves(ew.ode.fixed_field()), jtu.tree_leaves(fixed.ode.field)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

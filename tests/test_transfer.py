@@ -170,17 +170,18 @@ def test_load_run_reads_model_and_ema_from_a_checkpoint(tmp_path, with_ema):
     from jaxode.ode import trainable
     from jaxode.train import save_checkpoint
 
-    kwargs = {"num_classes": 3, "channels": 4, "dropout": 0.0}
-    trained = make_model("carrara-resnet", key=jax.random.PRNGKey(7), **kwargs)  # != template key 0
+    kwargs = {"num_classes": 3, "channels": 4}
+    trained = make_model("chen-odenet", key=jax.random.PRNGKey(7), **kwargs)  # != template key 0
     params = jax.tree_util.tree_leaves(eqx.filter(trained, trainable(trained)))
     ema = [p + 1.0 for p in params] if with_ema else None
     momentum = [p * 0.0 + 5.0 for p in params]
-    (tmp_path / "config.json").write_text(json.dumps({"model": "carrara-resnet", "model_kwargs": kwargs}))
+    (tmp_path / "config.json").write_text(json.dumps({"model": "chen-odenet", "model_kwargs": kwargs}))
     save_checkpoint(str(tmp_path / "checkpoints"), 3,
                     {"model": trained, "opt_state": momentum, "ema": ema},
                     {"config": {"ema_decay": 0.999 if with_ema else None}})
-    model, name = load_run(str(tmp_path))
-    assert name == "carrara-resnet"
+    model, name, norm = load_run(str(tmp_path))
+    assert norm is None
+    assert name == "chen-odenet"
     got = jax.tree_util.tree_leaves(eqx.filter(model, trainable(model)))
     want = ema if with_ema else params
     assert len(got) == len(want)

@@ -300,7 +300,6 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
                 )
             plateau = plateau.update(float(value), config)
         history.append(row)
-        log(_format_row(row))
         if run is not None:
             run.write_history(history)
             meta = {"epoch": epoch + 1, "history": history, "plateau": plateau.to_dict(),
@@ -310,6 +309,7 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
             last_good = save_checkpoint(
                 ckpt_dir, epoch + 1, {"model": model, "opt_state": opt_state, "ema": ema},
                 meta, keep=config.keep_checkpoints)
+        log(_format_row(row))  # after the checkpoint: an interrupt here loses nothing
     return FitResult(model=model, eval_model=_eval_model(model, ema), history=history,
                      run_path=None if run is None else run.path,
                      epochs_done=len(history))
