@@ -41,9 +41,13 @@ def parse_args(argv=None):
                    help="train small Residual / Res-ODE / ODE-only nets on a CIFAR-10 subset "
                         "on this machine first (when no checkpoints exist)")
     p.add_argument("--quick-models", default="resnet,resode,odeonly")
-    p.add_argument("--quick-channels", type=int, default=16)
-    p.add_argument("--quick-train-size", type=int, default=4000)
-    p.add_argument("--quick-epochs", type=int, default=4)
+    p.add_argument("--quick-channels", type=int, default=64,
+                   help="width of the quick models (GroupNorm uses 32 groups: at <= 32 "
+                        "channels every group is one channel, and the pooled features "
+                        "lose most of their information)")
+    p.add_argument("--quick-tol", type=float, default=1e-3, help="ODE rtol = atol of quick models")
+    p.add_argument("--quick-train-size", type=int, default=2000)
+    p.add_argument("--quick-epochs", type=int, default=3)
     p.add_argument("--quick-batch-size", type=int, default=50)
     p.add_argument("--data-root", default=None,
                    help="folder with tiny-imagenet-200-val.zip and cifar10-jpeg.zip "
@@ -75,7 +79,7 @@ QUICK_MODELS = {"resnet": "carrara-resnet", "resode": "carrara-resode",
                 "odeonly": "carrara-odeonly"}
 
 
-def _quick_factory(kind: str, channels: int):
+def _quick_factory(kind: str, channels: int, tol: float):
     import jax
 
     from jaxode.models.classifiers import make_model
@@ -83,6 +87,8 @@ def _quick_factory(kind: str, channels: int):
     if kind not in QUICK_MODELS:
         raise ValueError(f"--quick-models: unknown model {kind!r}; use resnet, resode, odeonly.")
     kwargs = {"num_classes": 10, "channels": channels, "dropout": 0.0}
+    if kind != "resnet":
+        kwargs["tol"] = tol
     return make_model(QUICK_MODELS[kind], key=jax.random.PRNGKey(0), **kwargs), kwargs
 
 
@@ -106,7 +112,7 @@ def quick_train(args, log=print):
     models = {}
     for kind in args.quick_models.split(","):
         kind = kind.strip()
-        model, kwargs = _quick_factory(kind, args.quick_channels)
+        model, kwargs = _quick_factory(kind, args.quick_channels, args.quick_tol)
         config = TrainConfig(epochs=args.quick_epochs, batch_size=args.quick_batch_size,
                              lr=0.1, weight_decay=5e-4, lr_schedule="cosine", seed=args.seed)
         run = RunDir(os.path.join(args.runs_dir, f"{args.name}-quick-{kind}"),
@@ -128,10 +134,17 @@ def quick_train(args, log=print):
 
 
 def load_run(run_dir: str):
-    """A trained classifier from a classification run folder: the model named in its
-    ``config.json`` (``model`` + ``model_kwargs``), weights from the newest checkpoint
-    (EMA weights when the run kept them).  Returns ``(model, name, norm)`` where
-    `norm` is the (mean, std) input normalisation of ``config.json``'s ``task`` or None."""
+    """A trained classifier from a run folder, weights from its newest checkpoint (EMA
+    weights when the run kept them).
+
+    Two layouts of ``config.json`` are understood: a run of `experiments.classify`
+    (``{"classify": {...}}``: the model is rebuilt with its `build_model`, the input
+    normalisation with its `build_task`), and the quick runs of this module
+    (``{"model": NAME, "model_kwargs": {...}, "task": {"mean", "std"}}``).
+
+    **Returns:** ``(model, name, norm)`` with `norm` the (mean, std) input
+    normalisation or None.
+    """
     import equinox as eqx
     import jax
 
@@ -140,14 +153,32 @@ def load_run(run_dir: str):
 
     with open(os.path.join(run_dir, "config.json")) as f:
         cfg = json.load(f)
-    name = cfg.get("model")
-    kwargs = dict(cfg.get("model_kwargs", {}))
-    if isinstance(name, dict):
-        kwargs = {k: v for k, v in name.items() if k != "name"}
-        name = name["name"]
-    if not isinstance(name, str):
-        raise ValueError(f"{run_dir}/config.json names no model ('model' key); cannot rebuild it.")
-    model = make_model(name, key=jax.random.PRNGKey(0), **kwargs)
+    norm = None
+    if isinstance(cfg.get("classify"), dict):
+        import dataclasses
+
+        from experiments.classify import build_model, build_task, load_data
+        from experiments.configs.classify import ClassifyConfig
+
+        fields = {f.name for f in dataclasses.fields(ClassifyConfig)}
+        raw = {k: v for k, v in cfg["classify"].items() if k in fields}
+        for k, v in raw.items():
+            if isinstance(v, list):
+                raw[k] = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+        ccfg = ClassifyConfig(**raw)
+        train, _ = load_data(ccfg)
+        model = build_model(ccfg, train.num_classes, train.image_shape[-1], jax.random.PRNGKey(0))
+        task = build_task(ccfg, train)
+        norm = None if task.mean is None else (task.mean, task.std)
+        name = ccfg.model
+    else:
+        name = cfg.get("model")
+        if not isinstance(name, str):
+            raise ValueError(f"{run_dir}/config.json names no model ('model' key); cannot rebuild it.")
+        model = make_model(name, key=jax.random.PRNGKey(0), **dict(cfg.get("model_kwargs") or {}))
+        task = cfg.get("task") if isinstance(cfg.get("task"), dict) else {}
+        if task.get("mean") is not None:
+            norm = (tuple(task["mean"]), tuple(task["std"]))
     ckpt = os.path.join(run_dir, "checkpoints")
     epoch = latest_checkpoint(ckpt)
     if epoch is None:
@@ -175,8 +206,6 @@ def load_run(run_dir: str):
         params = eqx.filter(model, trainable(model))
         model = eqx.combine(jax.tree_util.tree_unflatten(
             jax.tree_util.tree_structure(params), state["ema"]), model)
-    task = cfg.get("task") if isinstance(cfg.get("task"), dict) else {}
-    norm = (task["mean"], task["std"]) if task.get("mean") is not None else None
     return model, name, norm
 
 

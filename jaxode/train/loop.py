@@ -125,6 +125,8 @@ def evaluate(model, task, batches: Iterable, *, batch_size: int | None = None, m
 
         it = tqdm(batches, desc=desc, leave=False, total=_len_or_none(batches))
     ndev = 1 if mesh is None else mesh.devices.size
+    if mesh is not None:  # same placement every call: a changed tolerance must not recompile
+        model = replicate(model, mesh)
     for i, batch in enumerate(it):
         n = _batch_len(batch)
         if batch_size is None:

@@ -1,0 +1,108 @@
+"""The classification pipeline: CLI and configs, Fig. 1, the tolerance sweep (no
+recompilation), and one tiny end-to-end run writing the run folder."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import classify
+from experiments.configs import get_config, names
+from jaxode.data import load_dataset
+from jaxode.train import ClassificationTask, count_params
+
+
+def test_help_explains_and_lists_configs(capsys):
+    with pytest.raises(SystemExit) as e:
+        classify.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("--resume", "--schedule", "--tol", "--config", "smoke-digits",
+                 "carrara-cifar10-odeonly", "chen-mnist-odenet"):
+        assert word in out
+
+
+def test_named_configs_and_overrides():
+    for n in ("carrara-cifar10-resnet", "carrara-cifar10-resode", "carrara-cifar10-odeonly",
+              "chen-mnist-odenet", "chen-mnist-resnet", "smoke-digits"):
+        assert n in names()
+    args = classify.build_parser().parse_args(
+        ["--config", "chen-mnist-odenet", "--epochs", "3", "--lr", "0.05",
+         "--milestones", "1,2", "--tol-sweep", "1e-2,1e-3", "--schedule", "euler:1,adjoint:2",
+         "--no-per-sample"])
+    cfg = classify.config_from_args(args)
+    assert (cfg.epochs, cfg.lr, cfg.milestones, cfg.tol_sweep) == (3, 0.05, (1, 2), (1e-2, 1e-3))
+    assert cfg.phases == "euler:1,adjoint:2" and cfg.per_sample_eval is False
+    assert cfg.model == "chen-odenet" and cfg.dataset == "mnist"  # untouched fields kept
+    with pytest.raises(ValueError, match="unknown config 'nope'"):
+        get_config("nope")
+
+
+@pytest.mark.parametrize("name, expected", [("carrara-cifar10-resode", 2_023_562),
+                                            ("chen-mnist-resnet", 576_778)])
+def test_configs_build_the_papers_models(name, expected):
+    import equinox as eqx
+
+    cfg = get_config(name)
+    in_ch = 3 if cfg.dataset == "cifar10" else 1
+    skeleton = eqx.filter_eval_shape(classify.build_model, cfg, 10, in_ch, jax.random.PRNGKey(0))
+    assert count_params(skeleton) == expected
+
+
+def test_steps_figure_picks_extremes(tmp_path):
+    test = load_dataset("digits", "test").subset(slice(0, 12))
+    steps = np.array([5, 9, 3, 7, 7, 4, 12, 2, 6, 8, 5, 10])
+    idx = classify.steps_figure(test, steps, str(tmp_path / "fig.png"), k=3)
+    assert idx[:3] == [6, 11, 1] and idx[3:] == [7, 2, 5]
+    assert (tmp_path / "fig.png").stat().st_size > 1000
+
+
+_TRACES = []
+
+
+@dataclasses.dataclass(frozen=True)
+class _CountingTask(ClassificationTask):
+    def eval_metrics(self, model, batch, key):
+        _TRACES.append(1)  # runs once per trace (= compilation)
+        return super().eval_metrics(model, batch, key)
+
+
+def test_tolerance_sweep_reuses_one_compilation():
+    from jaxode.models import odeonly_net
+    from jaxode.train import dataset_batches, with_batch_mode
+
+    test = load_dataset("digits", "test").subset(slice(0, 8))
+    model = odeonly_net(10, in_channels=1, channels=8, stem_kernel=3, stem_stride=2,
+                        stem_padding=1, key=jax.random.PRNGKey(0))
+    model = with_batch_mode(model, "per_sample")
+    _TRACES.clear()
+    rows = classify.tolerance_sweep(model, _CountingTask(),
+                                    lambda: dataset_batches(test, 8, shuffle=False),
+                                    (1e-1, 1e-3, 1e-5), batch_size=8)
+    assert len(_TRACES) == 1
+    nfe = [r["nfe_mean"] for r in rows]
+    assert nfe[0] < nfe[1] < nfe[2]  # tighter tolerance, more evaluations
+
+
+def test_end_to_end_tiny_run(tmp_path, capsys):
+    cfg = get_config("smoke-digits").replace(
+        name="tiny", runs_dir=str(tmp_path), channels=8, epochs=1, train_limit=96,
+        test_limit=40, eval_batch_size=20, tol=1e-2, tol_sweep=(1e-1, 1e-2), fig_examples=2)
+    summary = classify.run(cfg, progress=False)
+    out = capsys.readouterr().out
+    assert "parameters: " in out and "run folder: " in out
+    folder = tmp_path / "tiny"
+    for f in ("config.json", "metrics.csv", "summary.json", "fig1_steps.png", "tol_sweep.png",
+              "loss.png"):
+        assert (folder / f).exists(), f
+    saved = json.loads((folder / "summary.json").read_text())
+    assert saved["params"] == summary["params"] == count_params(
+        classify.build_model(cfg, 10, 1, jax.random.PRNGKey(0)))
+    steps = np.load(folder / "test_steps_per_image.npy")
+    assert steps.shape == (40,)
+    assert saved["steps_mean"] == pytest.approx(float(steps.mean()))
+    assert saved["steps_std"] == pytest.approx(float(steps.std()))
+    assert 0.0 <= saved["test_error"] <= 1.0
+    assert [r["tol"] for r in saved["tol_sweep"]] == [0.1, 0.01]
