@@ -43,12 +43,19 @@ def load_data(cfg: ClassifyConfig):
         train = train.subset(slice(0, cfg.train_limit))
     if cfg.test_limit is not None:
         test = test.subset(slice(0, cfg.test_limit))
+    for ds in (train, test):
+        if len(ds) == 0 or (ds is train and len(np.unique(ds.labels)) < 2):
+            raise ValueError(
+                f"dataset {ds.name!r} has {len(ds)} examples of "
+                f"{len(np.unique(ds.labels))} class(es); a classifier needs at least two "
+                "classes in training and a non-empty test set (check --dataset, "
+                "--train-limit, --test-limit).")
     return train, test
 
 
 def build_model(cfg: ClassifyConfig, num_classes: int, in_channels: int, key):
     """The model named by `cfg.model`, with its ODE block's SolveConfig from `cfg`."""
-    from jaxode.models import MODELS
+    from jaxode.models import MODELS, make_model
     from jaxode.ode import SolveConfig
 
     if cfg.model not in MODELS:
@@ -62,7 +69,7 @@ def build_model(cfg: ClassifyConfig, num_classes: int, in_channels: int, key):
                                       adjoint=cfg.adjoint, max_steps=cfg.max_steps,
                                       **({} if cfg.solver in ("dopri5", "tsit5", "bosh3")
                                          else {"num_steps": cfg.euler_steps}))
-    return MODELS[cfg.model](**kwargs)
+    return make_model(cfg.model, **kwargs)
 
 
 def build_task(cfg: ClassifyConfig, train):

@@ -128,6 +128,20 @@ def _check_input(name, x, channels):
             f"{name} expects a float batch of shape (N, {channels}, H, W), got {x.shape}; "
             "convert uint8 NHWC images with jaxode.data.augment.to_model_input."
         )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"{name} expects floating-point input, got dtype {x.dtype}; convert uint8 NHWC "
+            "images with jaxode.data.augment.to_model_input (float32 in [0, 1])."
+        )
+    if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError(f"{name}: the input batch contains NaN or Inf values; clean the data first.")
+
+
+def _check_size(name, x, h):
+    if min(h.shape[-2:]) < 1:
+        raise ValueError(f"{name}: images of {x.shape[-2]}x{x.shape[-1]} pixels are too small "
+                         f"for this model (its stem leaves {h.shape[-2:]}); use larger images.")
+    return h
 
 
 def _pool(z):
@@ -153,7 +167,7 @@ class ODENetClassifier(eqx.Module):
 
     def _z0(self, x):
         _check_input(type(self).__name__, x, self.in_channels)
-        return jax.vmap(self.stem)(x)
+        return _check_size(type(self).__name__, x, jax.vmap(self.stem)(x))
 
     def __call__(self, x, *, key=None, inference: bool = False):
         z0 = self._z0(x)
@@ -187,7 +201,7 @@ class ResNetClassifier(eqx.Module):
 
     def _body(self, x):
         _check_input(type(self).__name__, x, self.in_channels)
-        h = jax.vmap(self.stem)(x)
+        h = _check_size(type(self).__name__, x, jax.vmap(self.stem)(x))
         outs = []
         for block in self.blocks:
             h = jax.vmap(block)(h)
@@ -322,4 +336,8 @@ def make_model(name: str, **kwargs) -> eqx.Module:
     """Build a model by name (see `MODELS`); keyword arguments go to its factory."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}.")
+    for arg, low in (("num_classes", 2), ("in_channels", 1), ("channels", 1)):
+        v = kwargs.get(arg)
+        if v is not None and (isinstance(v, bool) or not hasattr(v, "__index__") or v < low):
+            raise ValueError(f"make_model({name!r}): {arg} must be an int >= {low}, got {v!r}.")
     return MODELS[name](**kwargs)

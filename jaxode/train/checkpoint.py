@@ -43,6 +43,12 @@ def save_checkpoint(folder: str, epoch: int, tree, meta: dict, keep: int = 2) ->
     _atomic_write(os.path.join(folder, "latest.json"),
                   lambda f: f.write(_json_bytes({"epoch": epoch})))
     epochs = sorted(_saved_epochs(folder))
+    for name in os.listdir(folder):  # temporary files of a writer that was killed
+        if ".tmp-" in name and not name.endswith(f".tmp-{os.getpid()}"):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass
     for old in epochs[:-keep]:
         for ext in (".eqx", ".json"):
             try:
@@ -68,8 +74,13 @@ def latest_checkpoint(folder: str) -> int | None:
     path = os.path.join(folder, "latest.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return int(json.load(f)["epoch"])
+    try:
+        with open(path) as f:
+            return int(json.load(f)["epoch"])
+    except (ValueError, KeyError, TypeError, OSError):  # damaged: newest complete pair
+        done = [e for e in saved_epochs(folder)
+                if os.path.exists(os.path.join(folder, f"ckpt-{e:04d}.json"))]
+        return max(done) if done else None
 
 
 def load_checkpoint(folder: str, epoch: int, template):
@@ -80,7 +91,19 @@ def load_checkpoint(folder: str, epoch: int, template):
             f"checkpoint {base}.eqx not found; the run folder may have been cleaned — "
             "start without --resume."
         )
-    tree = eqx.tree_deserialise_leaves(base + ".eqx", template)
-    with open(base + ".json") as f:
-        meta = json.load(f)
+    try:
+        tree = eqx.tree_deserialise_leaves(base + ".eqx", template)
+        with open(base + ".json") as f:
+            meta = json.load(f)
+    except (OSError, ValueError, EOFError, RuntimeError, TypeError) as e:
+        raise ValueError(
+            f"checkpoint {base}.eqx/.json is damaged or does not match the model "
+            f"({type(e).__name__}: {str(e)[:200]}); delete it to resume from an older one, "
+            "or rebuild the model with the run's config."
+        ) from e
     return tree, meta
+
+
+def saved_epochs(folder: str) -> list[int]:
+    """The epochs with a ``ckpt-NNNN.eqx`` file in `folder`, ascending."""
+    return sorted(_saved_epochs(folder))

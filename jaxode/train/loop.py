@@ -24,7 +24,8 @@ import numpy as np
 import optax
 
 from jaxode.ode import backward_nfe, trainable
-from jaxode.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from jaxode.train.checkpoint import (latest_checkpoint, load_checkpoint, save_checkpoint,
+                                     saved_epochs)
 from jaxode.train.config import TrainConfig
 from jaxode.train.parallel import data_mesh, replicate, shard_batch
 from jaxode.train.phases import apply_phase, parse_schedule, phase_at
@@ -212,7 +213,16 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
     if resume and run is not None and latest_checkpoint(ckpt_dir) is not None:
         done = latest_checkpoint(ckpt_dir)
         template = {"model": phase_model(model, done - 1), "opt_state": opt_state, "ema": ema}
-        state, meta = load_checkpoint(ckpt_dir, done, template)
+        try:
+            state, meta = load_checkpoint(ckpt_dir, done, template)
+        except ValueError as e:  # a damaged newest checkpoint: use the one before it
+            older = [k for k in saved_epochs(ckpt_dir) if k < done]
+            if not older:
+                raise
+            log(f"{e} Falling back to checkpoint {max(older)}.")
+            done = max(older)
+            template["model"] = phase_model(model, done - 1)
+            state, meta = load_checkpoint(ckpt_dir, done, template)
         model, opt_state, ema = state["model"], state["opt_state"], state["ema"]
         history = meta["history"]
         plateau = PlateauState.from_dict(meta["plateau"])
@@ -250,10 +260,22 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
                 break
             lr = learning_rate(config, epoch, i, steps or 1, plateau.scale)
             b = shard_batch(batch, mesh)
-            new = _train_step(model, opt_state, ema, b, jax.random.fold_in(ekey, i),
-                              jnp.asarray(lr, jnp.float32), task, optim, config.ema_decay)
-            new_model, new_opt, new_ema, loss, metrics, finite = new
-            if not bool(finite):
+            try:
+                new = _train_step(model, opt_state, ema, b, jax.random.fold_in(ekey, i),
+                                  jnp.asarray(lr, jnp.float32), task, optim, config.ema_decay)
+                new_model, new_opt, new_ema, loss, metrics, finite = new
+                finite = bool(finite)
+            except eqx.EquinoxRuntimeError as e:  # e.g. the ODE solver ran out of steps
+                if bar is not None:
+                    bar.close()
+                why = next((ln for ln in str(e).splitlines() if "ODEBlock" in ln), str(e))
+                raise NonFiniteLossError(
+                    f"the solver failed at epoch {epoch + 1}, step {i + 1}: {why.strip()} "
+                    f"Training stopped; the last good checkpoint "
+                    f"({last_good or 'none yet: no epoch finished'}) is intact. Try a lower "
+                    f"learning rate (now {lr:g}; e.g. --lr {lr / 10:g}), a looser or tighter "
+                    "solver tolerance (--tol), or a larger max_steps.") from e
+            if not finite:
                 if bar is not None:
                     bar.close()
                 raise NonFiniteLossError(
