@@ -19,10 +19,14 @@ Example::
     python -m experiments.dcn kernel-cost --widths 16,32,64 --batch 8
 
 Training uses the generic trainer (`jaxode.train.fit`).  Because that loop has no
-per-step hook, the SRF kernels use the ``switch`` support (fixed shapes; the
-exact-size kernel is chosen from sigma at run time inside the jitted step), so the
-kernels follow sigma at every step exactly as in the reference code; a layer whose
-r(sigma) grows past ``--max-half-width`` is truncated there and reported at the end.
+per-step hook, the SRF kernels use fixed shapes: ``--support switch`` (paper config; the
+exact-size kernel is chosen from sigma at run time inside the jitted step, so the
+kernels follow sigma at every step exactly as in the reference code, but XLA's CPU
+compile of the branches is slow), ``max`` (one masked 2R+1 grid) or ``margin``
+(smoke config; per-layer masked grid r(sigma_init) + m: cheap, exact while sigma
+grows by less than m/2).
+A layer whose r(sigma) outgrows its grid is truncated there and listed in
+``summary.json`` (``support_overflow``).
 """
 
 from __future__ import annotations
@@ -36,15 +40,15 @@ import time
 import numpy as np
 
 PAPER = dict(epochs=100, batch_size=128, lr=0.1, milestones=(40, 70), train_limit=None,
-             test_limit=None, widths=(32, 64, 128), tol=1e-3)
+             test_limit=None, widths=(32, 64, 128), tol=1e-3, support="switch")
 SMOKE = dict(epochs=1, batch_size=16, lr=0.1, milestones=(), train_limit=64, test_limit=64,
-             widths=(8, 16, 32), tol=1e-2)
+             widths=(8, 16, 32), tol=1e-2, support="margin")
 CONFIGS = {"paper": PAPER, "smoke": SMOKE}
 
 
 def _resolve(args) -> dict:
     cfg = dict(CONFIGS[args.config])
-    for k in ("epochs", "batch_size", "lr", "train_limit", "test_limit", "tol"):
+    for k in ("epochs", "batch_size", "lr", "train_limit", "test_limit", "tol", "support"):
         v = getattr(args, k, None)
         if v is not None:
             cfg[k] = v
@@ -62,14 +66,16 @@ def _limit(ds, n, seed=0):
     return ds.subset(np.sort(idx))
 
 
-def _build(name, cfg, key, max_half_width):
+def _build(name, cfg, key, max_half_width, support="switch", margin=1):
     from jaxode.models.dcn import build_model
     from jaxode.nn.srf import refresh_support
     from jaxode.ode import SolveConfig
 
     model = build_model(name, key=key, widths=cfg["widths"],
                         config=SolveConfig(rtol=cfg["tol"], atol=cfg["tol"]))
-    return refresh_support(model, "switch", max_half_width=max_half_width)
+    if support == "margin":  # per-layer grid r(sigma_init) + margin, masked
+        return refresh_support(model, "exact", margin=margin)
+    return refresh_support(model, support, max_half_width=max_half_width)
 
 
 def learned_scales(model) -> dict:
@@ -123,14 +129,14 @@ def _plot_scales(scales: dict, path: str):
 
 
 def _train(name, cfg, train_set, test_set, run_path, seed, max_half_width, milestones,
-           epochs, progress=True):
+           epochs, progress=True, support="switch", margin=1):
     import jax
 
     from jaxode.nn.srf import support_overflow
     from jaxode.train import ClassificationTask, RunDir, TrainConfig, dataset_batches, fit
     from jaxode.train.utils import count_params
 
-    model = _build(name, cfg, jax.random.PRNGKey(seed), max_half_width)
+    model = _build(name, cfg, jax.random.PRNGKey(seed), max_half_width, support, margin)
     tcfg = TrainConfig(epochs=epochs, batch_size=cfg["batch_size"], lr=cfg["lr"],
                        momentum=0.9, weight_decay=0.0,
                        lr_schedule="step" if milestones else "constant",
@@ -138,6 +144,7 @@ def _train(name, cfg, train_set, test_set, run_path, seed, max_half_width, miles
                        data_parallel=False)
     task = ClassificationTask(crop_padding=4, flip=True)  # no input normalisation
     run = RunDir(run_path, {"model": name, "seed": seed, "max_half_width": max_half_width,
+                            "support": support, "margin": margin,
                             **{k: v for k, v in cfg.items()}, "train": dataclasses.asdict(tcfg)})
     bs = cfg["batch_size"]
     result = fit(
@@ -168,7 +175,7 @@ def cmd_classify(args):
     test = _limit(load_dataset("cifar10", "test", root=args.data_root), cfg["test_limit"])
     run_path = args.run or os.path.join("runs", f"dcn-{args.model}-{args.config}-s{args.seed}")
     s = _train(args.model, cfg, train, test, run_path, args.seed, args.max_half_width,
-               cfg["milestones"], cfg["epochs"])
+               cfg["milestones"], cfg["epochs"], support=cfg["support"], margin=args.margin)
     print(json.dumps({k: v for k, v in s.items() if k != "learned_sigma"}, indent=2))
 
 
@@ -194,7 +201,8 @@ def cmd_small_data(args):
         train = small_data_subset(train_all, args.per_class, seed)
         run_path = os.path.join(args.run or "runs", f"dcn-small-{args.model}-{args.per_class}-s{seed}")
         results.append(_train(args.model, cfg, train, test, run_path, seed,
-                              args.max_half_width, milestones, epochs))
+                              args.max_half_width, milestones, epochs,
+                              support=cfg["support"], margin=args.margin))
     accs = np.array([r["best_eval_acc"] for r in results], float)
     print(json.dumps({"model": args.model, "per_class": args.per_class, "epochs": epochs,
                       "best_eval_acc_mean": float(accs.mean()),
@@ -271,7 +279,12 @@ def main(argv=None):
         q.add_argument("--tol", type=float)
         q.add_argument("--widths", help="e.g. 32,64,128")
         q.add_argument("--max-half-width", type=int, default=8,
-                       help="largest kernel half-width of the switch support (17x17)")
+                       help="largest kernel half-width of the switch/max support (17x17)")
+        q.add_argument("--support", default=None, choices=("switch", "max", "margin"),
+                       help="kernel support strategy (docs/dcn_kernel_size.md; default: "
+                            "switch for --config paper, margin for smoke); 'margin' = "
+                            "per-layer r(sigma_init) + --margin, fastest to compile")
+        q.add_argument("--margin", type=int, default=2)
 
     q = sub.add_parser("classify", help="CIFAR-10 classification (Tables 1, 5; Fig. 3)")
     common(q)

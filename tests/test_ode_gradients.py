@@ -67,12 +67,16 @@ def _flat(tree):
     return np.concatenate([np.ravel(np.asarray(x)) for x in jtu.tree_leaves(tree)])
 
 
+@eqx.filter_jit
+def _loss_at(loss, block, params, z0):
+    """The loss with the field's parameters replaced (one compile per loss/block kind)."""
+    _, static = eqx.partition(block.field, eqx.is_inexact_array)
+    return loss(eqx.tree_at(lambda b: b.field, block, eqx.combine(params, static)), z0)
+
+
 def _check_against_fd(loss, block, z0, grads, n_dirs=3, eps=1e-5, rtol=1e-5):
     """Central differences of the loss along random directions in (params, z0)."""
-    params, static = eqx.partition(block.field, eqx.is_inexact_array)
-    loss_at = eqx.filter_jit(
-        lambda p, z: loss(eqx.tree_at(lambda b: b.field, block, eqx.combine(p, static)), z)
-    )
+    params, _ = eqx.partition(block.field, eqx.is_inexact_array)
     g_flat = _flat(grads)
     keys = jax.random.split(jax.random.PRNGKey(7), n_dirs)
     leaves, treedef = jtu.tree_flatten((params, z0))
@@ -81,7 +85,7 @@ def _check_against_fd(loss, block, z0, grads, n_dirs=3, eps=1e-5, rtol=1e-5):
         v = [jax.random.normal(kk, x.shape, x.dtype) for kk, x in zip(ks, leaves)]
         plus = jtu.tree_unflatten(treedef, [x + eps * d for x, d in zip(leaves, v)])
         minus = jtu.tree_unflatten(treedef, [x - eps * d for x, d in zip(leaves, v)])
-        fd = (float(loss_at(*plus)) - float(loss_at(*minus))) / (2 * eps)
+        fd = (float(_loss_at(loss, block, *plus)) - float(_loss_at(loss, block, *minus))) / (2 * eps)
         ad = float(g_flat @ _flat(v))
         assert abs(fd - ad) <= rtol * max(1.0, abs(ad)), (fd, ad)
 

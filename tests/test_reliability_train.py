@@ -126,7 +126,7 @@ def _strip(history):
 
 def test_real_divergence_from_a_huge_learning_rate(digits):
     with pytest.raises(NonFiniteLossError) as info:
-        fit(_model(), PoisonTask(), _batches(digits), config=_cfg(epochs=3, lr=1e8),
+        fit(_model(), PoisonTask(), _batches(digits), config=_cfg(epochs=3, lr=1e8, lr_schedule="constant"),
             log=lambda s: None)
     msg = str(info.value)
     assert "epoch " in msg and "step " in msg and "1e+08" in msg and "--lr 1e+07" in msg

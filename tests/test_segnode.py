@@ -2,6 +2,8 @@
 (against a count from the layer list), the Euler-step identity between the two
 models, shapes at odd image sizes, and one end-to-end smoke step of the experiment."""
 
+import os
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -105,11 +107,14 @@ def test_bilinear_upsampling_matches_jax_image():
                                    jax.image.resize(x, (2,) + hw, "bilinear"), atol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("JAXODE_SLOW_TESTS"),
+                    reason="compiles two training steps (about a minute on a quiet 2-core "
+                           "CPU); set JAXODE_SLOW_TESTS=1 to run")
 def test_experiment_smoke_end_to_end(tmp_path, monkeypatch):
-    """One training step of each model on the synthetic set through the CLI, with two
-    branches and one fixed step so that it compiles quickly; checks the run folder."""
+    """One training step of each model on the synthetic set through the CLI, with tiny
+    widths and one fixed Euler step so that it compiles quickly; checks the run folder."""
     import json
-    import os
 
     from experiments import segment
 
@@ -117,8 +122,11 @@ def test_experiment_smoke_end_to_end(tmp_path, monkeypatch):
     segment.CONFIGS["test-tiny"] = dict(
         segment.CONFIGS["smoke"], n_train=4, n_eval=2, synthetic_size=(24, 24),
         crop=(16, 16), batch_size=2, eval_batch=2, epochs=1, max_train_batches=1)
-    summary = segment.main(["--config", "test-tiny", "--widths", "4", "4", "4", "4",
-                            "--solver", "euler", "--num-steps", "1", "--run-name", "t"])
+    # optax's AdamW mixes a Python float with an int32 step count, which the suite's
+    # strict promotion rejects; the CLI runs with JAX's standard promotion.
+    with jax.numpy_dtype_promotion("standard"):
+        summary = segment.main(["--config", "test-tiny", "--widths", "4", "4", "4", "4",
+                                "--solver", "euler", "--num-steps", "1", "--run-name", "t"])
     run = tmp_path / "runs" / "t"
     saved = json.loads((run / "summary.json").read_text())
     for m in ("segnode", "baseline"):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from jaxode.data import load_dataset
-from jaxode.models import chen_resnet, odeonly_net
+from jaxode.models import Head, PreActBlock, ResNetClassifier, Sequence, odeonly_net
 from jaxode.ode import SolveConfig
 from jaxode.train import (
     ClassificationTask,
@@ -122,6 +122,12 @@ def _stop_after_epoch_1(line):
         raise _Interrupt
 
 
+def _tiny_resnet(seed=0):
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+    stem = Sequence((eqx.nn.Conv2d(1, 8, 3, 1, 1, key=k1),))
+    return ResNetClassifier(stem, (PreActBlock(8, 8, 1, key=k2),), Head(8, 10, key=k3), 1)
+
+
 def _fit(model, data, cfg, run=None, resume=False, log=lambda s: None):
     train, test = data
     return fit(model, TASK,
@@ -160,7 +166,7 @@ def test_resume_reproduces_uninterrupted_run(digits, tmp_path):
 
 
 def test_nan_stops_with_message_and_keeps_checkpoint(digits, tmp_path):
-    model = chen_resnet(10, in_channels=1, channels=8, key=jax.random.PRNGKey(0))
+    model = _tiny_resnet()
     # epoch 2 runs at an infinite learning rate: the update is not finite
     cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05, lr_schedule="step", milestones=(1,),
                       gamma=math.inf, progress=False)
@@ -181,7 +187,7 @@ def test_nan_stops_with_message_and_keeps_checkpoint(digits, tmp_path):
 
 def test_ema_weights_differ_and_are_averages(digits):
     cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05, ema_decay=0.5, progress=False)
-    model = chen_resnet(10, in_channels=1, channels=8, key=jax.random.PRNGKey(0))
+    model = _tiny_resnet()
     res = _fit(model, digits, cfg)
     w0 = model.head.linear.weight
     w = res.model.head.linear.weight

@@ -163,14 +163,6 @@ def smoke_digits():
     )
 
 
-@register("smoke-digits-resnet")
-def smoke_digits_resnet():
-    """The six-block ResNet on digits at the smoke size (no ODE)."""
-    return smoke_digits().replace(
-        name="smoke-digits-resnet", model="chen-resnet", channels=32,
-        model_kwargs=(), description="Chen's ResNet on digits (smoke run)")
-
-
 @register("smoke-mnist-odenet")
 def smoke_mnist_odenet():
     """Chen's ODE-Net on a 6,000-image MNIST subset for one epoch (CPU check)."""

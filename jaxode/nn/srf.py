@@ -425,12 +425,16 @@ def srf_layers(model) -> list:
     return [x for x in jtu.tree_leaves(model, is_leaf=_is_srf) if _is_srf(x)]
 
 
-def refresh_support(model, mode: str = "exact", max_half_width: int | None = None):
+def refresh_support(model, mode: str = "exact", max_half_width: int | None = None,
+                    margin: int = 0):
     """Return `model` with each SRF layer's static kernel grid set (call outside `jit`,
     e.g. after an optimiser step).
 
-    - ``mode="exact"``: grid = r(largest sigma of the layer), masked taps: kernels are
-      exactly the reference's size; a jitted step recompiles whenever a size changes.
+    - ``mode="exact"``: grid = r(largest sigma of the layer) + `margin`, masked taps:
+      with ``margin=0`` kernels are exactly the reference's size and a jitted step
+      recompiles whenever a size changes; a margin m leaves room for sigma to grow by
+      m / 2 before the filter is truncated (`support_overflow`) at a cost of a few
+      zero taps.
     - ``mode="max"``: grid = `max_half_width` for every layer, masked taps beyond
       r(sigma): fixed shapes, never recompiles, pays for the zero taps.
     - ``mode="switch"``: grid = `max_half_width`, and `jax.lax.switch` runs the
@@ -453,7 +457,10 @@ def refresh_support(model, mode: str = "exact", max_half_width: int | None = Non
     def fix(layer):
         if not _is_srf(layer):
             return layer
-        h = half_width_host(layer.sigma_range()[1]) if mode == "exact" else max_half_width
+        if mode == "exact":
+            h = half_width_host(layer.sigma_range()[1]) + int(margin)
+        else:
+            h = max_half_width
         if h == layer.grid_half_width and support == layer.support:
             return layer
         new = copy.copy(layer)
