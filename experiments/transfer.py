@@ -58,6 +58,8 @@ def parse_args(argv=None):
                         "the CIFAR-10 input size)")
     p.add_argument("--classes", type=int, default=None, help="use the first K classes (default all 200)")
     p.add_argument("--per-class", type=int, default=None, help="images per class (default all 50)")
+    p.add_argument("--time-step", type=float, default=0.05,
+                   help="spacing of the ODE feature times on [0, 1] (default 0.05: 21 times)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--Cs", default="0.01,0.1,1,10,100")
     p.add_argument("--n-jobs", type=int, default=-1)
@@ -262,14 +264,15 @@ def main(argv=None, log=print):
     for nm, entry in models.items():
         model = entry["model"]
         t_start = time.perf_counter()
+        ts = tuple(float(t) for t in np.round(np.arange(0.0, 1.0 + 1e-9, args.time_step), 6))
         feats = tr.cached_features(
-            feat_dir, model, images,
+            feat_dir, model, images, ts=ts,
             data_key=f"tiny-imagenet-val@{args.image_size}:{args.classes}:{args.per_class}:{args.seed}",
             batch_size=args.batch_size, desc=f"features {nm}",
             mean=None if entry["norm"] is None else tuple(entry["norm"][0]),
             std=None if entry["norm"] is None else tuple(entry["norm"][1]))
         t_feat = time.perf_counter() - t_start
-        times = tr.feature_times(model)
+        times = tr.feature_times(model, ts)
         kind = "ode" if tr.is_ode_model(model) else "resnet"
         log(f"{nm}: features {feats.shape} in {t_feat:.0f} s")
         accs = []

@@ -269,6 +269,7 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
                 if bar is not None:
                     bar.close()
                 why = next((ln for ln in str(e).splitlines() if "ODEBlock" in ln), str(e))
+                why = why.split("EquinoxRuntimeError: ")[-1]
                 raise NonFiniteLossError(
                     f"the solver failed at epoch {epoch + 1}, step {i + 1}: {why.strip()} "
                     f"Training stopped; the last good checkpoint "
