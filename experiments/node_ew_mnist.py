@@ -23,7 +23,6 @@ import json
 import os
 
 import jax
-import numpy as np
 
 from jaxode.models.node_ew import chen_odenet, node_ew_mnist
 from jaxode.ode import SolveConfig
@@ -81,9 +80,7 @@ def main(argv=None):
     task = ClassificationTask()
     key = jax.random.PRNGKey(args.seed)
     solve = SolveConfig(rtol=args.tol, atol=args.tol)
-    in_channels = 1
-    if args.dataset == "digits":  # 8x8: Chen's down-sampling gives 8 -> 6 -> 3 -> 1
-        pass
+    in_channels = 1  # MNIST and digits are grey
     builders = {
         "node-ew": lambda: node_ew_mnist(in_channels=in_channels, dynamics=args.dynamics,
                                          solve=solve, key=key),

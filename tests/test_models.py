@@ -101,8 +101,10 @@ def test_per_sample_mode_gives_per_image_counts(ode_outputs):
     assert ps_aux["steps"].shape == (3,)
     # per-sample counts are those of a joint solve of that image alone
     assert int(ps_aux["steps"][1]) == int(alone["steps"][0])
-    # dopri5: nfe = 3 + 6 * steps per solve
-    np.testing.assert_array_equal(ps_aux["nfe"], 3 + 6 * ps_aux["steps"])
+    assert float(ps_aux["nfe"][1]) == float(alone["nfe"][0])
+    # more steps never cost fewer evaluations
+    order = np.argsort(np.asarray(ps_aux["steps"]))
+    assert np.all(np.diff(np.asarray(ps_aux["nfe"])[order]) >= 0)
 
 
 def test_resnet_features_are_block_outputs(key):

@@ -126,9 +126,10 @@ def test_joint_and_per_sample_agree_and_stats_shapes():
         np.testing.assert_allclose(np.asarray(z), TRUTH, atol=3e-3, rtol=3e-3)
     np.testing.assert_allclose(np.asarray(zj), np.asarray(zp), atol=3e-3, rtol=3e-3)
     steps = np.asarray(sp.steps)
-    # The easy (tiny) sample needs fewer steps than the unit one; the joint solve's
-    # error is measured over the batch, so it needs at least the hard sample's steps.
-    assert steps[0] < steps[1] <= int(sj.steps)
+    # The easy (tiny) sample needs fewer steps than the unit one.  The joint solve's
+    # error is an RMS over the batch, which the easy sample dilutes, so it needs at
+    # least the easy sample's steps but may take fewer than the hard one alone.
+    assert steps[0] < steps[1] and steps[0] <= int(sj.steps)
     np.testing.assert_array_equal(
         np.asarray(sp.accepted) + np.asarray(sp.rejected), steps
     )
@@ -151,7 +152,8 @@ def test_max_steps_flag(batch_mode):
         # Only the hard sample runs out; the easy one is finished and correct.
         assert reached.tolist() == [False, True]
         assert np.all(np.isinf(z[1])) and np.all(np.isfinite(z[0]))
-        np.testing.assert_allclose(z[0], TRUTH[0], rtol=0, atol=20 * TIGHT)  # |z| ~ 1e-4: atol rules
+        # |z| ~ 1e-4, so atol sets the accuracy.
+        np.testing.assert_allclose(z[0], TRUTH[0], rtol=0, atol=20 * TIGHT)
         assert int(stats.steps[1]) == MAX_STEPS
 
 
@@ -164,7 +166,8 @@ def test_max_steps_raise_names_block_budget_and_fix(batch_mode):
     assert "'stem_ode'" in msg and f"max_steps={MAX_STEPS}" in msg
     assert "Increase SolveConfig.max_steps" in msg and "on_max_steps='flag'" in msg
     # Same compiled function, a loose tolerance: no error.
-    z, _ = _batched(eqx.tree_at(lambda b: b.config, block, block.config.replace(rtol=LOOSE, atol=LOOSE)), jnp.asarray(Z0S))
+    loose = eqx.tree_at(lambda b: b.config, block, block.config.replace(rtol=LOOSE, atol=LOOSE))
+    z, _ = _batched(loose, jnp.asarray(Z0S))
     assert np.all(np.isfinite(np.asarray(z)))
 
 

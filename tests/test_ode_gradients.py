@@ -85,7 +85,8 @@ def _check_against_fd(loss, block, z0, grads, n_dirs=3, eps=1e-5, rtol=1e-5):
         v = [jax.random.normal(kk, x.shape, x.dtype) for kk, x in zip(ks, leaves)]
         plus = jtu.tree_unflatten(treedef, [x + eps * d for x, d in zip(leaves, v)])
         minus = jtu.tree_unflatten(treedef, [x - eps * d for x, d in zip(leaves, v)])
-        fd = (float(_loss_at(loss, block, *plus)) - float(_loss_at(loss, block, *minus))) / (2 * eps)
+        up, down = _loss_at(loss, block, *plus), _loss_at(loss, block, *minus)
+        fd = (float(up) - float(down)) / (2 * eps)
         ad = float(g_flat @ _flat(v))
         assert abs(fd - ad) <= rtol * max(1.0, abs(ad)), (fd, ad)
 

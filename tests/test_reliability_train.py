@@ -82,32 +82,32 @@ def _arrays(tree):
 def test_divergence_stops_with_step_and_keeps_last_checkpoint(digits, tmp_path):
     task = PoisonTask()
     quiet = lambda s: None  # noqa: E731
-    # reference: two clean epochs (checkpoint of epoch 1 kept, keep_checkpoints=2)
-    ref = fit(_model(), task, _batches(digits), config=_cfg(),
-              run=RunDir(str(tmp_path / "ref"), {}), log=quiet)
-    # the same run, poisoned at epoch 2, step 2
+    cfg = _cfg(lr_schedule="constant")
+    # a run poisoned at epoch 2, step 2
     run = RunDir(str(tmp_path / "bad"), {})
     with pytest.raises(NonFiniteLossError) as info:
-        fit(_model(), task, _batches(digits, poison_at=(1, 1)), config=_cfg(), run=run,
-            log=quiet)
+        fit(_model(), task, _batches(digits, poison_at=(1, 1)), config=cfg, run=run, log=quiet)
     msg = str(info.value)
     assert "epoch 2, step 2" in msg and "nan" in msg
-    assert "lower learning rate" in msg and "--lr " in msg
+    assert "lower learning rate" in msg and "--lr 0.005" in msg
     assert "tolerance" in msg and "ckpt-0001.eqx" in msg
     ckpt = run.checkpoints
     assert latest_checkpoint(ckpt) == 1
-    # the surviving checkpoint equals the clean run's epoch-1 checkpoint, bit for bit
-    (state, meta), (ref_state, _) = (
-        load_checkpoint(ckpt, 1, _template(digits)),
-        load_checkpoint(os.path.join(ref.run_path, "checkpoints"), 1, _template(digits)))
+    state, meta = load_checkpoint(ckpt, 1, _template(digits))
     assert meta["epoch"] == 1
-    for a, b in zip(_arrays(state), _arrays(ref_state)):
+    # the surviving checkpoint equals one clean epoch, bit for bit
+    one = fit(_model(), task, _batches(digits), config=cfg.replace(epochs=1), log=quiet)
+    for a, b in zip(_arrays(state["model"]), _arrays(one.model)):
         np.testing.assert_array_equal(a, b)
-    # determinism: a second clean run from scratch gives identical metrics
-    again = fit(_model(), task, _batches(digits), config=_cfg(), log=quiet)
-    assert _strip(again.history) == _strip(ref.history)
-    for a, b in zip(_arrays(again.model), _arrays(ref.model)):
-        np.testing.assert_array_equal(a, b)
+    assert _strip(meta["history"]) == _strip(one.history)
+    # determinism: two clean runs with the same seed and config give identical metrics
+    # and weights (and their first epoch is the checkpointed one)
+    a = fit(_model(), task, _batches(digits), config=cfg, log=quiet)
+    b = fit(_model(), task, _batches(digits), config=cfg, log=quiet)
+    assert _strip(a.history) == _strip(b.history) and len(a.history) == 2
+    assert _strip(a.history[:1]) == _strip(one.history)
+    for x, y in zip(_arrays(a.model), _arrays(b.model)):
+        np.testing.assert_array_equal(x, y)
 
 
 def _template(digits):

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 
 from jaxode.fields.evolving import EvolvingODE
-from jaxode.ode import ODEBlock, SolveConfig
+from jaxode.ode import ODEBlock
 
 __all__ = ["ConcatMLP", "CNFField", "CNF", "standard_normal_logpdf"]
 
