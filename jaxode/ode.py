@@ -210,6 +210,16 @@ class SolveConfig(eqx.Module):
                 )
             if self.dt is not None and not self.dt > 0:
                 raise ValueError(f"SolveConfig: dt must be positive, got {self.dt!r}.")
+        for tol_name, zero_ok in (("rtol", False), ("atol", True)):
+            value = getattr(self, tol_name)
+            if isinstance(value, jax.core.Tracer):
+                continue
+            ok = jnp.all(jnp.isfinite(value) & ((value >= 0) if zero_ok else (value > 0)))
+            if not bool(ok):
+                raise ValueError(
+                    f"SolveConfig: {tol_name} must be a finite number "
+                    f"{'>= 0' if zero_ok else '> 0'}, got {value!r}."
+                )
         if self.seminorm and self.adjoint != "backsolve":
             raise ValueError("SolveConfig: seminorm applies to adjoint='backsolve' only.")
 
@@ -510,6 +520,9 @@ class ODEBlock(eqx.Module):
     name: str = eqx.field(static=True)
 
     def __init__(self, field, t0=0.0, t1=1.0, config: SolveConfig | None = None, *, name="ode"):
+        for t_name, t in (("t0", t0), ("t1", t1)):
+            if not isinstance(t, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(jnp.asarray(t)))):
+                raise ValueError(f"ODEBlock {name!r}: {t_name} must be finite, got {t!r}.")
         self.field = field
         self.t0 = t0
         self.t1 = t1

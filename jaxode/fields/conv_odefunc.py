@@ -29,6 +29,7 @@ class ConvODEFunc(eqx.Module):
     conv2: ConcatConv2d
     norm3: eqx.nn.GroupNorm
     activation: Callable = eqx.field(static=True)
+    channels: int = eqx.field(static=True)
 
     def __init__(self, channels: int, *, max_groups: int = 32,
                  activation: Callable = jax.nn.relu, key):
@@ -39,8 +40,14 @@ class ConvODEFunc(eqx.Module):
         self.conv2 = ConcatConv2d(channels, channels, 3, 1, 1, key=k2)
         self.norm3 = group_norm(channels, max_groups)
         self.activation = activation
+        self.channels = channels
 
     def __call__(self, t, z):
+        if z.ndim != 3 or z.shape[0] != self.channels:
+            raise ValueError(
+                f"ConvODEFunc: expected a state of shape ({self.channels}, H, W), got "
+                f"{z.shape}; vmap over a batch, or build the field with channels={z.shape[0] if z.ndim else '?'}."
+            )
         h = self.conv1(t, self.activation(self.norm1(z)))
         h = self.conv2(t, self.activation(self.norm2(h)))
         return self.norm3(h)
