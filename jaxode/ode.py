@@ -214,8 +214,9 @@ class SolveConfig(eqx.Module):
             value = getattr(self, tol_name)
             if isinstance(value, jax.core.Tracer):
                 continue
-            ok = jnp.all(jnp.isfinite(value) & ((value >= 0) if zero_ok else (value > 0)))
-            if not bool(ok):
+            value = np.asarray(value)
+            ok = np.all(np.isfinite(value) & ((value >= 0) if zero_ok else (value > 0)))
+            if not ok:
                 raise ValueError(
                     f"SolveConfig: {tol_name} must be a finite number "
                     f"{'>= 0' if zero_ok else '> 0'}, got {value!r}."
@@ -521,7 +522,7 @@ class ODEBlock(eqx.Module):
 
     def __init__(self, field, t0=0.0, t1=1.0, config: SolveConfig | None = None, *, name="ode"):
         for t_name, t in (("t0", t0), ("t1", t1)):
-            if not isinstance(t, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(jnp.asarray(t)))):
+            if not isinstance(t, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(t))):
                 raise ValueError(f"ODEBlock {name!r}: {t_name} must be finite, got {t!r}.")
         self.field = field
         self.t0 = t0
