@@ -39,7 +39,7 @@ def _raised_in_jaxode(exc: BaseException) -> bool:
     return f"{os.sep}jaxode{os.sep}" in frame or f"{os.sep}experiments{os.sep}" in frame
 
 
-def _expect(exc_types, fn, *fragments):
+def _assert_raises_clearly(exc_types, fn, *fragments):
     with pytest.raises(exc_types) as info:
         fn()
     msg = str(info.value)
@@ -79,7 +79,7 @@ def small_models():
 def test_model_rejects_bad_batches(small_models, kind, shape, dtype, exc, fragment):
     model = small_models[kind]
     x = jnp.zeros(shape, dtype)
-    _expect(exc, lambda: _shape_of_call(model, x), fragment)
+    _assert_raises_clearly(exc, lambda: _shape_of_call(model, x), fragment)
 
 
 @pytest.mark.parametrize("name,hw", [("chen-resnet", 2), ("chen-odenet", 4),
@@ -89,7 +89,7 @@ def test_model_rejects_too_small_images(name, hw):
     model = make_model(name, channels=4, in_channels=1, solve=None, key=KEY) \
         if name != "chen-resnet" else make_model(name, channels=4, in_channels=1, key=KEY)
     x = jnp.zeros((2, 1, hw, hw), jnp.float32)
-    _expect(ValueError, lambda: _shape_of_call(model, x), f"{hw}x{hw}", "too small")
+    _assert_raises_clearly(ValueError, lambda: _shape_of_call(model, x), f"{hw}x{hw}", "too small")
 
 
 def test_model_accepts_a_good_batch(small_models):
@@ -103,8 +103,8 @@ def test_model_rejects_non_finite_input(small_models, bad):
     x = jnp.zeros((2, 1, 8, 8), jnp.float32).at[1, 0, 3, 4].set(bad)
     # concrete input: checked before any solve (without the check, a NaN input makes
     # the adaptive solver run out of steps, a misleading error).
-    _expect(ValueError, lambda: small_models["ode"](x, inference=True), "NaN or Inf")
-    _expect(ValueError, lambda: small_models["res"](x, inference=True), "NaN or Inf")
+    _assert_raises_clearly(ValueError, lambda: small_models["ode"](x, inference=True), "NaN or Inf")
+    _assert_raises_clearly(ValueError, lambda: small_models["res"](x, inference=True), "NaN or Inf")
 
 
 @pytest.mark.parametrize(
@@ -121,14 +121,14 @@ def test_model_rejects_non_finite_input(small_models, bad):
 )
 @pytest.mark.parametrize("name", ["carrara-odeonly", "chen-resnet"])
 def test_make_model_rejects_bad_sizes(name, kwargs, fragment):
-    _expect(ValueError, lambda: make_model(name, key=KEY, **kwargs), fragment)
+    _assert_raises_clearly(ValueError, lambda: make_model(name, key=KEY, **kwargs), fragment)
 
 
 def test_unknown_model_and_config_keys():
-    _expect(ValueError, lambda: make_model("resnet-9000", key=KEY), "'resnet-9000'", "chen-odenet")
+    _assert_raises_clearly(ValueError, lambda: make_model("resnet-9000", key=KEY), "'resnet-9000'", "chen-odenet")
     with pytest.raises(TypeError, match="not_an_option"):
         make_model("carrara-odeonly", channels=4, not_an_option=1, key=KEY)
-    _expect(ValueError, lambda: make_model("chen-odenet", channels=4, dropout=1.5, key=KEY), "1.5")
+    _assert_raises_clearly(ValueError, lambda: make_model("chen-odenet", channels=4, dropout=1.5, key=KEY), "1.5")
 
 
 # --------------------------------------------------------------- ODEBlock, SolveConfig
@@ -145,7 +145,7 @@ def test_unknown_model_and_config_keys():
     ],
 )
 def test_solve_config_rejects_unknown_settings(change, fragment):
-    _expect(ValueError, lambda: SolveConfig(**change), fragment)
+    _assert_raises_clearly(ValueError, lambda: SolveConfig(**change), fragment)
 
 
 @pytest.fixture(scope="module")
@@ -156,10 +156,10 @@ def block():
 def test_odeblock_boundary(block):
     ok, stats = eqx.filter_eval_shape(block, jnp.zeros((4, 5, 5), jnp.float32))
     assert ok.shape == (4, 5, 5)
-    _expect(TypeError, lambda: eqx.filter_eval_shape(block, jnp.zeros((4, 5, 5), jnp.int32)),
+    _assert_raises_clearly(TypeError, lambda: eqx.filter_eval_shape(block, jnp.zeros((4, 5, 5), jnp.int32)),
             "'probe'", "int32")
-    _expect(ValueError, lambda: eqx.filter_eval_shape(block, {}), "empty")
-    _expect(ValueError, lambda: eqx.filter_eval_shape(
+    _assert_raises_clearly(ValueError, lambda: eqx.filter_eval_shape(block, {}), "empty")
+    _assert_raises_clearly(ValueError, lambda: eqx.filter_eval_shape(
         lambda z: block(z, ts=jnp.zeros((2, 2), jnp.float32)), jnp.zeros((4, 5, 5))), "(2, 2)")
 
 
@@ -269,13 +269,13 @@ class _Decay(eqx.Module):
 
 def test_dataset_record_checks():
     img = np.zeros((3, 4, 4, 1), np.uint8)
-    _expect(ValueError, lambda: Dataset(img, np.array([0, 1, 7], np.int32), 3, "abc", "toy"),
+    _assert_raises_clearly(ValueError, lambda: Dataset(img, np.array([0, 1, 7], np.int32), 3, "abc", "toy"),
             "label 7", "'toy'")
-    _expect(ValueError, lambda: Dataset(img, np.array([0, -1, 1], np.int32), 3, "abc", "toy"),
+    _assert_raises_clearly(ValueError, lambda: Dataset(img, np.array([0, -1, 1], np.int32), 3, "abc", "toy"),
             "label -1")
-    _expect(TypeError, lambda: Dataset(img.astype(np.float32), np.zeros(3, np.int32), 3, "abc",
+    _assert_raises_clearly(TypeError, lambda: Dataset(img.astype(np.float32), np.zeros(3, np.int32), 3, "abc",
                                        "toy"), "float32")
-    _expect(ValueError, lambda: Dataset(img, np.zeros(2, np.int32), 3, "abc", "toy"),
+    _assert_raises_clearly(ValueError, lambda: Dataset(img, np.zeros(2, np.int32), 3, "abc", "toy"),
             "3 images but 2 labels")
 
 
@@ -305,7 +305,7 @@ def test_corrupt_image_file_is_named(tmp_path):
     bad = dict(good)
     bad["train/b/1.png"] = _png(5)[:30]  # truncated PNG
     _write_folder(tmp_path / "bad", bad)
-    _expect(ValueError, lambda: read_image_folder(tmp_path / "bad", "train", progress=False),
+    _assert_raises_clearly(ValueError, lambda: read_image_folder(tmp_path / "bad", "train", progress=False),
             "1.png")
 
 
@@ -321,13 +321,13 @@ def test_zip_truncated_and_crc_errors_name_the_file(tmp_path):
     raw = path.read_bytes()
     trunc = tmp_path / "trunc.zip"
     trunc.write_bytes(raw[: len(raw) // 2])
-    _expect(ValueError, lambda: read_image_folder(trunc, "train", progress=False), "trunc.zip")
+    _assert_raises_clearly(ValueError, lambda: read_image_folder(trunc, "train", progress=False), "trunc.zip")
     # flip one pixel byte of a stored member: only the zip's CRC-32 can notice
     target = _bmp(41)
     at = raw.index(target) + len(target) - 1
     flipped = tmp_path / "crc.zip"
     flipped.write_bytes(raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1:])
-    _expect(ValueError, lambda: read_image_folder(flipped, "train", progress=False), "crc.zip")
+    _assert_raises_clearly(ValueError, lambda: read_image_folder(flipped, "train", progress=False), "crc.zip")
 
 
 def _bmp(value: int) -> bytes:
@@ -350,33 +350,33 @@ def test_mnist_idx_checks(tmp_path):
     assert len(load_mnist(tmp_path, "test")) == 5
     # label out of range
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx(np.array([0, 1, 12, 3, 4])))
-    _expect(ValueError, lambda: load_mnist(tmp_path, "test"), "label 12", "t10k-labels")
+    _assert_raises_clearly(ValueError, lambda: load_mnist(tmp_path, "test"), "label 12", "t10k-labels")
     # count mismatch between the two files
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx(lbls[:4]))
-    _expect(ValueError, lambda: load_mnist(tmp_path, "test"), "5 images", "4 labels")
+    _assert_raises_clearly(ValueError, lambda: load_mnist(tmp_path, "test"), "5 images", "4 labels")
     # truncated data
     p = tmp_path / "cut-idx3"
     p.write_bytes(_idx(imgs)[:-7])
-    _expect(ValueError, lambda: read_idx(p), "cut-idx3", "truncated")
+    _assert_raises_clearly(ValueError, lambda: read_idx(p), "cut-idx3", "truncated")
     # wrong magic
     p.write_bytes(b"\x1f\x8b" + _idx(imgs)[2:])
-    _expect(ValueError, lambda: read_idx(p), "magic")
+    _assert_raises_clearly(ValueError, lambda: read_idx(p), "magic")
     # a gzip whose CRC fails
     gz = bytearray(gzip.compress(_idx(lbls)))
     gz[-8] ^= 0xFF  # the CRC-32 in the gzip trailer
     g = tmp_path / "labels-idx1-ubyte.gz"
     g.write_bytes(bytes(gz))
-    _expect(ValueError, lambda: read_idx(g), "labels-idx1-ubyte.gz")
+    _assert_raises_clearly(ValueError, lambda: read_idx(g), "labels-idx1-ubyte.gz")
 
 
 def test_missing_paths_and_unknown_specs(tmp_path, monkeypatch):
     monkeypatch.delenv("JAXODE_DATA", raising=False)
     missing = str(tmp_path / "nowhere")
-    _expect(FileNotFoundError, lambda: load_dataset("mnist", "train", root=missing), "nowhere")
-    _expect(FileNotFoundError, lambda: load_dataset("cifar10", "train"), "JAXODE_DATA")
-    _expect(FileNotFoundError, lambda: load_dataset(f"folder:{missing}", "train"), "nowhere")
-    _expect(ValueError, lambda: load_dataset("imagenet-22k", "train"), "'imagenet-22k'")
-    _expect(ValueError, lambda: load_dataset("digits", "validation"), "'validation'")
+    _assert_raises_clearly(FileNotFoundError, lambda: load_dataset("mnist", "train", root=missing), "nowhere")
+    _assert_raises_clearly(FileNotFoundError, lambda: load_dataset("cifar10", "train"), "JAXODE_DATA")
+    _assert_raises_clearly(FileNotFoundError, lambda: load_dataset(f"folder:{missing}", "train"), "nowhere")
+    _assert_raises_clearly(ValueError, lambda: load_dataset("imagenet-22k", "train"), "'imagenet-22k'")
+    _assert_raises_clearly(ValueError, lambda: load_dataset("digits", "validation"), "'validation'")
     empty = tmp_path / "empty.zip"
     empty.write_bytes(b"")
     with pytest.raises((ValueError, FileNotFoundError)) as info:
@@ -394,11 +394,11 @@ def _cli(args, tmp_path):
 
 
 def test_classify_cli_bad_names(tmp_path):
-    _expect(ValueError, lambda: _cli(["--config", "no-such-config"], tmp_path),
+    _assert_raises_clearly(ValueError, lambda: _cli(["--config", "no-such-config"], tmp_path),
             "'no-such-config'", "smoke-digits")
-    _expect(ValueError, lambda: _cli(["--model", "vgg"], tmp_path), "'vgg'")
-    _expect(ValueError, lambda: _cli(["--dataset", "svhn"], tmp_path), "'svhn'")
-    _expect(FileNotFoundError, lambda: _cli(["--dataset", "mnist", "--data-root",
+    _assert_raises_clearly(ValueError, lambda: _cli(["--model", "vgg"], tmp_path), "'vgg'")
+    _assert_raises_clearly(ValueError, lambda: _cli(["--dataset", "svhn"], tmp_path), "'svhn'")
+    _assert_raises_clearly(FileNotFoundError, lambda: _cli(["--dataset", "mnist", "--data-root",
                                              str(tmp_path / "gone")], tmp_path), "gone")
     with pytest.raises(SystemExit) as info:  # argparse: unknown flag / bad choice
         _cli(["--lr-schedule", "exponential"], tmp_path)
@@ -413,10 +413,10 @@ def test_classify_cli_empty_or_single_class_data(tmp_path):
     single = {f"train/only/{i}.png": _png(i) for i in range(3)}
     single.update({f"test/only/{i}.png": _png(i) for i in range(2)})
     _write_folder(tmp_path / "single", single)
-    _expect(ValueError, lambda: _cli(["--dataset", f"folder:{tmp_path / 'single'}"], tmp_path),
+    _assert_raises_clearly(ValueError, lambda: _cli(["--dataset", f"folder:{tmp_path / 'single'}"], tmp_path),
             "1 class")
-    _expect(ValueError, lambda: _cli(["--train-limit", "0"], tmp_path), "0 examples")
-    _expect(ValueError, lambda: _cli(["--train-limit", "1"], tmp_path), "1 class")
+    _assert_raises_clearly(ValueError, lambda: _cli(["--train-limit", "0"], tmp_path), "0 examples")
+    _assert_raises_clearly(ValueError, lambda: _cli(["--train-limit", "1"], tmp_path), "1 class")
 
 
 def test_train_config_rejects_bad_values():
@@ -425,4 +425,4 @@ def test_train_config_rejects_bad_values():
     for kw, frag in [(dict(lr=-0.1), "-0.1"), (dict(epochs=0), "0"),
                      (dict(lr_schedule="linear"), "'linear'"), (dict(momentum=1.5), "1.5"),
                      (dict(batch_size=2.5), "2.5")]:
-        _expect(ValueError, lambda kw=kw: TrainConfig(**kw), frag)
+        _assert_raises_clearly(ValueError, lambda kw=kw: TrainConfig(**kw), frag)
