@@ -277,9 +277,11 @@ def _vector_field(joint_batch: bool):
 
 
 def _controller(config: SolveConfig, norm=optx.rms_norm):
+    """Step-size control: a PI(D) controller on `norm` of the scaled error for the
+    adaptive solvers, constant steps for the others."""
     if config.adaptive:
-        return diffrax.PIDController(rtol=config.rtol, atol=config.atol, norm=norm), None
-    return diffrax.ConstantStepSize(), None
+        return diffrax.PIDController(rtol=config.rtol, atol=config.atol, norm=norm)
+    return diffrax.ConstantStepSize()
 
 
 def _dt0(config: SolveConfig, t0, t1, span=None):
@@ -341,7 +343,7 @@ def _save_spec(ts):
 
 def _diffeqsolve(vf, config, t0, t1, ts, z0, args, adjoint):
     solver = SOLVERS[config.solver]()
-    controller, _ = _controller(config)
+    controller = _controller(config)
     return diffrax.diffeqsolve(
         diffrax.ODETerm(vf),
         solver,
@@ -427,11 +429,7 @@ def _backsolve_bwd(
     else:
         norm = lambda s: optx.rms_norm((s[0], s[1], s[2]))  # noqa: E731
     solver = SOLVERS[config.solver]()
-    controller = (
-        diffrax.PIDController(rtol=config.rtol, atol=config.atol, norm=norm)
-        if config.adaptive
-        else diffrax.ConstantStepSize()
-    )
+    controller = _controller(config, norm)
     n = ts.shape[0]
     t_starts = ts[::-1]
     t_ends = jnp.concatenate([ts[:-1][::-1], jnp.reshape(t0, (1,))])
