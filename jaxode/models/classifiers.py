@@ -261,14 +261,21 @@ def carrara_resnet(num_classes: int = 10, *, in_channels: int = 3, channels: int
                             Head(channels, num_classes, dropout, key=k3), in_channels)
 
 
+def _ode_net(make_stem, channels, num_classes, dropout, tol, solve, in_channels,
+             key) -> ODENetClassifier:
+    """stem -> ODE block (`ConvODEFunc` on [0, 1]) -> head: the shape shared by the
+    Res-ODE, ODE-only and Chen ODE-Nets.  `make_stem(key)` builds the stem."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    return ODENetClassifier(make_stem(k1), _ode_block(channels, k2, solve, tol=tol),
+                            Head(channels, num_classes, dropout, key=k3), in_channels)
+
+
 def carrara_resode(num_classes: int = 10, *, in_channels: int = 3, channels: int = 256,
                    dropout: float = 0.5, tol: float = 1e-3, solve: SolveConfig | None = None,
                    key) -> ODENetClassifier:
     """Carrara et al.'s Res-ODE Net (Table 1: 2.02M parameters at 256 channels)."""
-    k1, k2, k3 = jax.random.split(key, 3)
-    return ODENetClassifier(carrara_stem(in_channels, channels, key=k1),
-                            _ode_block(channels, k2, solve, tol=tol),
-                            Head(channels, num_classes, dropout, key=k3), in_channels)
+    return _ode_net(lambda k: carrara_stem(in_channels, channels, key=k), channels,
+                    num_classes, dropout, tol, solve, in_channels, key)
 
 
 def odeonly_net(num_classes: int = 10, *, in_channels: int = 3, channels: int = 256,
@@ -279,11 +286,11 @@ def odeonly_net(num_classes: int = 10, *, in_channels: int = 3, channels: int = 
     no activation: 32x32 -> 16x16) then the ODE block and the head (Table 1: 1.20M
     parameters at 256 channels).  The stem's size is adjustable for small images
     (e.g. 8x8 digits: kernel 3, stride 1)."""
-    k1, k2, k3 = jax.random.split(key, 3)
-    stem = Sequence((eqx.nn.Conv2d(in_channels, channels, stem_kernel, stem_stride,
-                                   stem_padding, use_bias=True, key=k1),))
-    return ODENetClassifier(stem, _ode_block(channels, k2, solve, tol=tol),
-                            Head(channels, num_classes, dropout, key=k3), in_channels)
+    def stem(k):
+        return Sequence((eqx.nn.Conv2d(in_channels, channels, stem_kernel, stem_stride,
+                                       stem_padding, use_bias=True, key=k),))
+
+    return _ode_net(stem, channels, num_classes, dropout, tol, solve, in_channels, key)
 
 
 carrara_odeonly = odeonly_net
@@ -306,10 +313,8 @@ def chen_odenet(num_classes: int = 10, *, in_channels: int = 1, channels: int = 
                 tol: float = 1e-3, dropout: float = 0.0, solve: SolveConfig | None = None,
                 key) -> ODENetClassifier:
     """Chen et al.'s MNIST ODE-Net, 'conv' down-sampling variant (208,266 params)."""
-    k1, k2, k3 = jax.random.split(key, 3)
-    return ODENetClassifier(chen_downsampling(in_channels, channels, key=k1),
-                            _ode_block(channels, k2, solve, tol=tol),
-                            Head(channels, num_classes, dropout, key=k3), in_channels)
+    return _ode_net(lambda k: chen_downsampling(in_channels, channels, key=k), channels,
+                    num_classes, dropout, tol, solve, in_channels, key)
 
 
 def chen_resnet(num_classes: int = 10, *, in_channels: int = 1, channels: int = 64,
