@@ -39,6 +39,8 @@ import time
 
 import numpy as np
 
+from experiments import _cli
+
 PAPER = dict(epochs=100, batch_size=128, lr=0.1, milestones=(40, 70), train_limit=None,
              test_limit=None, widths=(32, 64, 128), tol=1e-3, support="switch")
 SMOKE = dict(epochs=1, batch_size=16, lr=0.1, milestones=(), train_limit=64, test_limit=64,
@@ -171,9 +173,10 @@ def cmd_classify(args):
     from jaxode.data.load import load_dataset
 
     cfg = _resolve(args)
-    train = _limit(load_dataset("cifar10", "train", root=args.data_root), cfg["train_limit"])
-    test = _limit(load_dataset("cifar10", "test", root=args.data_root), cfg["test_limit"])
-    run_path = args.run or os.path.join("runs", f"dcn-{args.model}-{args.config}-s{args.seed}")
+    with _cli.data_errors_exit():
+        train = _limit(load_dataset("cifar10", "train", root=args.data_root), cfg["train_limit"])
+        test = _limit(load_dataset("cifar10", "test", root=args.data_root), cfg["test_limit"])
+    run_path = _classify_run_path(args)
     s = _train(args.model, cfg, train, test, run_path, args.seed, args.max_half_width,
                cfg["milestones"], cfg["epochs"], support=cfg["support"], margin=args.margin)
     print(json.dumps({k: v for k, v in s.items() if k != "learned_sigma"}, indent=2))
@@ -191,15 +194,15 @@ def cmd_small_data(args):
     from jaxode.data.load import load_dataset
 
     cfg = _resolve(args)
-    train_all = load_dataset("cifar10", "train", root=args.data_root)
-    test = _limit(load_dataset("cifar10", "test", root=args.data_root), cfg["test_limit"])
+    with _cli.data_errors_exit():
+        train_all = load_dataset("cifar10", "train", root=args.data_root)
+        test = _limit(load_dataset("cifar10", "test", root=args.data_root), cfg["test_limit"])
     factor = args.epoch_factor
     epochs = cfg["epochs"] * factor
     milestones = tuple(m * factor for m in cfg["milestones"])
     results = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    for seed, run_path in zip(_seeds(args), _small_data_run_paths(args)):
         train = small_data_subset(train_all, args.per_class, seed)
-        run_path = os.path.join(args.run or "runs", f"dcn-small-{args.model}-{args.per_class}-s{seed}")
         results.append(_train(args.model, cfg, train, test, run_path, seed,
                               args.max_half_width, milestones, epochs,
                               support=cfg["support"], margin=args.margin))
@@ -260,6 +263,39 @@ def cmd_kernel_cost(args):
                        "max_half_width": args.max_half_width, "rows": rows}, f, indent=2)
 
 
+def _classify_run_path(args) -> str:
+    return args.run or os.path.join("runs", f"dcn-{args.model}-{args.config}-s{args.seed}")
+
+
+def _seeds(args) -> list[int]:
+    return [int(s) for s in _cli.split_list(args.seeds)]
+
+
+def _small_data_run_paths(args) -> list[str]:
+    return [os.path.join(args.run or "runs", f"dcn-small-{args.model}-{args.per_class}-s{seed}")
+            for seed in _seeds(args)]
+
+
+def check_args(parser, args) -> None:
+    """Refuse bad numbers, lists, paths and occupied run folders of any subcommand
+    (`experiments._cli`: usage + one sentence, exit status 2), before data or JAX."""
+    _cli.check_list(parser, "widths", args.widths, kind=int, minimum=1)
+    if args.cmd == "kernel-cost":
+        _cli.check_args(parser, args, positive=("batch", "tol", "max_half_width", "repeats"))
+        _cli.check_new_file(parser, "--out", args.out)
+        return
+    _cli.check_args(parser, args,
+                    positive=("epochs", "batch_size", "lr", "train_limit", "test_limit", "tol",
+                              "max_half_width", "per_class", "epoch_factor"),
+                    non_negative=("margin", "seed"), existing=("data_root",))
+    if args.cmd == "classify":
+        _cli.check_new_run_dir(parser, "--run", _classify_run_path(args))
+        return
+    _cli.check_list(parser, "seeds", args.seeds, kind=int, minimum=0)
+    for path in _small_data_run_paths(args):
+        _cli.check_new_run_dir(parser, "--run", path)
+
+
 def main(argv=None):
     from jaxode.models.dcn import MODEL_NAMES
 
@@ -307,6 +343,7 @@ def main(argv=None):
     q.add_argument("--out", default=None)
     q.set_defaults(fn=cmd_kernel_cost)
     args = p.parse_args(argv)
+    check_args(p, args)
     args.fn(args)
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from experiments import _cli
 from jaxode.data import camvid, synthetic_seg
 from jaxode.models.segnode import (BaselineConfig, SegNodeConfig, build_model, count_params)
 from jaxode.ode import backward_nfe, trainable
@@ -393,7 +394,42 @@ def parse_args(argv=None):
     p.add_argument("--no-timing", action="store_true", help="Table 2: memory only, no runs")
     p.add_argument("--two-batches", action="store_true",
                    help="Table 2: fit memory vs batch from two compiles (slower)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_args(p, args)
+    return args
+
+
+def _run_path(args) -> str:
+    name = args.run_name or f"segment-{args.config}" + ("-table2" if args.table2 else "")
+    return os.path.join("runs", name)
+
+
+def check_args(parser, args) -> None:
+    """Refuse bad numbers, model / solver names, solver-step combinations, input paths
+    and an occupied run folder (`experiments._cli`: usage + one sentence, exit status
+    2), before any data is read or anything is compiled."""
+    from jaxode.ode import ADAPTIVE_SOLVERS, SOLVERS
+
+    _cli.check_args(
+        parser, args,
+        positive=("epochs", "batch_size", "crop", "widths", "blocks", "baseline_modules",
+                  "field_modules", "num_steps", "rtol", "lr_segnode", "lr_baseline",
+                  "max_train_batches", "eval_limit", "table2_batch", "memory_budget_gb"),
+        non_negative=("atol", "seed"), choices={"models": MODELS},
+        existing=("data_path",))
+    solver = args.solver or CONFIGS[args.config].get("solver", _DEFAULTS["solver"])
+    if solver not in SOLVERS:
+        parser.error(f"argument --solver: unknown solver {solver!r}; choose from "
+                     f"{', '.join(SOLVERS)}.")
+    if args.num_steps is not None and solver in ADAPTIVE_SOLVERS:
+        parser.error(f"argument --num-steps: is for the fixed-step solvers; solver {solver!r} "
+                     "chooses its own steps (drop --num-steps or pass --solver euler).")
+    if solver not in ADAPTIVE_SOLVERS and args.num_steps is None:
+        parser.error(f"argument --solver: fixed-step solver {solver!r} needs --num-steps N.")
+    if args.cache_dir is not None and os.path.exists(args.cache_dir) \
+            and not os.path.isdir(args.cache_dir):
+        parser.error(f"argument --cache-dir: {args.cache_dir!r} is a file; pass a folder.")
+    _cli.check_new_run_dir(parser, "--run-name", _run_path(args))
 
 
 def resolve_config(args) -> dict:
@@ -415,12 +451,8 @@ def resolve_config(args) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     cfg = resolve_config(args)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    for m in models:
-        if m not in MODELS:
-            raise SystemExit(f"unknown model {m!r} in --models; choose from {MODELS}.")
-    name = args.run_name or f"segment-{args.config}" + ("-table2" if args.table2 else "")
-    run = RunDir(os.path.join("runs", name), dict(cfg, models=models, table2=args.table2),
+    models = _cli.split_list(args.models)
+    run = RunDir(_run_path(args), dict(cfg, models=models, table2=args.table2),
                  tensorboard=False)
     if args.table2:
         rows = measure_table2(cfg, args.table2_batch, args.memory_budget_gb, not args.no_timing,
@@ -431,7 +463,8 @@ def main(argv=None):
                                solver=cfg["solver"], rtol=cfg["rtol"])
         print(run.summary(rows))
         return rows
-    splits, num_classes, ignore_label, palette = load_data(cfg)
+    with _cli.data_errors_exit():
+        splits, num_classes, ignore_label, palette = load_data(cfg)
     key = jax.random.PRNGKey(cfg["seed"])
     summary, history = {}, []
     for m in models:

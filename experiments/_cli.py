@@ -1,0 +1,198 @@
+"""Argument checks shared by the experiment command lines (issue 9, bad input).
+
+The checks run right after ``argparse`` has parsed the command line, before any data
+is read and before any JAX program is compiled.  A failed check goes through
+``parser.error``: the usage line, then one sentence naming the flag, the bad value and
+what to pass instead, and exit status 2 (argparse's own convention for bad
+arguments).  One call per command line::
+
+    check_args(parser, args, positive=("epochs", "lr"), at_least={"grid": 2},
+               choices={"models": ("a", "b")}, parsers={"schedule": parse_schedule},
+               existing=("data_root",), new_run_dirs=("out",))
+
+Run folders: a re-run into a folder that already holds files would overwrite its
+config, metrics and summary and (through `jaxode.train.fit`, which clears the
+checkpoints of a fresh run) delete its checkpoints, so `check_new_run_dir` refuses a
+non-empty folder; pick another name or move the old folder away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from typing import Callable, Iterable, Mapping
+
+__all__ = ["check_args", "check_numbers", "check_list", "check_existing",
+           "check_new_run_dir", "check_new_file", "data_errors_exit", "dataset_spec", "flag_name", "split_list"]
+
+
+def flag_name(dest: str) -> str:
+    """The command-line flag of an argparse destination: ``batch_size`` -> ``--batch-size``."""
+    return "--" + dest.replace("_", "-")
+
+
+def _number_ok(value, minimum: float, strict: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if not math.isfinite(value):
+        return False
+    return value > minimum if strict else value >= minimum
+
+
+def check_numbers(parser, args, *, positive: Iterable[str] = (),
+                  non_negative: Iterable[str] = (),
+                  at_least: Mapping[str, float] | None = None) -> None:
+    """Each named argument that is set (not None) must be a finite number above its
+    bound; for ``nargs`` arguments every element is checked."""
+    rules = ([(d, 0, True) for d in positive] + [(d, 0, False) for d in non_negative]
+             + [(d, m, False) for d, m in (at_least or {}).items()])
+    for dest, minimum, strict in rules:
+        value = getattr(args, dest, None)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if v is not None and not _number_ok(v, minimum, strict):
+                bound = f"> {minimum}" if strict else f">= {minimum}"
+                shown = (f"{v!r} (in {' '.join(map(str, value))})"
+                         if isinstance(value, (list, tuple)) else f"{v!r}")
+                parser.error(f"argument {flag_name(dest)}: expected a finite number {bound}, "
+                             f"got {shown}; pass a value {bound}.")
+
+
+def split_list(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``."""
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def check_list(parser, dest: str, text: str | None, *, choices: Iterable | None = None,
+               kind: Callable = str, minimum: float | None = None) -> list | None:
+    """Parse a comma-separated argument: non-empty, each item converted by `kind`, in
+    `choices` if given, >= `minimum` if given.  Returns the items (None if unset)."""
+    if text is None:
+        return None
+    flag = flag_name(dest)
+    items = split_list(text)
+    if not items:
+        parser.error(f"argument {flag}: {text!r} names nothing; give a comma-separated list.")
+    out = []
+    for item in items:
+        try:
+            value = kind(item)
+        except ValueError:
+            parser.error(f"argument {flag}: {item!r} in {text!r} is not a valid "
+                         f"{getattr(kind, '__name__', 'value')}; give a comma-separated list "
+                         f"of them, e.g. {flag} 1,2.")
+        if choices is not None and value not in tuple(choices):
+            parser.error(f"argument {flag}: unknown name {item!r} in {text!r}; choose from "
+                         f"{', '.join(map(str, choices))}.")
+        if minimum is not None and not _number_ok(value, minimum, False):
+            parser.error(f"argument {flag}: {item!r} in {text!r} is below {minimum}; every "
+                         f"entry must be >= {minimum}.")
+        out.append(value)
+    return out
+
+
+def check_existing(parser, dest: str, path: str | None, what: str = "file or folder") -> None:
+    """An explicitly given input path must exist and be readable."""
+    if path is None:
+        return
+    flag = flag_name(dest)
+    if not os.path.exists(path):
+        parser.error(f"argument {flag}: {path!r} does not exist; pass an existing {what} "
+                     "(or leave the flag out to use $JAXODE_DATA).")
+    mode = os.R_OK | (os.X_OK if os.path.isdir(path) else 0)
+    if not os.access(path, mode):
+        parser.error(f"argument {flag}: {path!r} is not readable; fix its permissions or "
+                     f"pass another {what}.")
+
+
+def _check_parent_writable(parser, flag: str, path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        parser.error(f"argument {flag}: cannot create {path!r} because {parent!r} is a "
+                     "file, not a folder; pass another path.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        parser.error(f"argument {flag}: cannot write under {parent!r} (permission denied); "
+                     "pass a path in a writable folder.")
+
+
+def check_new_run_dir(parser, flag: str, path: str) -> None:
+    """`path` must be a missing or empty folder that can be created: an earlier run's
+    results there are never overwritten or deleted."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        parser.error(f"argument {flag}: run folder {path!r} is an existing file; pass "
+                     "another folder.")
+    if os.path.isdir(path):
+        held = sorted(os.listdir(path))
+        if held:
+            shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+            parser.error(f"argument {flag}: run folder {path!r} already holds an earlier "
+                         f"run ({shown}), which a new run would overwrite or delete; pass "
+                         f"another {flag} or move that folder away.")
+    _check_parent_writable(parser, flag, path)
+
+
+def check_new_file(parser, flag: str, path: str | None) -> None:
+    """An output file must not exist yet (an earlier result is never overwritten)."""
+    if path is None:
+        return
+    if os.path.exists(path):
+        parser.error(f"argument {flag}: {path!r} already exists and would be overwritten; "
+                     f"pass another {flag} or move the old file away.")
+    _check_parent_writable(parser, flag, path)
+
+
+def dataset_spec(text: str) -> str:
+    """Validate a dataset spec of `jaxode.data.load_dataset` without loading it
+    (``digits``, ``mnist``, ``cifar10``, ``tiny-imagenet``, ``folder:PATH``,
+    ``tfds:NAME``); a ValueError names the spec and the choices."""
+    from jaxode.data.load import SPECS
+
+    names = [s for s in SPECS if ":" not in s]
+    prefixes = [s.split(":")[0] + ":" for s in SPECS if ":" in s]
+    if text in names or any(text.startswith(p) and len(text) > len(p) for p in prefixes):
+        return text
+    raise ValueError(f"unknown dataset {text!r}; use one of {', '.join(SPECS)}.")
+
+
+@contextlib.contextmanager
+def data_errors_exit():
+    """Inside this block, a dataset that cannot be found or read (the loaders'
+    FileNotFoundError / OSError / ValueError, which name the path and how to fix it)
+    ends the program with that message and exit status 1 instead of a traceback."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from e
+
+
+def check_args(parser, args, *, positive: Iterable[str] = (), non_negative: Iterable[str] = (),
+               at_least: Mapping[str, float] | None = None,
+               choices: Mapping[str, Iterable] | None = None,
+               parsers: Mapping[str, Callable] | None = None,
+               existing: Iterable[str] = (), new_run_dirs: Iterable[str] = ()) -> None:
+    """All checks of one command line, by argparse destination name.
+
+    - `positive` / `non_negative` / `at_least`: numeric bounds (`check_numbers`).
+    - `choices`: comma-separated name lists and their allowed names.
+    - `parsers`: a function that parses (and so validates) a string argument; its
+      ValueError becomes the error message, e.g. ``{"schedule": parse_schedule}``.
+    - `existing`: input paths that must exist and be readable.
+    - `new_run_dirs`: output folders that must be missing or empty.
+    """
+    check_numbers(parser, args, positive=positive, non_negative=non_negative, at_least=at_least)
+    for dest, allowed in (choices or {}).items():
+        check_list(parser, dest, getattr(args, dest), choices=tuple(allowed))
+    for dest, parse in (parsers or {}).items():
+        value = getattr(args, dest)
+        if value is not None:
+            try:
+                parse(value)
+            except ValueError as e:
+                parser.error(f"argument {flag_name(dest)}: {e}")
+    for dest in existing:
+        check_existing(parser, dest, getattr(args, dest))
+    for dest in new_run_dirs:
+        check_new_run_dir(parser, flag_name(dest), getattr(args, dest))
