@@ -164,6 +164,11 @@ def main(argv=None):
     if args.smoke:
         args.hidden, args.euler_iters, args.finetune_iters = 32, 20, 3
         args.pure_iters, args.pure_seconds = 5, 30.0
+    from experiments._cli import check_args  # issue 9: bad arguments stop here (exit 2)
+
+    check_args(p, args, positive=("hidden", "lr", "euler_iters", "euler_steps", "pure_iters",
+                                  "pure_seconds", "tol"),
+               non_negative=("finetune_iters", "seed"), new_run_dirs=("out",))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump(vars(args), f, indent=1)

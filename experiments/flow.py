@@ -138,6 +138,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.smoke:
         args.iters, args.hidden, args.test_size, args.grid = 5, 8, 200, 20
+    from experiments._cli import check_args  # issue 9: bad arguments stop here (exit 2)
+
+    check_args(p, args, positive=("iters", "batch", "hidden", "depth", "g_hidden", "lr", "tol",
+                                  "test_size"), non_negative=("seed",), at_least={"grid": 2},
+               choices={"densities": DENSITIES}, new_run_dirs=("out",))
     densities = [d.strip() for d in args.densities.split(",") if d.strip()]
     for d in densities:
         if d not in DENSITIES:

@@ -67,6 +67,14 @@ def main(argv=None):
     if args.smoke:
         args.dataset, args.train_limit, args.test_limit = "digits", 256, 128
         args.schedule, args.batch_size = "euler:1,adjoint:1", 64
+    from experiments._cli import check_args, dataset_spec  # issue 9: bad arguments stop here
+
+    check_args(p, args, positive=("euler_steps", "batch_size", "lr", "tol"),
+               non_negative=("train_limit", "test_limit", "seed"),
+               choices={"models": ("node-ew", "odenet"),
+                        "strategies": ("euler-then-adjoint", "pure-adjoint")},
+               parsers={"schedule": parse_schedule, "dataset": dataset_spec},
+               existing=("data_root",), new_run_dirs=("out",))
     phases = parse_schedule(args.schedule)
     epochs = total_epochs(phases)
 
