@@ -11,8 +11,18 @@ so, with delta(t) = -int_{t0}^{t} tr(df/dz) ds integrated beside z from delta(t0
     log p_x(x) = log N(z(t1); 0, I) - delta(t1).
 
 `CNFField` turns any field f(t, z) on vectors z in R^D into the joint field
-``(z, delta) -> (f, -tr df/dz)``; the trace is exact (D forward-mode Jacobian
-columns), which is the right choice for the low-dimensional densities of the papers.
+``(z, delta) -> (f, -tr df/dz)``.  Two traces (``CNFField(trace=...)``):
+
+- ``"exact"``: tr(df/dz) from the D forward-mode Jacobian columns -- the right choice
+  for the 2-D densities of the papers;
+- ``"hutchinson"`` (FFJORD, Grathwohl et al. 2019): tr(J) = E[eps^T J eps] for any
+  probe with E[eps eps^T] = I (Rademacher or Gaussian), so the estimate costs one
+  vector-Jacobian product per evaluation instead of D Jacobian columns.  The probe is
+  drawn once per solve and held fixed during it: it travels in the state,
+  ``(z, delta, eps)`` with d eps/dt = 0, never resampled inside the field (the ODE
+  solver needs one continuous field per solve).  The log-density is then an unbiased
+  estimate, E_eps[log p_hat(x)] = log p(x), because log p is linear in the trace
+  integral and z(t) does not depend on eps.
 `CNF` wraps either an `ODEBlock` over a `CNFField` (fixed weights) or an `EvolvingODE`
 whose base field is a `CNFField` (weights evolve by dtheta/dt = g; the same identity
 holds because theta(t) does not depend on z).  `ConcatMLP` is the small MLP field used
@@ -32,7 +42,8 @@ import jax.tree_util as jtu
 from jaxode.fields.evolving import EvolvingODE
 from jaxode.ode import ODEBlock
 
-__all__ = ["ConcatMLP", "CNFField", "CNF", "standard_normal_logpdf"]
+__all__ = ["ConcatMLP", "CNFField", "CNF", "standard_normal_logpdf", "hutchinson_trace",
+           "sample_probe", "TRACES", "PROBES"]
 
 
 class ConcatMLP(eqx.Module):
@@ -75,20 +86,70 @@ class ConcatMLP(eqx.Module):
         return h
 
 
+TRACES = ("exact", "hutchinson")
+PROBES = ("rademacher", "gaussian")
+
+
+def sample_probe(key, shape, kind: str = "rademacher", dtype=jnp.float32):
+    """A Hutchinson probe eps with E[eps] = 0, E[eps eps^T] = I: Rademacher (entries
+    +-1 with probability 1/2, the lower-variance choice) or standard Gaussian."""
+    if kind == "rademacher":
+        return jax.random.rademacher(key, shape, dtype)
+    if kind == "gaussian":
+        return jax.random.normal(key, shape, dtype)
+    raise ValueError(f"unknown Hutchinson probe {kind!r}; choose one of {', '.join(PROBES)}.")
+
+
+def hutchinson_trace(fn, z, eps):
+    """``(fn(z), eps^T (dfn/dz) eps)``: the Hutchinson estimate of tr(dfn/dz) from one
+    vector-Jacobian product, eps^T J, dotted with eps (FFJORD, eq. 7)."""
+    dz, vjp = jax.vjp(fn, z)
+    (eps_j,) = vjp(eps)
+    return dz, jnp.vdot(eps_j, eps)
+
+
 class CNFField(eqx.Module):
-    """``(z, delta) -> (f(t, z), -tr(df/dz))``: the instantaneous change of variables
-    (Chen et al. 2018, Theorem 1) with the exact trace of the Jacobian."""
+    """The instantaneous change of variables (Chen et al. 2018, Theorem 1):
+    d log p(z(t))/dt = -tr(df/dz).
+
+    - ``trace="exact"``: state ``(z, delta)`` -> ``(f(t, z), -tr(df/dz))``.
+    - ``trace="hutchinson"``: state ``(z, delta, eps)`` -> ``(f(t, z), -eps^T (df/dz) eps,
+      0)``; eps is the probe of this solve (see `sample_probe`; `CNF` draws it).
+      `probe` names its distribution ("rademacher" or "gaussian") for `CNF`.
+    """
 
     field: eqx.Module
+    trace: str = eqx.field(static=True, default="exact")
+    probe: str = eqx.field(static=True, default="rademacher")
+
+    def __check_init__(self):
+        if self.trace not in TRACES:
+            raise ValueError(f"CNFField: trace must be one of {TRACES}, got {self.trace!r}.")
+        if self.probe not in PROBES:
+            raise ValueError(f"CNFField: probe must be one of {PROBES}, got {self.probe!r}.")
+
+    @property
+    def hutchinson(self) -> bool:
+        return self.trace == "hutchinson"
 
     def __call__(self, t, state):
-        z, _ = state
+        if len(state) != (3 if self.hutchinson else 2):
+            raise ValueError(
+                f"CNFField(trace={self.trace!r}) expects the state "
+                f"{'(z, delta, eps)' if self.hutchinson else '(z, delta)'}, got {len(state)} parts."
+            )
+        z = state[0]
         if z.ndim != 1:
             raise ValueError(
                 f"CNFField expects one example z of shape (D,), got {z.shape}; batch with "
                 "ODEBlock.batched / CNF.log_prob_batched."
             )
         fz = lambda x: self.field(t, x)  # noqa: E731
+        if self.hutchinson:
+            # the probe is a constant of the solve: no adjoint flows into it
+            eps = jax.lax.stop_gradient(state[2])
+            dz, tr = hutchinson_trace(fz, z, eps)
+            return dz, -tr, jnp.zeros_like(eps)
         dz = fz(z)
         jac = jax.jacfwd(fz)(z)
         return dz, -jnp.trace(jac)
@@ -118,9 +179,13 @@ class CNF(eqx.Module):
     **Arguments:** `ode`: an `ODEBlock` whose field is a `CNFField` (fixed weights)
     or an `EvolvingODE` whose base field is a `CNFField` (NODE-EW).
 
-    - ``log_prob(x)``: log p(x) of one point; ``log_prob_batched(xs)`` of a batch.
+    - ``log_prob(x, key=None)``: log p(x) of one point; ``log_prob_batched(xs, key=None)``
+      of a batch.  With a Hutchinson `CNFField` the `key` draws the probe of this solve
+      (one probe per example) and the result is an unbiased estimate of log p.
     - ``sample(key, n)``: n samples by integrating from t1 back to t0, with their
       log-density (from the same solve).
+    - ``with_trace("exact" | "hutchinson")``: the same flow with the other trace
+      (e.g. train with Hutchinson, evaluate exactly).
     """
 
     ode: eqx.Module
@@ -138,43 +203,70 @@ class CNF(eqx.Module):
     def evolving(self) -> bool:
         return isinstance(self.ode, EvolvingODE)
 
+    def _field_where(self, m):
+        return m.ode.block.field.rest if m.evolving else m.ode.field
+
+    @property
+    def cnf_field(self) -> CNFField:
+        return self._field_where(self)
+
+    def with_trace(self, trace: str, probe: str | None = None) -> "CNF":
+        f = self.cnf_field
+        new = CNFField(f.field, trace, f.probe if probe is None else probe)
+        return eqx.tree_at(self._field_where, self, new)
+
     def _finish(self, z, delta):
         return standard_normal_logpdf(z) - delta
 
-    def log_prob(self, x):
-        zero = jnp.zeros((), x.dtype)
-        if self.evolving:
-            ((z, delta), _), stats = self.ode((x, zero))
-        else:
-            (z, delta), stats = self.ode((x, zero))
-        return self._finish(z, delta), stats
+    def _initial(self, xs, key, batch_shape):
+        """The initial CNF state: (x, 0) or, for Hutchinson, (x, 0, eps)."""
+        zeros = jnp.zeros(batch_shape, xs.dtype)
+        f = self.cnf_field
+        if not f.hutchinson:
+            return (xs, zeros)
+        if key is None:
+            raise ValueError(
+                "CNF: a Hutchinson-trace flow needs a PRNG `key` to draw its probe; pass "
+                "key=..., or use cnf.with_trace('exact')."
+            )
+        return (xs, zeros, sample_probe(key, xs.shape, f.probe, xs.dtype))
 
-    def log_prob_batched(self, xs):
-        zeros = jnp.zeros(xs.shape[:1], xs.dtype)
+    def _solve(self, state, batched):
         if self.evolving:
-            ((z, delta), _), stats = self.ode.batched((xs, zeros))
+            run = self.ode.batched if batched else self.ode
+            (out, _), stats = run(state)
         else:
-            (z, delta), stats = self.ode.batched((xs, zeros))
-        return self._finish(z, delta), stats
+            run = self.ode.batched if batched else self.ode
+            out, stats = run(state)
+        return self._finish(out[0], out[1]), stats
+
+    def log_prob(self, x, key=None):
+        return self._solve(self._initial(x, key, ()), batched=False)
+
+    def log_prob_batched(self, xs, key=None):
+        return self._solve(self._initial(xs, key, xs.shape[:1]), batched=True)
 
     @eqx.filter_jit
     def sample(self, key, n: int, dim: int = 2, dtype=jnp.float32):
         """n samples x = z(t0) from z(t1) ~ N(0, I), and log p(x).  Integrates the
-        reversed joint field as one batch (forward-mode solve: no gradients needed)."""
+        reversed joint field as one batch (forward-mode solve: no gradients needed).
+        With a Hutchinson field the returned log p(x) is the one-probe estimate."""
         block = self.ode.block if self.evolving else self.ode
-        z1 = jax.random.normal(key, (n, dim), dtype)
+        kz, ke = jax.random.split(key)
+        z1 = jax.random.normal(kz, (n, dim), dtype)
         logp1 = standard_normal_logpdf(z1)
+        state = self._initial(z1, ke, (n,))
         config = block.config.replace(adjoint="direct", seminorm=False, batch_mode="joint")
         if self.evolving:
             theta1 = jtu.tree_map(lambda x: x[-1], self.ode.weights_at(jnp.reshape(block.t1, (1,))))
             field = dataclasses.replace(block.field, batch=True)  # theta shared by the batch
             rev = ODEBlock(_Reversed(field, block.t0, block.t1), block.t0, block.t1, config,
                            name="cnf_sample")
-            ((x, delta), _), _ = rev(((z1, jnp.zeros_like(logp1)), theta1))
+            (out, _), _ = rev((state, theta1))
         else:
             rev = ODEBlock(_Reversed(block.field, block.t0, block.t1), block.t0, block.t1, config,
                            name="cnf_sample")
-            (x, delta), _ = rev.batched((z1, jnp.zeros_like(logp1)))
+            out, _ = rev.batched(state)
         # Backwards, delta accumulates +int tr(df/dz): log p(x) = log N(z1) + that.
         # (_Reversed negates both parts, so the state's second part is -(-tr) integrated.)
-        return x, logp1 + delta
+        return out[0], logp1 + out[1]
