@@ -49,6 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--quick-train-size", type=int, default=2000)
     p.add_argument("--quick-epochs", type=int, default=3)
     p.add_argument("--quick-batch-size", type=int, default=50)
+    p.add_argument("--train-only", action="store_true",
+                   help="with --quick-train: stop after training and print the run folders "
+                        "(pass them later as --checkpoint NAME=RUN_DIR)")
     p.add_argument("--data-root", default=None,
                    help="folder with tiny-imagenet-200-val.zip and cifar10-jpeg.zip "
                         "(default $JAXODE_DATA)")
@@ -66,12 +69,57 @@ def parse_args(argv=None):
     p.add_argument("--finetune-t", type=float, default=None,
                    help="also train a linear head on the frozen features at this t and "
                         "compare with the SVM on a held-out split")
-    p.add_argument("--finetune-epochs", type=int, default=100)
+    p.add_argument("--finetune-epochs", type=int, default=100,
+                   help="epochs of the linear head on frozen features")
+    p.add_argument("--finetune-mode", choices=("head", "full", "both"), default="head",
+                   help="at --finetune-t: 'head' trains a new linear head on the frozen "
+                        "features; 'full' fine-tunes the whole network cut at t* with a new "
+                        "GN-ReLU-pool-linear head (SGD, crop + flip); 'both' does both. All "
+                        "are scored on the same held-out split as the SVM")
+    p.add_argument("--full-epochs", type=int, default=3, help="epochs of the full fine-tune")
+    p.add_argument("--full-lr", type=float, default=0.01,
+                   help="learning rate of the full fine-tune (SGD momentum 0.9, cosine)")
     p.add_argument("--batch-size", type=int, default=250, help="feature-extraction batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="transfer")
     p.add_argument("--runs-dir", default="runs")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    _check_args(p, args)
+    return args
+
+
+def _check_args(parser, args):
+    """Bad command lines end here, before any data is read or program compiled."""
+    from experiments._cli import check_args, check_list
+
+    check_args(parser, args,
+               positive=("quick_channels", "quick_tol", "quick_train_size", "quick_epochs",
+                         "quick_batch_size", "image_size", "classes", "per_class",
+                         "time_step", "finetune_epochs", "full_epochs", "full_lr",
+                         "batch_size"),
+               at_least={"folds": 2},
+               choices={"quick_models": tuple(QUICK_MODELS)},
+               existing=("data_root",))
+    if args.time_step > 1:
+        parser.error(f"argument --time-step: {args.time_step!r} leaves no time inside [0, 1] "
+                     "but 0; pass a spacing in (0, 1], e.g. 0.05.")
+    if args.finetune_t is not None and not 0.0 <= args.finetune_t <= 1.0:
+        parser.error(f"argument --finetune-t: {args.finetune_t!r} is outside [0, 1]; feature "
+                     "times run from 0 (block input) to 1 (block output).")
+    check_list(parser, "Cs", args.Cs, kind=float, minimum=1e-12)
+    for spec in args.checkpoint:
+        name, sep, run_dir = spec.partition("=")
+        if not sep or not name or not run_dir:
+            parser.error(f"argument --checkpoint: expected NAME=RUN_DIR, got {spec!r}; "
+                         "e.g. --checkpoint resode=runs/carrara-cifar10-resode.")
+        if not os.path.isfile(os.path.join(run_dir, "config.json")):
+            parser.error(f"argument --checkpoint: {run_dir!r} is not a run folder (no "
+                         "config.json there); pass a folder written by experiments.classify "
+                         "or by --quick-train.")
+    if args.train_only and not args.quick_train:
+        parser.error("argument --train-only: only meaningful with --quick-train.")
+    if not args.checkpoint and not args.quick_train:
+        parser.error("no models: give --checkpoint NAME=RUN_DIR (repeatable) or --quick-train.")
 
 
 # ----------------------------------------------------------------------------- models
@@ -222,29 +270,34 @@ def main(argv=None, log=print):
     import matplotlib.pyplot as plt
     from tqdm.auto import tqdm
 
+    from experiments._cli import data_errors_exit
     from jaxode.data.load import resolve_path
     from jaxode.data.tiny_imagenet import load_tiny_imagenet_val
     from jaxode import transfer as tr
 
     out = os.path.join(args.runs_dir, args.name)
     os.makedirs(out, exist_ok=True)
+    _keep_previous_results(out, log)
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(vars(args), f, indent=2)
 
     models = {}
     for spec in args.checkpoint:
-        if "=" not in spec:
-            raise SystemExit(f"--checkpoint expects NAME=RUN_DIR, got {spec!r}.")
         nm, run_dir = spec.split("=", 1)
-        model, kind, norm = load_run(run_dir)
+        with data_errors_exit():
+            model, kind, norm = load_run(run_dir)
         models[nm] = {"model": model, "cifar_acc": None, "source": run_dir, "norm": norm}
     if args.quick_train:
         models.update(quick_train(args, log))
-    if not models:
-        raise SystemExit("no models: give --checkpoint NAME=RUN_DIR or --quick-train.")
+        if args.train_only:
+            for nm, entry in models.items():
+                log(f"trained {nm}: --checkpoint {nm}={entry['source']}")
+            return {"trained": {nm: e["source"] for nm, e in models.items()}}
 
-    path = resolve_path("tiny-imagenet", args.data_root, ("tiny-imagenet-200-val.zip", "tiny-imagenet-200"))
-    data = load_tiny_imagenet_val(path, image_size=args.image_size, cache_dir=args.cache_dir)
+    with data_errors_exit():
+        path = resolve_path("tiny-imagenet", args.data_root,
+                            ("tiny-imagenet-200-val.zip", "tiny-imagenet-200"))
+        data = load_tiny_imagenet_val(path, image_size=args.image_size, cache_dir=args.cache_dir)
     log(f"Tiny-ImageNet-200 val: {len(data)} images, resized 64 -> {args.image_size} "
         f"(Pillow bilinear, antialiased; --image-size)")
     idx = tr.stratified_subset(data.labels, classes=args.classes, per_class=args.per_class,
@@ -291,8 +344,12 @@ def main(argv=None, log=print):
                 "n_features": int(feats.shape[2])}
         if args.finetune_t is not None:
             j = int(np.argmin(np.abs(times - args.finetune_t)))
-            info["finetune"] = finetune_compare(tr, feats[:, j], y, n_classes, args)
-            info["finetune"]["t"] = float(times[j])
+            ft = finetune_compare(tr, feats[:, j], y, n_classes, args)
+            ft["t"] = float(times[j])
+            if args.finetune_mode in ("full", "both"):
+                ft.update(finetune_full(tr, entry, images, y, n_classes, float(times[j]),
+                                        args, os.path.join(out, f"finetune-{nm}"), log))
+            info["finetune"] = ft
         summary["models"][nm] = info
 
     with open(os.path.join(out, "results.csv"), "w", newline="") as f:
@@ -319,26 +376,95 @@ def main(argv=None, log=print):
         line = f"{nm}: best t = {info['best_t']:.2f} (CV acc {info['best_cv_accuracy']:.4f}); t=1: {info['cv_accuracy_at_t1']:.4f}"
         if "finetune" in info:
             ft = info["finetune"]
-            line += (f"; at t*={ft['t']:.2f} held-out acc: linear head {ft['head_val_accuracy']:.4f}"
-                     f" vs SVM {ft['svm_val_accuracy']:.4f}")
+            line += f"; at t*={ft['t']:.2f} held-out acc: SVM {ft['svm_val_accuracy']:.4f}"
+            if "head_val_accuracy" in ft:
+                line += f", linear head {ft['head_val_accuracy']:.4f}"
+            if "full_val_accuracy" in ft:
+                line += f", full fine-tune {ft['full_val_accuracy']:.4f}"
         log(line)
     log(f"wrote {out}/results.csv, accuracy_vs_t.png, summary.json")
     return summary
 
 
-def finetune_compare(tr, X, y, n_classes, args):
-    """Linear head (gradient descent) vs SVM on the same stratified 80/20 split."""
+def _split(y, seed):
+    """The held-out split shared by every fine-tune recipe: stratified 80/20."""
     from sklearn.model_selection import train_test_split
 
-    i_tr, i_va = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y,
-                                  random_state=args.seed)
-    head = tr.linear_probe(X[i_tr], y[i_tr], X[i_va], y[i_va], num_classes=n_classes,
-                           epochs=args.finetune_epochs, seed=args.seed)
-    svm = tr.svm_cv(X[i_tr], y[i_tr], folds=args.folds, seed=args.seed, n_jobs=args.n_jobs)
-    svm_val = float(np.mean(svm["model"].predict(X[i_va]) == y[i_va]))
-    return {"split": "stratified 80/20", "n_train": int(len(i_tr)), "n_val": int(len(i_va)),
-            "head_val_accuracy": head["val_accuracy"], "head_train_accuracy": head["train_accuracy"],
-            "svm_val_accuracy": svm_val, "svm_best_C": svm["best_C"]}
+    return train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=seed)
+
+
+RESULT_FILES = ("config.json", "results.csv", "accuracy_vs_t.png", "summary.json")
+
+
+def _keep_previous_results(out, log):
+    """A re-run into the same folder reuses its feature cache; the earlier results are
+    moved to ``previous/<time>/`` first, so nothing written before is lost."""
+    old = [f for f in RESULT_FILES if os.path.exists(os.path.join(out, f))]
+    if not old:
+        return
+    dest = os.path.join(out, "previous", time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(dest, exist_ok=True)
+    for f in old:
+        os.replace(os.path.join(out, f), os.path.join(dest, f))
+    log(f"earlier results of {out} moved to {dest}")
+
+
+def finetune_compare(tr, X, y, n_classes, args):
+    """SVM (C by CV on the 80 %) and, unless --finetune-mode full, a linear head
+    trained by gradient descent on the frozen features; both scored on the 20 %."""
+    i_tr, i_va = _split(y, args.seed)
+    svm = tr.svm_cv(X[i_tr], y[i_tr], Cs=tuple(float(c) for c in args.Cs.split(",")),
+                    folds=args.folds, seed=args.seed, n_jobs=args.n_jobs)
+    out = {"split": "stratified 80/20", "n_train": int(len(i_tr)), "n_val": int(len(i_va)),
+           "svm_val_accuracy": float(np.mean(svm["model"].predict(X[i_va]) == y[i_va])),
+           "svm_best_C": svm["best_C"]}
+    if args.finetune_mode in ("head", "both"):
+        head = tr.linear_probe(X[i_tr], y[i_tr], X[i_va], y[i_va], num_classes=n_classes,
+                               epochs=args.finetune_epochs, seed=args.seed)
+        out.update(head_val_accuracy=head["val_accuracy"],
+                   head_train_accuracy=head["train_accuracy"])
+    return out
+
+
+def finetune_full(tr, entry, images, y, n_classes, t, args, run_path, log):
+    """Fine-tune the whole network cut at t (`jaxode.transfer.truncated_classifier`)
+    with a new head, on the same 80/20 split as the SVM; a run folder of its own."""
+    import jax
+
+    from jaxode.data import Dataset
+    from jaxode.train import ClassificationTask, RunDir, TrainConfig, dataset_batches, fit
+
+    if tr.is_ode_model(entry["model"]) and t <= 0.0:
+        log("full fine-tune skipped: at t* = 0 an ODE net has no ODE block left "
+            "(choose --finetune-t > 0)")
+        return {"full_skipped": "t* = 0"}
+    i_tr, i_va = _split(y, args.seed)
+    names = tuple(str(c) for c in range(n_classes))
+
+    def subset(i, nm):
+        return Dataset(images[i], y[i].astype(np.int32), n_classes, names, nm)
+
+    train, val = subset(i_tr, "tiny-imagenet/val[80%]"), subset(i_va, "tiny-imagenet/val[20%]")
+    model = tr.truncated_classifier(entry["model"], t, n_classes,
+                                    key=jax.random.PRNGKey(args.seed))
+    mean, std = entry["norm"] if entry["norm"] is not None else (None, None)
+    task = ClassificationTask(crop_padding=4, flip=True,
+                              mean=None if mean is None else tuple(mean),
+                              std=None if std is None else tuple(std))
+    config = TrainConfig(epochs=args.full_epochs, batch_size=min(50, len(train)),
+                         lr=args.full_lr, weight_decay=1e-4, lr_schedule="cosine",
+                         seed=args.seed)
+    run = RunDir(run_path, {"t": t, "source": entry["source"], "train": config.to_dict(),
+                            "n_train": len(train), "n_val": len(val)})
+    t0 = time.perf_counter()
+    res = fit(model, task,
+              lambda e: dataset_batches(train, config.batch_size, seed=(args.seed, e),
+                                        drop_last=True),
+              lambda: dataset_batches(val, 250, shuffle=False), config=config, run=run, log=log)
+    return {"full_val_accuracy": float(res.history[-1]["eval_acc"]),
+            "full_train_accuracy": float(res.history[-1].get("train_acc", float("nan"))),
+            "full_epochs": args.full_epochs, "full_lr": args.full_lr,
+            "full_seconds": time.perf_counter() - t0, "full_run": run.path}
 
 
 if __name__ == "__main__":

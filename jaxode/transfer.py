@@ -15,7 +15,8 @@ Pieces: `extract_features` (jitted, batched, with a tqdm bar), `cached_features`
 ``.npz`` per model x data set x times, keyed by a hash of the weights), `svm_cv`
 (standardise -> LinearSVC, grid over C with stratified k-fold CV, best C refit) and
 `linear_probe` (a new linear head trained by gradient descent with optax on the frozen
-features at one time t*).
+features at one time t*) and `truncated_classifier` (the network cut at t* with a new
+head, for fine-tuning the whole network end to end).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ __all__ = [
     "stratified_subset",
     "svm_cv",
     "linear_probe",
+    "truncated_classifier",
 ]
 
 # t = 0, 0.05, ..., 1 (21 points), the paper's sampling of the ODE block's trajectory.
@@ -332,3 +334,42 @@ def linear_probe(
         "train_accuracy": acc(xt, np.asarray(y_train)),
         "train_loss": float(losses[-1]),
     }
+
+
+def truncated_classifier(model, t: float, num_classes: int, *, key):
+    """The network up to its feature at time `t` in [0, 1], with a new, untrained head
+    (GN -> ReLU -> global average pool -> linear to `num_classes`), for fine-tuning the
+    whole network on the new task ("fine-tune" transfer recipe, beside the SVM).
+
+    - ODE nets: the same stem and ODE field, integrated on [t0, t0 + t (t1 - t0)], so
+      the head sees z(t) -- the state whose pooled value `extract_features` returns at
+      `t`.  ``t = 0`` is refused (it would be the stem alone; use a residual net's
+      stem or the SVM on z(0)).
+    - Residual nets: the stem and the residual blocks up to the one `feature_times`
+      places at `t` (``t`` must be one of those seven points, to 1e-6).
+
+    The result is an ordinary classifier (``model(x) -> (logits, aux)``) that
+    `jaxode.train.fit` trains; its dropout is 0.
+    """
+    from jaxode.models.classifiers import Head
+
+    times = feature_times(model)
+    if is_ode_model(model):
+        if not 0.0 < t <= 1.0:
+            raise ValueError(f"truncated_classifier: t must lie in (0, 1] for an ODE net, got {t!r}.")
+        t0 = jnp.asarray(model.ode.t0)
+        t1 = jnp.asarray(model.ode.t1)
+        new_t1 = (t0 + t * (t1 - t0)).astype(t1.dtype)
+        channels = model.head.linear.in_features
+        return eqx.tree_at(lambda m: (m.ode.t1, m.head), model,
+                           (new_t1, Head(channels, num_classes, 0.0, key=key)))
+    j = np.flatnonzero(np.abs(times - t) < 1e-6)
+    if len(j) == 0:
+        raise ValueError(
+            f"truncated_classifier: a residual net has features only at t in "
+            f"{tuple(round(float(x), 4) for x in times)}, got {t!r}."
+        )
+    keep = len(model.blocks) - len(times) + int(j[0]) + 1
+    channels = model.head.linear.in_features
+    return eqx.tree_at(lambda m: (m.blocks, m.head), model,
+                       (tuple(model.blocks[:keep]), Head(channels, num_classes, 0.0, key=key)))

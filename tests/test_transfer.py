@@ -186,3 +186,35 @@ def test_load_run_reads_model_and_ema_from_a_checkpoint(tmp_path, with_ema):
     want = ema if with_ema else params
     assert len(got) == len(want)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(got, want))
+
+
+def test_truncated_classifier_sees_the_feature_at_t(ode_model, ode_features, images):
+    """The fine-tune network cut at t* computes, before its new head, exactly the state
+    whose pooled value the feature extractor returns at t* (ODE: z(t*) from a solve
+    ending at t*; ResNet: the output of the block placed at t*)."""
+    import equinox as eqx
+
+    from jaxode.models.classifiers import Head, PreActBlock, ResNetClassifier, Sequence
+
+    x = to_model_input(jnp.asarray(images))
+    cut = tr.truncated_classifier(ode_model, 0.25, 7, key=jax.random.PRNGKey(0))
+    assert float(cut.ode.t1) == pytest.approx(0.25)
+    assert cut.head.linear.out_features == 7
+    z, _ = cut.ode.batched(jax.vmap(cut.stem)(x))
+    assert np.abs(np.asarray(z.mean(axis=(2, 3))) - ode_features[:, 5]).max() <= 1e-4
+    logits, _ = cut(x, inference=True)
+    assert logits.shape == (4, 7)
+    with pytest.raises(ValueError, match="t must lie in"):
+        tr.truncated_classifier(ode_model, 0.0, 7, key=jax.random.PRNGKey(0))
+
+    keys = jax.random.split(jax.random.PRNGKey(2), 10)
+    blocks = tuple(PreActBlock(4, 4, 1, key=k) for k in keys[:8])
+    stem = Sequence((eqx.nn.Conv2d(3, 4, 3, 1, 1, key=keys[8]),))
+    resnet = ResNetClassifier(stem, blocks, Head(4, 5, 0.0, key=keys[9]), 3)
+    f = tr.extract_features(resnet, images, batch_size=4, progress=False)
+    cut = tr.truncated_classifier(resnet, 1.0 / 3.0, 9, key=jax.random.PRNGKey(0))
+    # 8 blocks, features from the last 7 (blocks 2..8): t = 1/3 is the third of them.
+    assert len(cut.blocks) == 4
+    assert np.allclose(np.asarray(cut.features(x))[:, -1], f[:, 2], atol=1e-5)
+    with pytest.raises(ValueError, match="features only at t in"):
+        tr.truncated_classifier(resnet, 0.4, 9, key=jax.random.PRNGKey(0))
