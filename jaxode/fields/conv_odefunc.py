@@ -7,8 +7,33 @@ from typing import Callable
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 
 from jaxode.nn.layers import ConcatConv2d, group_norm
+
+
+def _shape_hint(shape, channels: int) -> str:
+    if shape is None:
+        return "pass one array of shape (C, H, W)"
+    if len(shape) == 4 and shape[1] == channels:
+        return "vmap over the batch axis (ODEBlock.batched does)"
+    if len(shape) == 3:
+        return f"build the field with channels={shape[0]} or fix the state"
+    return "pass one example of shape (C, H, W)"
+
+
+def check_image_state(owner: str, z, channels: int) -> None:
+    """Trace-time check of a convolutional field's state: one float example of shape
+    (channels, H, W).  A ValueError / TypeError names `owner`, the expected and the
+    received shape or dtype (instead of a reshape error inside the group norm)."""
+    shape = getattr(z, "shape", None)
+    if shape is None or len(shape) != 3 or shape[0] != channels:
+        got = shape if shape is not None else type(z).__name__
+        raise ValueError(f"{owner}: expected a state of shape ({channels}, H, W), got {got}; "
+                         f"{_shape_hint(shape, channels)}.")
+    if not jnp.issubdtype(z.dtype, jnp.floating):
+        raise TypeError(f"{owner}: the state must be a float array, got dtype {z.dtype}; "
+                        "cast it, e.g. z.astype(jnp.float32).")
 
 
 class ConvODEFunc(eqx.Module):
@@ -43,11 +68,7 @@ class ConvODEFunc(eqx.Module):
         self.channels = channels
 
     def __call__(self, t, z):
-        if z.ndim != 3 or z.shape[0] != self.channels:
-            raise ValueError(
-                f"ConvODEFunc: expected a state of shape ({self.channels}, H, W), got "
-                f"{z.shape}; vmap over a batch, or build the field with channels={z.shape[0] if z.ndim else '?'}."
-            )
+        check_image_state("ConvODEFunc", z, self.channels)
         h = self.conv1(t, self.activation(self.norm1(z)))
         h = self.conv2(t, self.activation(self.norm2(h)))
         return self.norm3(h)

@@ -16,6 +16,7 @@ from typing import Callable
 import equinox as eqx
 import jax
 
+from jaxode.fields.conv_odefunc import check_image_state
 from jaxode.nn.layers import group_norm
 from jaxode.nn.srf import MetaSRFConv2d, SRFConv2d, SRFConv2dPerFilter
 
@@ -74,6 +75,7 @@ class DCNField(eqx.Module):
         self.activation = activation
 
     def __call__(self, t, h):
+        check_image_state("DCNField", h, self.norm1.channels)
         z = self.conv1(t, self.activation(self.norm1(h)))
         z = self.conv2(t, self.activation(self.norm2(z)))
         return self.norm3(z)

@@ -53,7 +53,24 @@ class MultiResField(eqx.Module):
             for k in keys
         )
 
+    def check_state(self, z) -> None:
+        """Trace-time check of the state: the tuple of per-branch (C_k, H_k, W_k) maps
+        that the first module expects (channels per `widths`), each branch's size the
+        previous one's halved and rounded up (what the stride-2 fusions produce)."""
+        self.modules[0].check_state(z)
+        shapes = [tuple(x.shape) for x in z]
+        for k in range(1, len(shapes)):
+            want = tuple(-(-n // 2) for n in shapes[k - 1][1:])
+            if shapes[k][1:] != want:
+                raise ValueError(
+                    f"MultiResField: branch {k} has spatial size {shapes[k][1:]}, expected "
+                    f"{want} (branch {k - 1}'s {shapes[k - 1][1:]} halved, rounded up); got "
+                    f"branch shapes {shapes}. Build the state with the SegNode stem and "
+                    "transition, or fix the sizes."
+                )
+
     def __call__(self, t, z):
+        self.check_state(z)
         h = tuple(z)
         for m in self.modules:
             h = m(h, t if m.with_time else None)
