@@ -24,7 +24,8 @@ import os
 from typing import Callable, Iterable, Mapping
 
 __all__ = ["check_args", "check_numbers", "check_list", "check_existing",
-           "check_new_run_dir", "check_new_file", "data_errors_exit", "dataset_spec", "flag_name", "split_list"]
+           "check_new_run_dir", "check_new_file", "data_errors_exit", "dataset_spec",
+           "flag_name", "split_list"]
 
 
 def flag_name(dest: str) -> str:

@@ -169,6 +169,28 @@ def _train(name, cfg, train_set, test_set, run_path, seed, max_half_width, miles
     return summary
 
 
+def _check_train_set(cfg, train, test) -> None:
+    """Training drops the last partial batch and a classifier needs two classes: refuse
+    a training set smaller than one batch or of one class, and an empty test set (here,
+    before a run folder is made or a model built)."""
+    n, classes = len(train), len(np.unique(train.labels))
+    if n < cfg["batch_size"]:
+        raise SystemExit(f"error: --batch-size {cfg['batch_size']} is larger than the "
+                         f"training set ({n} images); pass --batch-size {max(n, 1)} or less, "
+                         "or use more training images (--train-limit, --per-class).")
+    if classes < 2:
+        raise SystemExit(f"error: the training set {train.name!r} has {classes} class; a "
+                         "classifier needs at least two (check --data-root).")
+    if len(test) == 0:
+        raise SystemExit(f"error: the test set {test.name!r} is empty; check --data-root and "
+                         "--test-limit.")
+    for ds in (train, test):  # the models are built for CIFAR-10: RGB, 10 classes
+        if ds.image_shape[-1] != 3 or ds.num_classes > 10:
+            raise SystemExit(f"error: {ds.name!r} has images {ds.image_shape} and "
+                             f"{ds.num_classes} classes; these models take RGB (H, W, 3) "
+                             "images of at most 10 classes (CIFAR-10 layout).")
+
+
 def cmd_classify(args):
     from jaxode.data.load import load_dataset
 
@@ -176,6 +198,7 @@ def cmd_classify(args):
     with _cli.data_errors_exit():
         train = _limit(load_dataset("cifar10", "train", root=args.data_root), cfg["train_limit"])
         test = _limit(load_dataset("cifar10", "test", root=args.data_root), cfg["test_limit"])
+    _check_train_set(cfg, train, test)
     run_path = _classify_run_path(args)
     s = _train(args.model, cfg, train, test, run_path, args.seed, args.max_half_width,
                cfg["milestones"], cfg["epochs"], support=cfg["support"], margin=args.margin)
@@ -184,6 +207,10 @@ def cmd_classify(args):
 
 def small_data_subset(ds, per_class: int, seed: int):
     """`per_class` indices drawn with replacement from each class (reference code)."""
+    empty = [c for c in range(ds.num_classes) if not np.any(ds.labels == c)]
+    if empty:
+        raise ValueError(f"{ds.name!r} has no images of class(es) {empty}, so it cannot give "
+                         f"{per_class} per class; use the full CIFAR-10 training set.")
     rng = np.random.default_rng(seed)
     idx = np.concatenate([rng.choice(np.flatnonzero(ds.labels == c), per_class, replace=True)
                           for c in range(ds.num_classes)])
@@ -200,9 +227,12 @@ def cmd_small_data(args):
     factor = args.epoch_factor
     epochs = cfg["epochs"] * factor
     milestones = tuple(m * factor for m in cfg["milestones"])
+    with _cli.data_errors_exit():
+        subsets = [small_data_subset(train_all, args.per_class, seed) for seed in _seeds(args)]
+    for train in subsets:
+        _check_train_set(cfg, train, test)
     results = []
-    for seed, run_path in zip(_seeds(args), _small_data_run_paths(args)):
-        train = small_data_subset(train_all, args.per_class, seed)
+    for seed, run_path, train in zip(_seeds(args), _small_data_run_paths(args), subsets):
         results.append(_train(args.model, cfg, train, test, run_path, seed,
                               args.max_half_width, milestones, epochs,
                               support=cfg["support"], margin=args.margin))

@@ -452,9 +452,13 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = resolve_config(args)
     models = _cli.split_list(args.models)
-    run = RunDir(_run_path(args), dict(cfg, models=models, table2=args.table2),
-                 tensorboard=False)
+
+    def open_run():
+        return RunDir(_run_path(args), dict(cfg, models=models, table2=args.table2),
+                      tensorboard=False)
+
     if args.table2:
+        run = open_run()
         rows = measure_table2(cfg, args.table2_batch, args.memory_budget_gb, not args.no_timing,
                               two_batches=args.two_batches)
         rows["setting"] = dict(crop=cfg["crop"], widths=cfg["widths"], blocks=cfg["blocks"],
@@ -465,6 +469,11 @@ def main(argv=None):
         return rows
     with _cli.data_errors_exit():
         splits, num_classes, ignore_label, palette = load_data(cfg)
+    n_train = len(splits["train"].images)
+    if n_train < cfg["batch_size"]:  # before the run folder exists: a fixed re-run can use it
+        raise SystemExit(f"error: --batch-size {cfg['batch_size']} is larger than the training "
+                         f"set ({n_train} images); pass --batch-size {max(n_train, 1)} or less.")
+    run = open_run()
     key = jax.random.PRNGKey(cfg["seed"])
     summary, history = {}, []
     for m in models:
