@@ -310,6 +310,42 @@ def test_dcn_data_that_cannot_train(tmp_path):
     assert not (tmp_path / "new").exists() and not (tmp_path / "runs").exists()
 
 
+def test_valid_dcn_arguments_reach_training(tmp_path, monkeypatch):
+    """The checks pass valid input through: each run gets its own (new) folder."""
+    from experiments import dcn
+
+    calls = []
+
+    def fake_train(name, cfg, train, test, run_path, seed, *args, **kwargs):
+        calls.append((name, len(train), run_path, seed))
+        return {"best_eval_acc": 0.5}
+
+    monkeypatch.setattr(dcn, "_train", fake_train)
+    _image_folder(tmp_path / "two", {"cat": 6, "dog": 6})
+    (tmp_path / "runs").mkdir()  # an existing parent folder is fine
+    dcn.main(["classify", "--data-root", "two", "--batch-size", "4"])
+    dcn.main(["small-data", "--data-root", "two", "--batch-size", "4", "--per-class", "3",
+              "--seeds", "0,1", "--run", "small"])
+    assert calls == [("dcn_ode", 12, os.path.join("runs", "dcn-dcn_ode-smoke-s0"), 0),
+                     ("dcn_ode", 6, os.path.join("small", "dcn-small-dcn_ode-3-s0"), 0),
+                     ("dcn_ode", 6, os.path.join("small", "dcn-small-dcn_ode-3-s1"), 1)]
+
+
+def test_valid_segment_arguments_reach_training(tmp_path, monkeypatch):
+    from experiments import segment
+
+    calls = []
+
+    def fake_train(name, cfg, splits, *a, **k):
+        calls.append((name, cfg["batch_size"], len(splits["train"].images)))
+        return {"params": 1, "val_miou": 0.0, "test_miou": 0.0}, [{"model": name, "epoch": 1}]
+
+    monkeypatch.setattr(segment, "train_one", fake_train)
+    segment.main(["--batch-size", "64", "--run-name", "ok"])
+    assert calls == [("segnode", 64, 64), ("baseline", 64, 64)]
+    assert (tmp_path / "runs" / "ok" / "config.json").exists()
+
+
 def test_segment_data_that_cannot_train(tmp_path):
     from experiments.segment import main
 
