@@ -57,8 +57,6 @@ def _isolated(tmp_path, monkeypatch):
     (tmp_path.parent / f"{tmp_path.name}-nodata").mkdir()
     monkeypatch.setenv("JAXODE_DATA", str(tmp_path.parent / f"{tmp_path.name}-nodata"))
     monkeypatch.setenv("JAXODE_CACHE", str(tmp_path.parent / f"{tmp_path.name}-cache"))
-    for name in CLIS:  # import outside the measured calls (imports may compile)
-        importlib.import_module(f"experiments.{name}")
 
 
 def _files(root) -> dict[str, bytes]:
@@ -75,7 +73,7 @@ def _files(root) -> dict[str, bytes]:
 def _refused(module: str, argv: list[str], capsys) -> str:
     """Run ``experiments.<module>.main(argv)``: it must stop with exit status 2 without
     compiling anything.  Returns the last line of stderr (argparse's error line)."""
-    main = importlib.import_module(f"experiments.{module}").main
+    main = importlib.import_module(f"experiments.{module}").main  # before counting
     before = len(_COMPILES)
     with pytest.raises(SystemExit) as info:
         main(argv)
