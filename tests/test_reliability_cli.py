@@ -165,6 +165,8 @@ BAD_ARGS = [
     ("curve", ["--tol", "nan"], ["--tol", "nan"]),
     ("curve", ["--lr", "-1"], ["--lr", "-1.0"]),
     ("curve", ["--hidden", "many"], ["--hidden", "'many'"]),
+    ("curve", ["--schedule", "euler:x"], ["--schedule", "'euler:x'"]),
+    ("curve", ["--schedule", "adjoint:5,euler:5"], ["--schedule", "'adjoint:5,euler:5'"]),
     # flow
     ("flow", ["--iters", "0"], ["--iters", "got 0"]),
     ("flow", ["--batch", "0"], ["--batch", "got 0"]),
