@@ -330,7 +330,8 @@ def main(argv=None, log=print):
         log(f"{nm}: features {feats.shape} in {t_feat:.0f} s")
         accs = []
         for j in tqdm(range(feats.shape[1]), desc=f"SVM {nm}", leave=False):
-            r = tr.svm_cv(feats[:, j], y, Cs=Cs, folds=args.folds, seed=args.seed, n_jobs=args.n_jobs)
+            r = tr.cached_svm_cv(feat_dir, feats[:, j], y, Cs=Cs, folds=args.folds,
+                                 seed=args.seed, n_jobs=args.n_jobs)
             accs.append(r["cv_accuracy"])
             rows.append({"model": nm, "kind": kind, "index": j, "t": float(times[j]),
                          "cv_accuracy": r["cv_accuracy"], "cv_std": r["cv_std"],

@@ -44,6 +44,7 @@ __all__ = [
     "cached_features",
     "stratified_subset",
     "svm_cv",
+    "cached_svm_cv",
     "linear_probe",
     "truncated_classifier",
 ]
@@ -259,6 +260,34 @@ def svm_cv(
         "dual": bool(pipe.named_steps["svc"].dual),
         "model": search.best_estimator_,
     }
+
+
+def cached_svm_cv(cache_dir: str, X: np.ndarray, y: np.ndarray, **kwargs: Any) -> dict[str, Any]:
+    """`svm_cv` through a small JSON file in `cache_dir`, keyed by a hash of the
+    features, the labels and the settings, so that a re-run (for example one that adds
+    a model to the figure) repeats no grid search.  The refitted ``model`` is not
+    cached and is absent from the result."""
+    import json
+
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    y = np.ascontiguousarray(y)
+    h = hashlib.sha1(X.tobytes())
+    h.update(y.tobytes())
+    h.update(repr((X.shape, sorted((k, repr(v)) for k, v in kwargs.items() if k != "n_jobs"))).encode())
+    path = os.path.join(cache_dir, f"svm-{h.hexdigest()[:20]}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            out = json.load(f)
+        out["cv_accuracy_per_C"] = {float(c): a for c, a in out["cv_accuracy_per_C"].items()}
+        return out
+    out = svm_cv(X, y, **kwargs)
+    out.pop("model")
+    os.makedirs(cache_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=cache_dir)
+    with os.fdopen(fd, "w") as f:
+        json.dump(out, f)
+    os.replace(tmp, path)
+    return out
 
 
 def linear_probe(

@@ -218,3 +218,20 @@ def test_truncated_classifier_sees_the_feature_at_t(ode_model, ode_features, ima
     assert np.allclose(np.asarray(cut.features(x))[:, -1], f[:, 2], atol=1e-5)
     with pytest.raises(ValueError, match="features only at t in"):
         tr.truncated_classifier(resnet, 0.4, 9, key=jax.random.PRNGKey(0))
+
+
+def test_cached_svm_cv_repeats_no_grid_search(tmp_path, monkeypatch):
+    rng = np.random.default_rng(4)
+    X = np.concatenate([c + rng.normal(0, 1, (20, 4)) for c in rng.normal(0, 3, (3, 4))])
+    y = np.repeat(np.arange(3), 20)
+    direct = tr.svm_cv(X, y, Cs=(0.1, 1.0), folds=3, n_jobs=1)
+    first = tr.cached_svm_cv(str(tmp_path), X, y, Cs=(0.1, 1.0), folds=3, n_jobs=1)
+    assert "model" not in first
+    assert first["cv_accuracy_per_C"] == direct["cv_accuracy_per_C"]
+    monkeypatch.setattr(tr, "svm_cv", lambda *a, **k: pytest.fail("grid search repeated"))
+    again = tr.cached_svm_cv(str(tmp_path), X, y, Cs=(0.1, 1.0), folds=3, n_jobs=2)
+    assert again == first
+    # Other labels or other settings are other entries.
+    monkeypatch.undo()
+    other = tr.cached_svm_cv(str(tmp_path), X, rng.permutation(y), Cs=(0.1, 1.0), folds=3, n_jobs=1)
+    assert len(list(tmp_path.glob("svm-*.json"))) == 2 and other != first
