@@ -1,15 +1,31 @@
 """2-D normalizing flows: a CNF with evolving weights (NODE-EW) vs fixed weights
 (He, Xie, Lin 2019, Sec. 4.3, Fig. 3).
 
-Maximum likelihood on generated 2-D densities (embedded generators, no download):
-``moons``, ``rings``, ``checkerboard``.  Each iteration draws a fresh batch (the
-paper: Adam, 1000 iterations of 100 points).  Both models use the same MLP field
-(`ConcatMLP`, tanh) and the exact-trace CNF (`jaxode.fields.cnf`); the evolving one
-adds weight dynamics g (`ElementwiseDynamics`, zero at initialisation, so both start
-from the same flow).  Writes the training curves (the paper's Fig. 3), density plots
-and a summary with test NLL, wall time and NFE.
+Maximum likelihood on generated 2-D densities (`jaxode.data.densities`, no
+download): eight_gaussians, pinwheel, checkerboard, two_spirals, moons, rings.  Each
+iteration draws a fresh batch (the paper: Adam, 1000 iterations of 100 points).  Both
+models use the same MLP field (`ConcatMLP`, tanh) and CNF (`jaxode.fields.cnf`); the
+evolving one adds weight dynamics g (`ElementwiseDynamics`, zero at initialisation,
+so both start from the same flow).  Writes the training curves (the paper's Fig. 3),
+density and sample plots and a summary with test NLL, wall time and NFE.
+
+Options beyond the paper:
+
+- ``--trace hutchinson`` trains with the FFJORD trace estimator (one Rademacher or
+  Gaussian probe per example per solve, ``--probe``); the test NLL and the density
+  plots always use the exact trace (cheap in 2-D).
+- Stabilising NODE-EW (``--g-lr``, ``--clip``).  Adam moves every parameter by about
+  lr per step whatever its gradient's size; a step of the weight-dynamics parameters
+  theta_1 (for `ElementwiseDynamics` the output weights v, c shared by all entries
+  of a tensor) changes dtheta/dt of every weight of that tensor at once.  At the
+  shared lr 1e-2 the weights theta(t) drift, the flow grows stiff (NFE exploding)
+  and the loss climbs back.  ``--g-lr`` gives theta_1 its own, smaller Adam learning
+  rate (optax.multi_transform; default lr / 10); ``--clip`` clips the global
+  gradient norm.  ``--g-lr`` equal to ``--lr`` with ``--clip 0`` is the old,
+  unstabilised training.
 
     python -m experiments.flow --out runs/flow --densities moons,rings,checkerboard
+    python -m experiments.flow --out runs/flow_old --g-lr 1e-2 --clip 0  # the old behaviour
     python -m experiments.flow --smoke
 """
 
@@ -17,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import time
@@ -28,60 +45,64 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from jaxode.fields.cnf import CNF, CNFField, ConcatMLP
+from jaxode.data.densities import density_names, sample_density
+from jaxode.fields.cnf import CNF, PROBES, TRACES, CNFField, ConcatMLP
 from jaxode.fields.evolving import EvolvingODE, num_params
 from jaxode.ode import ODEBlock, SolveConfig, backward_nfe, trainable
 
-DENSITIES = ("moons", "rings", "checkerboard")
+DENSITIES = density_names()
+MODELS = ("fixed", "evolving")
 
 
-def sample_density(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n points of a generated 2-D density, roughly within [-4, 4]^2."""
-    if name == "moons":
-        theta = rng.uniform(0, np.pi, n)
-        upper = rng.random(n) < 0.5
-        x = np.where(upper, np.cos(theta), 1 - np.cos(theta))
-        y = np.where(upper, np.sin(theta), 0.5 - np.sin(theta))
-        pts = np.stack([x - 0.5, y - 0.25], 1) * 2.0
-        return (pts + 0.1 * rng.normal(size=pts.shape)).astype(np.float32)
-    if name == "rings":
-        radius = rng.choice([1.0, 2.0, 3.0], size=n)
-        angle = rng.uniform(0, 2 * np.pi, n)
-        pts = radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1)
-        return (pts + 0.08 * rng.normal(size=pts.shape)).astype(np.float32)
-    if name == "checkerboard":
-        # 4 x 4 board on [-4, 4]^2, mass on the cells with (i + j) even
-        i = rng.integers(0, 4, n)
-        j = (rng.integers(0, 2, n) * 2 + i % 2) % 4
-        pts = np.stack([i + rng.random(n), j + rng.random(n)], 1) * 2.0 - 4.0
-        return pts.astype(np.float32)
-    raise ValueError(f"unknown density {name!r}; choose one of {', '.join(DENSITIES)}.")
-
-
-def make_flow(kind: str, hidden: int, depth: int, config: SolveConfig, *, key, g_hidden: int = 8):
-    """``fixed`` (Chen et al. CNF) or ``evolving`` (NODE-EW CNF) with the same field."""
+def make_flow(kind: str, hidden: int, depth: int, config: SolveConfig, *, key, g_hidden: int = 8,
+              trace: str = "exact", probe: str = "rademacher"):
+    """``fixed`` (Chen et al. CNF) or ``evolving`` (NODE-EW CNF) with the same field;
+    `trace` and `probe` as for `CNF`."""
     kf, kg = jax.random.split(key)
-    mlp = ConcatMLP(2, hidden, depth, key=kf)
+    field = CNFField(ConcatMLP(2, hidden, depth, key=kf))
     if kind == "fixed":
-        return CNF(ODEBlock(CNFField(mlp), 0.0, 1.0, config, name="cnf"))
+        return CNF(ODEBlock(field, 0.0, 1.0, config, name="cnf"), trace, probe)
     if kind == "evolving":
-        return CNF(EvolvingODE(CNFField(mlp), "elementwise", 0.0, 1.0, config, key=kg,
-                               hidden=g_hidden, name="cnf_ew"))
+        return CNF(EvolvingODE(field, "elementwise", 0.0, 1.0, config, key=kg,
+                               hidden=g_hidden, name="cnf_ew"), trace, probe)
     raise ValueError(f"unknown flow kind {kind!r}; choose 'fixed' or 'evolving'.")
 
 
-def nll(flow, xs):
-    logp, stats = flow.log_prob_batched(xs)
+def param_labels(params):
+    """For the trainable arrays `params` of a flow (``eqx.filter(flow, trainable(flow))``):
+    ``"theta_1"`` for the weight dynamics g of a NODE-EW flow, ``"theta_0"`` for every
+    other array (the field's initial / fixed weights)."""
+    labels = jax.tree_util.tree_map(lambda _: "theta_0", params)
+    if not isinstance(params.ode, EvolvingODE):
+        return labels
+    return eqx.tree_at(lambda f: f.ode.block.field.g, labels,
+                       jax.tree_util.tree_map(lambda _: "theta_1", params.ode.block.field.g))
+
+
+@functools.lru_cache(maxsize=None)
+def make_optimizer(lr: float, g_lr: float | None = None, clip: float = 0.0):
+    """Adam with learning rate `lr` for theta_0 and `g_lr` (default `lr`) for theta_1,
+    optionally after clipping the global gradient norm to `clip` (0: no clipping).
+    Cached: the same settings give the same object, so the jitted step (which takes it
+    as a static argument) compiles once per model, not once per density."""
+    g_lr = lr if g_lr is None else g_lr
+    adam = optax.multi_transform({"theta_0": optax.adam(lr), "theta_1": optax.adam(g_lr)},
+                                 param_labels)
+    return optax.chain(optax.clip_by_global_norm(clip), adam) if clip > 0 else adam
+
+
+def nll(flow, xs, key=None):
+    logp, stats = flow.log_prob_batched(xs, key=key)
     return -jnp.mean(logp), stats
 
 
 @eqx.filter_jit
-def _step(flow, opt_state, xs, tx):
+def _step(flow, opt_state, xs, key, tx):
     # differentiate all arrays (the ODE blocks' nfe_probe carries the backward NFE),
-    # then update only the trainable ones
+    # then update only the trainable ones; `key` draws the Hutchinson probes (if any)
     diff, static = eqx.partition(flow, eqx.is_inexact_array)
     (loss, stats), grads = jax.value_and_grad(
-        lambda d: nll(eqx.combine(d, static), xs), has_aux=True)(diff)
+        lambda d: nll(eqx.combine(d, static), xs, key), has_aux=True)(diff)
     nfe_b = backward_nfe(grads)
     grads = eqx.filter(grads, trainable(flow))
     params = eqx.filter(flow, trainable(flow))
@@ -91,18 +112,20 @@ def _step(flow, opt_state, xs, tx):
 
 @eqx.filter_jit
 def _eval(flow, xs):
-    return flow.log_prob_batched(xs)[0]
+    """Exact-trace log-density (whatever trace the flow was trained with)."""
+    return flow.with_trace("exact").log_prob_batched(xs)[0]
 
 
-def train_flow(flow, density, iters, batch, lr, seed, label):
-    tx = optax.adam(lr)
+def train_flow(flow, density, iters, batch, lr, seed, label, *, g_lr=None, clip=0.0):
+    tx = make_optimizer(lr, g_lr, clip)
     opt_state = tx.init(eqx.filter(flow, trainable(flow)))
-    rng = np.random.default_rng(seed)
+    key = jax.random.PRNGKey(seed)
     log, compile_s, t0 = [], 0.0, time.perf_counter()
     for i in tqdm(range(iters), desc=label, leave=False):
-        xs = jnp.asarray(sample_density(density, batch, rng))
+        k_data, k_probe = jax.random.split(jax.random.fold_in(key, i))
+        xs = sample_density(density, k_data, batch)
         t = time.perf_counter()
-        flow, opt_state, loss, nfe_f, nfe_b = _step(flow, opt_state, xs, tx)
+        flow, opt_state, loss, nfe_f, nfe_b = _step(flow, opt_state, xs, k_probe, tx)
         loss = float(loss)
         if i == 0:
             compile_s = time.perf_counter() - t
@@ -122,19 +145,33 @@ def _grid(half, n):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/flow")
-    p.add_argument("--densities", default="moons,rings,checkerboard")
-    p.add_argument("--iters", type=int, default=1000)
-    p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--hidden", type=int, default=32)
-    p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--g-hidden", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--tol", type=float, default=1e-4)
-    p.add_argument("--test-size", type=int, default=4000)
-    p.add_argument("--grid", type=int, default=100)
+    p.add_argument("--out", default="runs/flow", help="run folder (must be new or empty)")
+    p.add_argument("--densities", default=",".join(DENSITIES),
+                   help=f"comma-separated, from {', '.join(DENSITIES)} (default: all)")
+    p.add_argument("--models", default=",".join(MODELS),
+                   help="comma-separated, from fixed (Chen et al. CNF), evolving (NODE-EW)")
+    p.add_argument("--iters", type=int, default=1000, help="Adam iterations per model")
+    p.add_argument("--batch", type=int, default=100, help="fresh samples per iteration")
+    p.add_argument("--hidden", type=int, default=32, help="units per hidden layer of f")
+    p.add_argument("--depth", type=int, default=2, help="hidden layers of f")
+    p.add_argument("--g-hidden", type=int, default=8,
+                   help="units H of the elementwise weight dynamics g (NODE-EW)")
+    p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of theta_0")
+    p.add_argument("--g-lr", type=float, default=None,
+                   help="Adam learning rate of theta_1, the parameters of g (default lr / 10; "
+                        "equal to --lr for the old, unstabilised NODE-EW training)")
+    p.add_argument("--clip", type=float, default=0.0,
+                   help="clip the global gradient norm to this value (0: off, the default)")
+    p.add_argument("--trace", default="exact", choices=TRACES,
+                   help="trace of df/dz in training: exact (D Jacobian columns) or "
+                        "hutchinson (one vector-Jacobian product, probe fixed per solve)")
+    p.add_argument("--probe", default="rademacher", choices=PROBES,
+                   help="distribution of the Hutchinson probe")
+    p.add_argument("--tol", type=float, default=1e-4, help="rtol = atol of dopri5")
+    p.add_argument("--test-size", type=int, default=4000, help="fresh test samples")
+    p.add_argument("--grid", type=int, default=100, help="grid points per axis of the density plot")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: a quick check only")
     args = p.parse_args(argv)
     if args.smoke:
         args.iters, args.hidden, args.test_size, args.grid = 5, 8, 200, 20
@@ -147,27 +184,39 @@ def main(argv=None):
     for d in densities:
         if d not in DENSITIES:
             raise ValueError(f"unknown density {d!r}; choose from {', '.join(DENSITIES)}.")
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in models:
+        if m not in MODELS:
+            p.error(f"argument --models: unknown model {m!r}; choose from {', '.join(MODELS)}.")
+    if args.g_lr is None:
+        args.g_lr = args.lr / 10
+    if not (args.g_lr > 0 and args.clip >= 0):
+        p.error(f"--g-lr must be > 0 and --clip >= 0, got {args.g_lr!r} and {args.clip!r}.")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump(vars(args), f, indent=1)
     config = SolveConfig(rtol=args.tol, atol=args.tol)
-    summary, all_logs, grids = {}, [], {}
+    summary, all_logs, grids, samples = {}, [], {}, {}
     half = 4.5
     g, pts = _grid(half, args.grid)
     for d_i, density in enumerate(densities):
-        test = jnp.asarray(sample_density(density, args.test_size, np.random.default_rng(10_000 + d_i)))
+        test = sample_density(density, jax.random.PRNGKey(10_000 + d_i), args.test_size)
         summary[density] = {}
-        for kind in ("fixed", "evolving"):
+        for kind in models:
             flow = make_flow(kind, args.hidden, args.depth, config,
-                             key=jax.random.PRNGKey(args.seed), g_hidden=args.g_hidden)
+                             key=jax.random.PRNGKey(args.seed), g_hidden=args.g_hidden,
+                             trace=args.trace, probe=args.probe)
             label = f"{density}/{kind}"
             flow, log, compile_s = train_flow(flow, density, args.iters, args.batch, args.lr,
-                                              args.seed + d_i, label)
+                                              args.seed + d_i, label, g_lr=args.g_lr,
+                                              clip=args.clip)
             all_logs += log
             test_nll = float(-jnp.mean(_eval(flow, test)))
             logp = np.asarray(_eval(flow, jnp.asarray(pts))).reshape(args.grid, args.grid)
             mass = float(np.exp(logp).sum() * (g[1] - g[0]) ** 2)
             grids[(density, kind)] = logp
+            samples[(density, kind)] = np.asarray(
+                flow.with_trace("exact").sample(jax.random.PRNGKey(args.seed + 77), 2000)[0])
             tail = [r["nll"] for r in log[-max(1, len(log) // 10):]]
             summary[density][kind] = {
                 "params": num_params(eqx.filter(flow, trainable(flow))),
@@ -175,18 +224,24 @@ def main(argv=None):
                 "train_seconds": log[-1]["seconds"], "compile_seconds": compile_s,
                 "mean_nfe_forward": float(np.mean([r["nfe_forward"] for r in log])),
                 "mean_nfe_backward": float(np.mean([r["nfe_backward"] for r in log])),
+                "last10pct_nfe_forward": float(np.mean([r["nfe_forward"] for r in log[-len(tail):]])),
+                "max_nfe_forward": int(max(r["nfe_forward"] for r in log)),
                 "grid_mass": mass,
                 "first_iter_below": _first_below(log, args),
             }
             print(label, json.dumps(summary[density][kind]))
-    with open(os.path.join(args.out, "metrics.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(all_logs[0]))
-        w.writeheader()
-        w.writerows(all_logs)
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    _plots(args.out, densities, all_logs, grids, half)
+            _write(args.out, all_logs, summary)  # after every model: a stopped run keeps its results
+    _plots(args.out, densities, models, all_logs, grids, samples, half)
     return summary
+
+
+def _write(out, logs, summary):
+    with open(os.path.join(out, "metrics.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(logs[0]))
+        w.writeheader()
+        w.writerows(logs)
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
 
 
 def _first_below(log, args):
@@ -202,42 +257,55 @@ def _first_below(log, args):
     return out
 
 
-def _plots(out, densities, logs, grids, half):
+_NAMES = {"fixed": "CNF, fixed weights", "evolving": "NODE-EW CNF"}
+
+
+def _plots(out, densities, models, logs, grids, samples, half):
+    """densities.png: per density, the data, and per model its exact log-density
+    exp'd on the grid and 2,000 samples; training_curves.png: Fig. 3 of the paper."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = len(densities)
-    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False)
+    n, cols = len(densities), 1 + 2 * len(models)
+    box = [[-half, half]] * 2
+    fig, axes = plt.subplots(n, cols, figsize=(2.1 * cols, 2.1 * n), squeeze=False)
     for i, d in enumerate(densities):
-        data = sample_density(d, 20000, np.random.default_rng(1))
-        axes[i, 0].hist2d(data[:, 0], data[:, 1], bins=100, range=[[-half, half]] * 2)
-        axes[i, 0].set_title(f"{d}: data")
-        for j, kind in enumerate(("fixed", "evolving")):
-            axes[i, j + 1].imshow(np.exp(grids[(d, kind)]), origin="lower",
-                                  extent=[-half, half, -half, half])
-            axes[i, j + 1].set_title(f"{'CNF fixed weights' if kind == 'fixed' else 'NODE-EW CNF'}")
+        data = np.asarray(sample_density(d, jax.random.PRNGKey(1), 20000))
+        axes[i, 0].hist2d(data[:, 0], data[:, 1], bins=80, range=box)
+        axes[i, 0].set_title(f"{d}: data", fontsize=8)
+        for j, kind in enumerate(models):
+            axes[i, 2 * j + 1].imshow(np.exp(grids[(d, kind)]), origin="lower",
+                                      extent=[-half, half, -half, half])
+            axes[i, 2 * j + 1].set_title(f"{_NAMES[kind]}: density", fontsize=8)
+            xs = samples[(d, kind)]
+            axes[i, 2 * j + 2].hist2d(xs[:, 0], xs[:, 1], bins=60, range=box)
+            axes[i, 2 * j + 2].set_title(f"{_NAMES[kind]}: samples", fontsize=8)
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "densities.png"), dpi=100)
+    fig.savefig(os.path.join(out, "densities.png"), dpi=70)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.3), squeeze=False)
+    ncol = min(n, 3)
+    nrow = -(-n // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.8 * nrow), squeeze=False)
     for i, d in enumerate(densities):
-        for kind in ("fixed", "evolving"):
+        ax = axes[i // ncol, i % ncol]
+        for kind in models:
             nll = np.array([r["nll"] for r in logs if r["model"] == f"{d}/{kind}"])
             k = min(20, len(nll))
-            axes[0, i].plot(np.convolve(nll, np.ones(k) / k, mode="valid"),
-                            label="NODE-EW" if kind == "evolving" else "fixed weights")
-        axes[0, i].set_title(d)
-        axes[0, i].set_xlabel("iteration")
-        axes[0, i].set_ylabel("NLL (moving average, 20)")
-        axes[0, i].legend()
+            ax.plot(np.convolve(nll, np.ones(k) / k, mode="valid"), label=_NAMES[kind])
+        ax.set_title(d, fontsize=9)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("train NLL (avg of 20)")
+        ax.legend(fontsize=7)
+    for j in range(n, nrow * ncol):
+        axes[j // ncol, j % ncol].axis("off")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "training_curves.png"), dpi=100)
+    fig.savefig(os.path.join(out, "training_curves.png"), dpi=80)
     plt.close(fig)
 
 

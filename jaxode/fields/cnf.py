@@ -11,7 +11,7 @@ so, with delta(t) = -int_{t0}^{t} tr(df/dz) ds integrated beside z from delta(t0
     log p_x(x) = log N(z(t1); 0, I) - delta(t1).
 
 `CNFField` turns any field f(t, z) on vectors z in R^D into the joint field
-``(z, delta) -> (f, -tr df/dz)``.  Two traces (``CNFField(trace=...)``):
+``(z, delta) -> (f, -tr df/dz)``.  Two traces (``CNF(ode, trace=...)``):
 
 - ``"exact"``: tr(df/dz) from the D forward-mode Jacobian columns -- the right choice
   for the 2-D densities of the papers;
@@ -20,7 +20,9 @@ so, with delta(t) = -int_{t0}^{t} tr(df/dz) ds integrated beside z from delta(t0
   vector-Jacobian product per evaluation instead of D Jacobian columns.  The probe is
   drawn once per solve and held fixed during it: it travels in the state,
   ``(z, delta, eps)`` with d eps/dt = 0, never resampled inside the field (the ODE
-  solver needs one continuous field per solve).  The log-density is then an unbiased
+  solver needs one continuous field per solve).  `CNFField` picks the trace from the
+  state it is given (two parts: exact, three: Hutchinson), so one field -- and, for
+  NODE-EW, one theta structure -- serves both; `CNF` holds the choice.  The log-density is then an unbiased
   estimate, E_eps[log p_hat(x)] = log p(x), because log p is linear in the trace
   integral and z(t) does not depend on eps.
 `CNF` wraps either an `ODEBlock` over a `CNFField` (fixed weights) or an `EvolvingODE`
@@ -112,31 +114,19 @@ class CNFField(eqx.Module):
     """The instantaneous change of variables (Chen et al. 2018, Theorem 1):
     d log p(z(t))/dt = -tr(df/dz).
 
-    - ``trace="exact"``: state ``(z, delta)`` -> ``(f(t, z), -tr(df/dz))``.
-    - ``trace="hutchinson"``: state ``(z, delta, eps)`` -> ``(f(t, z), -eps^T (df/dz) eps,
-      0)``; eps is the probe of this solve (see `sample_probe`; `CNF` draws it).
-      `probe` names its distribution ("rademacher" or "gaussian") for `CNF`.
+    - state ``(z, delta)`` -> ``(f(t, z), -tr(df/dz))``, the exact trace (D forward-mode
+      Jacobian columns);
+    - state ``(z, delta, eps)`` -> ``(f(t, z), -eps^T (df/dz) eps, 0)``, the Hutchinson
+      estimate with the probe eps of this solve (one vector-Jacobian product).
     """
 
     field: eqx.Module
-    trace: str = eqx.field(static=True, default="exact")
-    probe: str = eqx.field(static=True, default="rademacher")
-
-    def __check_init__(self):
-        if self.trace not in TRACES:
-            raise ValueError(f"CNFField: trace must be one of {TRACES}, got {self.trace!r}.")
-        if self.probe not in PROBES:
-            raise ValueError(f"CNFField: probe must be one of {PROBES}, got {self.probe!r}.")
-
-    @property
-    def hutchinson(self) -> bool:
-        return self.trace == "hutchinson"
 
     def __call__(self, t, state):
-        if len(state) != (3 if self.hutchinson else 2):
+        if len(state) not in (2, 3):
             raise ValueError(
-                f"CNFField(trace={self.trace!r}) expects the state "
-                f"{'(z, delta, eps)' if self.hutchinson else '(z, delta)'}, got {len(state)} parts."
+                "CNFField expects the state (z, delta) (exact trace) or (z, delta, eps) "
+                f"(Hutchinson trace), got {len(state)} parts."
             )
         z = state[0]
         if z.ndim != 1:
@@ -145,7 +135,7 @@ class CNFField(eqx.Module):
                 "ODEBlock.batched / CNF.log_prob_batched."
             )
         fz = lambda x: self.field(t, x)  # noqa: E731
-        if self.hutchinson:
+        if len(state) == 3:
             # the probe is a constant of the solve: no adjoint flows into it
             eps = jax.lax.stop_gradient(state[2])
             dz, tr = hutchinson_trace(fz, z, eps)
@@ -177,7 +167,9 @@ class CNF(eqx.Module):
     """A continuous normalizing flow with a standard-normal base at t1.
 
     **Arguments:** `ode`: an `ODEBlock` whose field is a `CNFField` (fixed weights)
-    or an `EvolvingODE` whose base field is a `CNFField` (NODE-EW).
+    or an `EvolvingODE` whose base field is a `CNFField` (NODE-EW); `trace`:
+    ``"exact"`` or ``"hutchinson"``; `probe`: the Hutchinson probe's distribution,
+    ``"rademacher"`` or ``"gaussian"`` (see `sample_probe`).
 
     - ``log_prob(x, key=None)``: log p(x) of one point; ``log_prob_batched(xs, key=None)``
       of a batch.  With a Hutchinson `CNFField` the `key` draws the probe of this solve
@@ -189,8 +181,15 @@ class CNF(eqx.Module):
     """
 
     ode: eqx.Module
+    trace: str = eqx.field(static=True)
+    probe: str = eqx.field(static=True)
 
-    def __init__(self, ode):
+    def __init__(self, ode, trace: str = "exact", probe: str = "rademacher"):
+        if trace not in TRACES:
+            raise ValueError(f"CNF: trace must be one of {TRACES}, got {trace!r}.")
+        if probe not in PROBES:
+            raise ValueError(f"CNF: probe must be one of {PROBES}, got {probe!r}.")
+        self.trace, self.probe = trace, probe
         field = ode.block.field.rest if isinstance(ode, EvolvingODE) else getattr(ode, "field", None)
         if not isinstance(field, CNFField):
             raise TypeError(
@@ -203,17 +202,13 @@ class CNF(eqx.Module):
     def evolving(self) -> bool:
         return isinstance(self.ode, EvolvingODE)
 
-    def _field_where(self, m):
-        return m.ode.block.field.rest if m.evolving else m.ode.field
-
     @property
-    def cnf_field(self) -> CNFField:
-        return self._field_where(self)
+    def hutchinson(self) -> bool:
+        return self.trace == "hutchinson"
 
     def with_trace(self, trace: str, probe: str | None = None) -> "CNF":
-        f = self.cnf_field
-        new = CNFField(f.field, trace, f.probe if probe is None else probe)
-        return eqx.tree_at(self._field_where, self, new)
+        """The same flow (same arrays) with another trace / probe."""
+        return CNF(self.ode, trace, self.probe if probe is None else probe)
 
     def _finish(self, z, delta):
         return standard_normal_logpdf(z) - delta
@@ -221,15 +216,14 @@ class CNF(eqx.Module):
     def _initial(self, xs, key, batch_shape):
         """The initial CNF state: (x, 0) or, for Hutchinson, (x, 0, eps)."""
         zeros = jnp.zeros(batch_shape, xs.dtype)
-        f = self.cnf_field
-        if not f.hutchinson:
+        if not self.hutchinson:
             return (xs, zeros)
         if key is None:
             raise ValueError(
                 "CNF: a Hutchinson-trace flow needs a PRNG `key` to draw its probe; pass "
                 "key=..., or use cnf.with_trace('exact')."
             )
-        return (xs, zeros, sample_probe(key, xs.shape, f.probe, xs.dtype))
+        return (xs, zeros, sample_probe(key, xs.shape, self.probe, xs.dtype))
 
     def _solve(self, state, batched):
         if self.evolving:
@@ -252,7 +246,7 @@ class CNF(eqx.Module):
         reversed joint field as one batch (forward-mode solve: no gradients needed).
         With a Hutchinson field the returned log p(x) is the one-probe estimate."""
         block = self.ode.block if self.evolving else self.ode
-        kz, ke = jax.random.split(key)
+        kz, ke = jax.random.split(key) if self.hutchinson else (key, None)
         z1 = jax.random.normal(kz, (n, dim), dtype)
         logp1 = standard_normal_logpdf(z1)
         state = self._initial(z1, ke, (n,))
