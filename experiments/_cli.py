@@ -24,8 +24,8 @@ import os
 from typing import Callable, Iterable, Mapping
 
 __all__ = ["check_args", "check_numbers", "check_list", "check_existing",
-           "check_new_run_dir", "check_new_file", "data_errors_exit", "dataset_spec",
-           "flag_name", "split_list"]
+           "check_new_run_dir", "check_new_file", "check_widths", "data_errors_exit",
+           "dataset_spec", "flag_name", "new_numbered_run_dir", "split_list"]
 
 
 def flag_name(dest: str) -> str:
@@ -119,9 +119,10 @@ def _check_parent_writable(parser, flag: str, path: str) -> None:
                      "pass a path in a writable folder.")
 
 
-def check_new_run_dir(parser, flag: str, path: str) -> None:
+def check_new_run_dir(parser, flag: str, path: str, *, also: str = "") -> None:
     """`path` must be a missing or empty folder that can be created: an earlier run's
-    results there are never overwritten or deleted."""
+    results there are never overwritten or deleted.  `also` is appended to the advice
+    of the refusal (e.g. ``", or pass --resume to continue it"``)."""
     if os.path.exists(path) and not os.path.isdir(path):
         parser.error(f"argument {flag}: run folder {path!r} is an existing file; pass "
                      "another folder.")
@@ -131,8 +132,46 @@ def check_new_run_dir(parser, flag: str, path: str) -> None:
             shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
             parser.error(f"argument {flag}: run folder {path!r} already holds an earlier "
                          f"run ({shown}), which a new run would overwrite or delete; pass "
-                         f"another {flag} or move that folder away.")
+                         f"another {flag} or move that folder away{also}.")
     _check_parent_writable(parser, flag, path)
+
+
+def new_numbered_run_dir(path: str, limit: int = 10_000) -> str:
+    """Create and return the first of ``path``, ``path-2``, ``path-3``, ... that does not
+    exist yet (`os.mkdir`, so two runs started together never share a folder).  For a
+    default run name: a second run of the same command goes next to the first one and
+    never touches its files.  The parent folders are created as needed."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    for n in range(1, limit + 1):
+        candidate = path if n == 1 else f"{path}-{n}"
+        try:
+            os.mkdir(candidate)
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"{path!r} and {path}-2 ... {path}-{limit} all exist; pass a "
+                          "run name of your own.")
+
+
+def check_widths(parser, dest: str, widths, *, max_groups: int = 32,
+                 flag: str | None = None) -> None:
+    """Every width (an int or a list of ints; None = unset) must suit `group_norm`: the
+    rule is `jaxode.nn.layers.group_norm_groups` itself (at most `max_groups`, or a
+    multiple of it), checked before the model is built."""
+    if widths is None:
+        return
+    from jaxode.nn.layers import group_norm_groups
+
+    values = list(widths) if isinstance(widths, (list, tuple)) else [widths]
+    shown = " (in " + ",".join(map(str, values)) + ")" if len(values) > 1 else ""
+    for w in values:
+        try:
+            group_norm_groups(w, max_groups)
+        except ValueError as e:
+            reason = str(e).removeprefix("group_norm: ")
+            parser.error(f"argument {flag or flag_name(dest)}: width {w!r}{shown} does not "
+                         f"suit GroupNorm: {reason}")
 
 
 def check_new_file(parser, flag: str, path: str | None) -> None:

@@ -13,6 +13,12 @@ Examples::
     python -m experiments.classify --config carrara-cifar10-odeonly --epochs 1
     python -m experiments.classify --config smoke-digits --resume  # continue a run
     python -m experiments.classify --list                          # named configs
+
+An earlier run is never overwritten: run again without ``--name``, and a run folder
+that already holds a run is kept as it is and the new run goes to ``NAME-2``
+(``NAME-3``, ...; the message says which); an explicit ``--name`` whose folder holds a
+run is refused (exit status 2) with advice to pass another ``--name`` or ``--resume``.
+Bad flag values are refused the same way, before any data is read (`check_args`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import time
 import jax
 import numpy as np
 
+from experiments import _cli
 from experiments.configs import describe, get_config, names
 from experiments.configs.classify import ClassifyConfig
 
@@ -172,6 +179,12 @@ def run(cfg: ClassifyConfig, *, resume: bool = False, progress: bool = True, log
     from jaxode.train.parallel import data_mesh
 
     t_start = time.perf_counter()
+    path = os.path.join(cfg.runs_dir, cfg.name)
+    if not resume and os.path.isdir(path) and os.listdir(path):
+        raise FileExistsError(
+            f"run folder {path!r} already holds an earlier run, which a fresh run would "
+            "overwrite (and whose checkpoints it would delete); pass resume=True to "
+            "continue it or choose another cfg.name / cfg.runs_dir.")
     train, test = load_data(cfg)
     h, w, c = train.image_shape
     log(f"data: {train!r}, {test!r}")
@@ -264,8 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--config", default="smoke-digits", help="named configuration (default: smoke-digits)")
     a("--list", action="store_true", help="list the named configurations and exit")
     a("--model", help="carrara-resnet, carrara-resode, carrara-odeonly, chen-odenet, chen-resnet")
-    a("--channels", type=int, help="width of the ODE block / residual blocks")
-    a("--dropout", type=float, help="dropout before the final linear layer")
+    a("--channels", type=int,
+      help="width of the ODE block / residual blocks (GroupNorm with 32 groups: at most "
+           "32 or a multiple of 32)")
+    a("--dropout", type=float, help="dropout before the final linear layer, in [0, 1)")
     a("--dataset", help="digits, mnist, cifar10, folder:PATH or tfds:NAME")
     a("--data-root", help="where the dataset files are (default: $JAXODE_DATA)")
     a("--train-limit", type=int, help="use only the first N training images")
@@ -290,9 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
       help="final evaluation with one joint solve per batch (faster, no per-image steps)")
     a("--max-train-batches", type=int, help="cap on batches per epoch (quick checks)")
     a("--seed", type=int)
-    a("--name", "--run-name", dest="name", help="run folder name (default: the config's)")
+    a("--name", "--run-name", dest="name",
+      help="run folder name (default: the config's; if that folder already holds a run, "
+           "it is kept and this run goes to NAME-2, NAME-3, ...).  A --name whose folder "
+           "holds a run is refused: pass another --name, or --resume")
     a("--runs-dir", help="parent folder of run folders (default: runs)")
-    a("--resume", action="store_true", help="continue the run in RUNS_DIR/NAME from its last checkpoint")
+    a("--resume", action="store_true",
+      help="continue the run in RUNS_DIR/NAME from its last checkpoint (NAME: --name or "
+           "the config's; a numbered run needs --name NAME-2 etc.)")
     a("--no-data-parallel", action="store_true", help="use one device only")
     a("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -306,9 +326,9 @@ def config_from_args(args) -> ClassifyConfig:
         if v is not None and f.name not in ("milestones", "tol_sweep"):
             changes[f.name] = v
     if args.milestones is not None:
-        changes["milestones"] = tuple(int(m) for m in args.milestones.split(",") if m)
+        changes["milestones"] = parse_milestones(args.milestones)
     if args.tol_sweep is not None:
-        changes["tol_sweep"] = tuple(float(t) for t in args.tol_sweep.split(",") if t)
+        changes["tol_sweep"] = parse_tolerances(args.tol_sweep)
     if args.no_per_sample:
         changes["per_sample_eval"] = False
     if args.no_data_parallel:
@@ -316,14 +336,114 @@ def config_from_args(args) -> ClassifyConfig:
     return cfg.replace(**changes)
 
 
+def parse_milestones(text: str) -> tuple[int, ...]:
+    """``"60,100,140"`` -> ``(60, 100, 140)``: positive epochs, in increasing order."""
+    try:
+        out = tuple(int(m) for m in _cli.split_list(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a comma-separated list of epochs; write e.g. "
+                         "60,100,140.") from None
+    if any(m < 1 for m in out) or list(out) != sorted(set(out)):
+        raise ValueError(f"{text!r}: the milestones must be positive epochs in increasing "
+                         "order, e.g. 60,100,140.")
+    return out
+
+
+def parse_tolerances(text: str) -> tuple[float, ...]:
+    """``"1e-1,1e-2"`` -> ``(0.1, 0.01)``; ``""`` -> no sweep.  Each must be finite > 0."""
+    try:
+        out = tuple(float(t) for t in _cli.split_list(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a comma-separated list of tolerances; write "
+                         "e.g. 1e-1,1e-2,1e-3 (or '' for no sweep).") from None
+    if not all(0 < t < float("inf") for t in out):
+        raise ValueError(f"{text!r}: every tolerance must be a finite number > 0, e.g. "
+                         "1e-1,1e-2,1e-3.")
+    return out
+
+
+def check_args(parser, args) -> None:
+    """Refuse bad flag values before any data is read or anything is compiled
+    (`experiments._cli`: usage + one sentence, exit status 2).  Names that the pipeline
+    already checks with a clear ValueError (--config, --model, --dataset) and the data
+    limits' "0 examples" check stay where they are."""
+    from jaxode.ode import SOLVERS
+    from jaxode.train.phases import parse_schedule
+
+    _cli.check_args(parser, args,
+                    positive=("channels", "epochs", "batch_size", "eval_batch_size", "lr",
+                              "tol", "euler_steps", "max_train_batches"),
+                    non_negative=("dropout", "weight_decay", "train_limit", "test_limit",
+                                  "seed"),
+                    parsers={"milestones": parse_milestones, "tol_sweep": parse_tolerances})
+    _cli.check_widths(parser, "channels", args.channels)
+    if args.dropout is not None and not args.dropout < 1:
+        parser.error(f"argument --dropout: expected a probability in [0, 1), got "
+                     f"{args.dropout!r}; pass e.g. 0.5.")
+    if args.ema_decay is not None and not 0 < args.ema_decay < 1:
+        parser.error(f"argument --ema: expected a decay in (0, 1), got {args.ema_decay!r}; "
+                     "pass e.g. 0.999.")
+    if args.solver is not None and args.solver not in SOLVERS:
+        parser.error(f"argument --solver: unknown solver {args.solver!r}; choose from "
+                     f"{', '.join(SOLVERS)}.")
+    if args.phases is not None:
+        try:
+            parse_schedule(args.phases)
+        except ValueError as e:
+            parser.error(f"argument --schedule: {e}")
+
+
+def choose_run_folder(parser, args, cfg: ClassifyConfig, log=print):
+    """The run folder of this command line, checked before any data is read.
+
+    - ``--resume``: RUNS_DIR/NAME as given (continue it).
+    - an explicit ``--name``: its folder must be missing or empty, else exit status 2
+      advising another ``--name`` or ``--resume``.
+    - the default name: an empty or missing folder is used; one that holds a run is
+      kept, and this run goes to NAME-2 (NAME-3, ...), created at once.
+
+    Returns ``(cfg, created)``: `cfg` with the chosen name and the folder this call
+    created (None if none), which `main` removes again if the run stops before writing
+    anything into it."""
+    path = os.path.join(cfg.runs_dir, cfg.name)
+    if args.resume:
+        return cfg, None
+    if args.name is not None:
+        _cli.check_new_run_dir(parser, "--name", path, also=", or pass --resume to continue it")
+        return cfg, None
+    if os.path.isdir(path) and not os.listdir(path):
+        return cfg, None
+    try:
+        created = _cli.new_numbered_run_dir(path)
+    except OSError as e:
+        parser.error(f"argument --runs-dir: cannot create a run folder {path!r} "
+                     f"({e.strerror or e}); pass a --runs-dir in a writable folder.")
+    if created != path:
+        log(f"run folder {path} already holds an earlier run, which is kept as it is; this "
+            f"run goes to {created} (pass --name NAME to choose the folder, or --resume to "
+            "continue the earlier run).")
+    return cfg.replace(name=cfg.name + created[len(path):]), created
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.list:
         for n in names():
             print(f"{n:28s} {describe(n)}")
         return 0
+    check_args(parser, args)
     cfg = config_from_args(args)
-    run(cfg, resume=args.resume, progress=not args.no_progress)
+    cfg, created = choose_run_folder(parser, args, cfg)
+    try:
+        run(cfg, resume=args.resume, progress=not args.no_progress)
+    except BaseException:
+        if created is not None:
+            try:
+                os.rmdir(created)  # only if the run wrote nothing there
+            except OSError:
+                pass
+        raise
     return 0
 
 

@@ -309,7 +309,8 @@ def _small_data_run_paths(args) -> list[str]:
 def check_args(parser, args) -> None:
     """Refuse bad numbers, lists, paths and occupied run folders of any subcommand
     (`experiments._cli`: usage + one sentence, exit status 2), before data or JAX."""
-    _cli.check_list(parser, "widths", args.widths, kind=int, minimum=1)
+    _cli.check_widths(parser, "widths",
+                      _cli.check_list(parser, "widths", args.widths, kind=int, minimum=1))
     if args.cmd == "kernel-cost":
         _cli.check_args(parser, args, positive=("batch", "tol", "max_half_width", "repeats"))
         _cli.check_new_file(parser, "--out", args.out)

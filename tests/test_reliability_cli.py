@@ -472,3 +472,181 @@ class _RaisingParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise ValueError(message)
+
+
+# ------------------------------------------- GroupNorm widths and the classify CLI
+
+# A width that `group_norm` (32 groups) cannot split is refused at the command line
+# with the same rule (`jaxode.nn.layers.group_norm_groups`), before anything is built.
+WIDTH_ARGS = [
+    ("dcn", ["classify", "--widths", "32,40,128"], ["--widths", "width 40", "(in 32,40,128)",
+                                                    "multiple of 32", "e.g. 32 or 64"]),
+    ("dcn", ["classify", "--widths", "8,16,48"], ["--widths", "width 48", "48 channels"]),
+    ("dcn", ["small-data", "--widths", "33,64,128"], ["--widths", "width 33"]),
+    ("dcn", ["kernel-cost", "--widths", "16,32,100"], ["--widths", "width 100",
+                                                      "e.g. 96 or 128"]),
+    ("classify", ["--channels", "40"], ["--channels", "width 40", "cannot be split into 32",
+                                        "e.g. 32 or 64"]),
+    ("classify", ["--config", "carrara-cifar10-odeonly", "--channels", "250"],
+     ["--channels", "width 250", "e.g. 224 or 256"]),
+]
+
+# classify: numbers and names that used to fail after the data were read (or as a
+# traceback from float()/int()), now refused by `classify.check_args`.
+CLASSIFY_BAD_ARGS = [
+    (["--epochs", "0"], ["--epochs", "got 0"]),
+    (["--batch-size", "-1"], ["--batch-size", "-1"]),
+    (["--eval-batch-size", "0"], ["--eval-batch-size", "got 0"]),
+    (["--lr", "nan"], ["--lr", "nan"]),
+    (["--tol", "0"], ["--tol", "got 0.0"]),
+    (["--channels", "0"], ["--channels", "got 0"]),
+    (["--euler-steps", "0"], ["--euler-steps", "got 0"]),
+    (["--max-train-batches", "0"], ["--max-train-batches", "got 0"]),
+    (["--train-limit", "-5"], ["--train-limit", "-5"]),  # was: silently all but 5
+    (["--weight-decay=-1e-4"], ["--weight-decay", "-0.0001"]),
+    (["--dropout", "1.0"], ["--dropout", "[0, 1)", "1.0"]),
+    (["--ema", "1.5"], ["--ema", "(0, 1)", "1.5"]),
+    (["--solver", "rk45"], ["--solver", "'rk45'", "dopri5"]),
+    (["--schedule", "euler:0"], ["--schedule", "'euler:0'"]),
+    (["--tol-sweep", "1e-2,x"], ["--tol-sweep", "'1e-2,x'", "e.g. 1e-1,1e-2,1e-3"]),
+    (["--tol-sweep", "1e-2,0"], ["--tol-sweep", "finite number > 0"]),
+    (["--milestones", "60,x"], ["--milestones", "'60,x'"]),
+    (["--milestones", "100,60"], ["--milestones", "increasing order"]),
+]
+
+
+@pytest.mark.parametrize("module, argv, fragments",
+                         WIDTH_ARGS + [("classify", a, f) for a, f in CLASSIFY_BAD_ARGS],
+                         ids=[f"{m}:{' '.join(a)}" for m, a, _ in WIDTH_ARGS]
+                         + [f"classify:{' '.join(a)}" for a, _ in CLASSIFY_BAD_ARGS])
+def test_cli_refuses_bad_widths_and_classify_arguments(module, argv, fragments, capsys,
+                                                       tmp_path):
+    line = _refused(module, argv, capsys)
+    assert "error: argument" in line, line
+    for frag in fragments:
+        assert frag in line, f"{frag!r} not in: {line}"
+    assert os.listdir(tmp_path) == [], "wrote files"
+
+
+def test_width_rule_is_group_norms_rule():
+    """`check_widths` refuses exactly the widths `group_norm` refuses (checked through
+    `eqx.filter_eval_shape`: nothing compiled) and agrees with an independent rule:
+    a positive int <= 32 or a multiple of 32."""
+    from jaxode.nn.layers import group_norm, group_norm_groups
+
+    parser = _RaisingParser(prog="p")
+    for w in list(range(1, 131)) + [255, 256, 384, 1000, 1024, 0, -32]:
+        expected_ok = w >= 1 and (w <= 32 or w % 32 == 0)
+        try:
+            eqx.filter_eval_shape(group_norm, w)
+            built = True
+        except ValueError:
+            built = False
+        try:
+            _cli.check_widths(parser, "widths", [8, w])
+            passed = True
+        except ValueError as e:
+            passed = False
+            assert f"width {w}" in str(e) and "--widths" in str(e)
+        assert passed == built == expected_ok, w
+    for bad in (2.0, True, "32"):  # not ints: refused by the rule itself, named
+        with pytest.raises(ValueError, match=f"positive int, got {bad!r}"):
+            _cli.check_widths(parser, "channels", bad)
+    assert group_norm_groups(np.int64(64)) == 32 and group_norm_groups(12) == 12
+    _cli.check_widths(parser, "widths", None)  # flag not given: nothing to check
+
+
+def test_segment_widths_are_not_bound_to_32_groups(tmp_path, monkeypatch):
+    """HRNet/SegNode use `group_norm_for` (largest divisor <= 32), so any positive width
+    builds, e.g. the paper's 48, 96, 192, 384: segment must not apply the classifier
+    rule."""
+    from experiments import segment
+
+    calls = []
+
+    def fake_train(name, cfg, splits, *a, **k):
+        calls.append((name, cfg["widths"]))
+        return {"params": 1, "val_miou": 0.0, "test_miou": 0.0}, [{"model": name, "epoch": 1}]
+
+    monkeypatch.setattr(segment, "train_one", fake_train)
+    segment.main(["--widths", "5", "7", "40", "50", "--run-name", "odd"])
+    assert calls == [("segnode", (5, 7, 40, 50)), ("baseline", (5, 7, 40, 50))]
+
+
+def _earlier_run(folder) -> None:
+    """What a finished run leaves: config, metrics, summary and checkpoints."""
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.json").write_text('{"epochs": 3}')
+    (folder / "metrics.csv").write_text("epoch,loss\n1,2.3\n")
+    (folder / "summary.json").write_text('{"acc": 0.5}')
+    (folder / "checkpoints" / "ckpt-0003.eqx").write_bytes(os.urandom(64))
+    (folder / "checkpoints" / "latest.json").write_text('{"epoch": 3}')
+
+
+def test_classify_rerun_keeps_the_earlier_run(tmp_path, monkeypatch, capsys):
+    """The README command run twice: the second run goes to ``smoke-digits-2`` (then
+    ``-3``) and says so; the first run's files stay byte for byte.  An explicit
+    ``--name`` of an occupied folder is refused (exit 2, advice: another --name or
+    --resume); ``--resume`` continues the named folder."""
+    from experiments import classify
+
+    calls = []
+
+    def fake_run(cfg, *, resume=False, progress=True, log=print):
+        path = os.path.join(cfg.runs_dir, cfg.name)
+        calls.append((cfg.name, resume, sorted(os.listdir(path)) if os.path.isdir(path)
+                       else None))
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "config.json"), "w") as f:  # as RunDir would
+            f.write(cfg.name)
+        return {}
+
+    monkeypatch.setattr(classify, "run", fake_run)
+    _earlier_run(tmp_path / "runs" / "smoke-digits")
+    earlier = _files(tmp_path / "runs" / "smoke-digits")
+    assert classify.main(["--config", "smoke-digits"]) == 0
+    out = capsys.readouterr().out
+    for frag in (os.path.join("runs", "smoke-digits"), "already holds an earlier run",
+                 "kept as it is", f"goes to {os.path.join('runs', 'smoke-digits-2')}",
+                 "--name", "--resume"):
+        assert frag in out, f"{frag!r} not in: {out}"
+    assert classify.main(["--config", "smoke-digits"]) == 0
+    assert "smoke-digits-3" in capsys.readouterr().out
+    assert calls == [("smoke-digits-2", False, []), ("smoke-digits-3", False, [])]
+    assert _files(tmp_path / "runs" / "smoke-digits") == earlier
+    assert (tmp_path / "runs" / "smoke-digits-2" / "config.json").read_text() == "smoke-digits-2"
+
+    line = _refused("classify", ["--name", "smoke-digits-2"], capsys)
+    for frag in ("--name", repr(os.path.join("runs", "smoke-digits-2")), "already holds",
+                 "pass another --name", "or pass --resume to continue it"):
+        assert frag in line, f"{frag!r} not in: {line}"
+    assert classify.main(["--resume"]) == 0  # the config's own folder, files intact
+    assert calls[-1] == ("smoke-digits", True,
+                         ["checkpoints", "config.json", "metrics.csv", "summary.json"])
+    assert classify.main(["--name", "fresh"]) == 0  # a new name: made by the run itself
+    assert calls[-1] == ("fresh", False, None)
+    (tmp_path / "runs" / "empty").mkdir()  # an empty folder may be used by name
+    assert classify.main(["--name", "empty"]) == 0 and calls[-1] == ("empty", False, [])
+
+
+def test_classify_failed_run_leaves_no_folder_and_run_refuses_overwrite(tmp_path, capsys):
+    """A run that stops before writing anything (here: a missing dataset) removes the
+    folder it reserved, so the next run gets the plain name again; `classify.run`
+    itself (the Python API) refuses a fresh run into an occupied folder before reading
+    any data."""
+    from experiments import classify
+    from experiments.configs import get_config
+
+    with pytest.raises((OSError, ValueError), match="nowhere"):
+        classify.main(["--dataset", "folder:nowhere"])
+    assert os.listdir(tmp_path / "runs") == []
+    _earlier_run(tmp_path / "runs" / "smoke-digits")
+    earlier = _files(tmp_path)
+    with pytest.raises((OSError, ValueError), match="nowhere"):
+        classify.main(["--dataset", "folder:nowhere"])  # tried smoke-digits-2
+    assert _files(tmp_path) == earlier
+    assert sorted(os.listdir(tmp_path / "runs")) == ["smoke-digits"]
+    before = len(_COMPILES)
+    with pytest.raises(FileExistsError, match="already holds an earlier run"):
+        classify.run(get_config("smoke-digits").replace(dataset="folder:nowhere"))
+    assert _files(tmp_path) == earlier and len(_COMPILES) == before

@@ -3,6 +3,7 @@ channel-first layout ``(C, H, W)``; callers `jax.vmap` over a batch."""
 
 from __future__ import annotations
 
+import operator
 from typing import Callable
 
 import equinox as eqx
@@ -12,16 +13,34 @@ import jax.numpy as jnp
 from jaxode.nn.conv import conv2d
 
 
+def group_norm_groups(channels: int, max_groups: int = 32) -> int:
+    """The group count `group_norm` uses for `channels`: ``min(max_groups, channels)``.
+
+    The rule, in one place (the command lines check their width flags with it before
+    building a model): a width is valid when it is a positive int that is at most
+    `max_groups` or a multiple of `max_groups`.  Anything else is a ValueError that
+    names the width and the nearest valid ones."""
+    try:  # ints and NumPy ints; not floats, and not bools (True is no width)
+        c = None if isinstance(channels, bool) else operator.index(channels)
+    except TypeError:
+        c = None
+    if c is None or c < 1:
+        raise ValueError(f"group_norm: channels must be a positive int, got {channels!r}.")
+    groups = min(max_groups, c)
+    if c % groups:
+        low, high = groups * (c // groups), groups * (c // groups + 1)
+        raise ValueError(
+            f"group_norm: {c} channels cannot be split into {groups} groups; use at most "
+            f"{max_groups} channels or a multiple of {max_groups} (e.g. {low} or {high})."
+        )
+    return groups
+
+
 def group_norm(channels: int, max_groups: int = 32) -> eqx.nn.GroupNorm:
     """GroupNorm with ``min(max_groups, channels)`` groups (affine), the
-    normalisation of Chen et al.'s ODE-Net, Carrara et al. and Tomen et al."""
-    groups = min(max_groups, channels)
-    if channels % groups:
-        raise ValueError(
-            f"group_norm: {channels} channels cannot be split into {groups} groups; "
-            "choose a channel count divisible by the group count."
-        )
-    return eqx.nn.GroupNorm(groups, channels)
+    normalisation of Chen et al.'s ODE-Net, Carrara et al. and Tomen et al.
+    `group_norm_groups` checks the width."""
+    return eqx.nn.GroupNorm(group_norm_groups(channels, max_groups), channels)
 
 
 def norm_act(norm: eqx.nn.GroupNorm, act: Callable, x: jax.Array) -> jax.Array:
