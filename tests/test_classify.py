@@ -106,3 +106,35 @@ def test_end_to_end_tiny_run(tmp_path, capsys):
     assert saved["steps_std"] == pytest.approx(float(steps.std()))
     assert 0.0 <= saved["test_error"] <= 1.0
     assert [r["tol"] for r in saved["tol_sweep"]] == [0.1, 0.01]
+
+
+def _tree(root) -> dict:
+    """Every file under `root` (relative path -> bytes)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(root))] = p.read_bytes()
+    return out
+
+
+def test_second_run_of_the_same_command_keeps_the_first(tmp_path, capsys):
+    """The README situation, for real and small: the same command twice.  The second
+    run trains into NAME-2 and says so; every file of the first run (config, metrics,
+    summary, checkpoints) is unchanged byte for byte."""
+    argv = ["--config", "smoke-digits", "--runs-dir", str(tmp_path), "--no-progress",
+            "--channels", "4", "--epochs", "1", "--train-limit", "64", "--test-limit", "16",
+            "--batch-size", "32", "--eval-batch-size", "16", "--max-train-batches", "1",
+            "--solver", "euler", "--euler-steps", "1", "--no-per-sample", "--tol-sweep", ""]
+    assert classify.main(argv) == 0
+    first = tmp_path / "smoke-digits"
+    before = _tree(first)
+    assert {"config.json", "metrics.csv", "summary.json"} <= set(before)
+    assert any(p.startswith("checkpoints") for p in before)
+    capsys.readouterr()
+    assert classify.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"this run goes to {tmp_path / 'smoke-digits-2'}" in out
+    assert _tree(first) == before
+    second = json.loads((tmp_path / "smoke-digits-2" / "summary.json").read_text())
+    assert second["config"] == "smoke-digits-2" and second["epochs"] == 1
+    assert any((tmp_path / "smoke-digits-2" / "checkpoints").iterdir())
