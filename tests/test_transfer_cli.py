@@ -90,6 +90,11 @@ def test_transfer_cli_writes_results_and_reuses_features(tiny_root, run_dir, tmp
     kept = list((out / "previous").glob("*/results.csv"))
     assert len(kept) == 1 and kept[0].read_text() == first
     assert (out / "results.csv").read_text() == first  # same features, same seed
+    # The SVM at a coarser subset of the times: rows for t = 0 and 1 only, from the cache.
+    cli.main(_argv(tiny_root, run_dir, runs, "--svm-time-step", "1"), log=lambda s: None)
+    coarse = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["t"] for r in coarse] == [rows[0]["t"], rows[-1]["t"]]
+    assert [r["cv_accuracy"] for r in coarse] == [rows[0]["cv_accuracy"], rows[-1]["cv_accuracy"]]
 
 
 @pytest.mark.parametrize("extra, message", [
