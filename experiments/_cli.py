@@ -13,7 +13,13 @@ arguments).  One call per command line::
 Run folders: a re-run into a folder that already holds files would overwrite its
 config, metrics and summary and (through `jaxode.train.fit`, which clears the
 checkpoints of a fresh run) delete its checkpoints, so `check_new_run_dir` refuses a
-non-empty folder; pick another name or move the old folder away.
+non-empty folder; pick another name or move the old folder away.  For a *default*
+run name, `new_numbered_run_dir` instead creates ``NAME-2``, ``NAME-3``, ... next to
+the earlier run (``experiments.classify``).
+
+Widths: `check_widths` applies `jaxode.nn.layers.group_norm_groups`, the rule of
+`group_norm` itself (at most 32 channels or a multiple of 32), to width flags, so a
+width the model could not normalise is refused before the model is built.
 """
 
 from __future__ import annotations
