@@ -68,6 +68,11 @@ def parse_args(argv=None):
                         "this (default: every feature time); results are cached, so a later "
                         "run with a finer step adds only the missing times")
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--svm-solver", choices=("sklearn", "newton"), default="sklearn",
+                   help="'sklearn': liblinear LinearSVC in GridSearchCV (default); 'newton': "
+                        "jaxode.svm, the same objective for all classes at once, warm-started "
+                        "along the C grid (about 2x faster on a 2-core CPU; tested against "
+                        "liblinear)")
     p.add_argument("--Cs", default="0.01,0.1,1,10,100")
     p.add_argument("--n-jobs", type=int, default=-1)
     p.add_argument("--finetune-t", type=float, default=None,
@@ -315,6 +320,7 @@ def main(argv=None, log=print):
     rows = []
     summary = {"reported": (f"mean {args.folds}-fold stratified CV accuracy at the best C "
                             f"of {Cs} (max over the grid: slightly optimistic)"),
+               "svm_solver": args.svm_solver,
                "n_images": int(len(idx)), "n_classes": n_classes,
                "image_size": args.image_size, "models": {}}
     feat_dir = os.path.join(out, "features")
@@ -335,7 +341,7 @@ def main(argv=None, log=print):
         accs, svm_ts = [], _svm_indices(times, kind, args.svm_time_step)
         for j in tqdm(svm_ts, desc=f"SVM {nm}", leave=False):
             r = tr.cached_svm_cv(feat_dir, feats[:, j], y, Cs=Cs, folds=args.folds,
-                                 seed=args.seed, n_jobs=args.n_jobs)
+                                 seed=args.seed, n_jobs=args.n_jobs, solver=args.svm_solver)
             accs.append(r["cv_accuracy"])
             rows.append({"model": nm, "kind": kind, "index": j, "t": float(times[j]),
                          "cv_accuracy": r["cv_accuracy"], "cv_std": r["cv_std"],
@@ -429,7 +435,8 @@ def finetune_compare(tr, X, y, n_classes, args):
     trained by gradient descent on the frozen features; both scored on the 20 %."""
     i_tr, i_va = _split(y, args.seed)
     svm = tr.svm_cv(X[i_tr], y[i_tr], Cs=tuple(float(c) for c in args.Cs.split(",")),
-                    folds=args.folds, seed=args.seed, n_jobs=args.n_jobs)
+                    folds=args.folds, seed=args.seed, n_jobs=args.n_jobs,
+                    solver=args.svm_solver)
     out = {"split": "stratified 80/20", "n_train": int(len(i_tr)), "n_val": int(len(i_va)),
            "svm_val_accuracy": float(np.mean(svm["model"].predict(X[i_va]) == y[i_va])),
            "svm_best_C": svm["best_C"]}
