@@ -205,3 +205,26 @@ def test_node_ew_mnist_matches_the_odenet_of_the_same_size():
     # same initial function: theta_0 is the ODE-Net's field
     for a, b in zip(jtu.tree_leaves(ew.ode.fixed_field()), jtu.tree_leaves(fixed.ode.field)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_flow_optimizer_gives_theta1_its_own_learning_rate():
+    """experiments.flow's stabilised NODE-EW training: Adam's first step moves each
+    parameter by lr * sign(grad); theta_1 (the arrays of g) must move by --g-lr,
+    theta_0 by --lr, and a fixed-weight flow has no theta_1."""
+    from experiments.flow import make_flow, make_optimizer
+    from jaxode.ode import trainable
+
+    flow = make_flow("evolving", 4, 1, SolveConfig(), key=jax.random.PRNGKey(0), g_hidden=2)
+    params = eqx.filter(flow, trainable(flow))
+    grads = jtu.tree_map(jnp.ones_like, params)
+    tx = make_optimizer(1e-2, 1e-3)
+    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes dtypes
+        updates, _ = tx.update(grads, tx.init(params), params)
+    g_updates = jtu.tree_leaves(updates.ode.block.field.g)
+    theta0_updates = jtu.tree_leaves(updates.ode.theta0)
+    assert g_updates and theta0_updates
+    for u in g_updates:
+        np.testing.assert_allclose(u, -1e-3, rtol=1e-4)
+    for u in theta0_updates:
+        np.testing.assert_allclose(u, -1e-2, rtol=1e-4)
+    assert make_optimizer(1e-2, 1e-3) is tx  # cached: the jitted step compiles once
