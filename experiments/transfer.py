@@ -56,6 +56,9 @@ def parse_args(argv=None):
                    help="folder with tiny-imagenet-200-val.zip and cifar10-jpeg.zip "
                         "(default $JAXODE_DATA)")
     p.add_argument("--cache-dir", default=None, help="decoded-image cache (default $JAXODE_CACHE)")
+    p.add_argument("--features-dir", default=None,
+                   help="cache of features and SVM results (default RUNS_DIR/NAME/features); "
+                        "point two runs at one folder to share it")
     p.add_argument("--image-size", type=int, default=32,
                    help="Tiny-ImageNet images are resized 64 -> this (default 32, to match "
                         "the CIFAR-10 input size)")
@@ -323,7 +326,7 @@ def main(argv=None, log=print):
                "svm_solver": args.svm_solver,
                "n_images": int(len(idx)), "n_classes": n_classes,
                "image_size": args.image_size, "models": {}}
-    feat_dir = os.path.join(out, "features")
+    feat_dir = args.features_dir or os.path.join(out, "features")
     for nm, entry in models.items():
         model = entry["model"]
         t_start = time.perf_counter()
