@@ -74,8 +74,8 @@ def parse_args(argv=None):
     p.add_argument("--svm-solver", choices=("sklearn", "newton"), default="sklearn",
                    help="'sklearn': liblinear LinearSVC in GridSearchCV (default); 'newton': "
                         "jaxode.svm, the same objective for all classes at once, warm-started "
-                        "along the C grid (about 2x faster on a 2-core CPU; tested against "
-                        "liblinear)")
+                        "along the C grid (2x to 10x faster on a 2-core CPU, measured in "
+                        "docs/results/transfer.md; tested against liblinear)")
     p.add_argument("--Cs", default="0.01,0.1,1,10,100")
     p.add_argument("--n-jobs", type=int, default=-1)
     p.add_argument("--finetune-t", type=float, default=None,

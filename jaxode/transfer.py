@@ -228,8 +228,8 @@ def svm_cv(
     `solver`: ``"sklearn"`` (default: liblinear through scikit-learn's `LinearSVC`
     and `GridSearchCV`) or ``"newton"`` (`jaxode.svm`: the same objective, all
     classes at once by Newton's method with warm starts along the C grid; same folds,
-    same standardisation; about twice as fast on the 2-core CPU, see
-    docs/results/transfer.md).  ``dual`` is reported False for "newton" (it solves
+    same standardisation; 2x to 10x faster than liblinear on the 2-core CPU,
+    see docs/results/transfer.md).  ``dual`` is reported False for "newton" (it solves
     the primal).
 
     Features are standardised (fitted inside each training fold), a one-vs-rest
