@@ -351,9 +351,10 @@ def main(argv=None, log=print):
                          "best_C": r["best_C"], "dual": r["dual"],
                          "n_features": feats.shape[2]})
             log(f"  {nm} t={times[j]:.2f}: CV acc {r['cv_accuracy']:.4f} ± {r['cv_std']:.4f} (C={r['best_C']:g})")
-        best = svm_ts[int(np.argmax(accs))]
+        k_best = int(np.argmax(accs))
+        best = svm_ts[k_best]
         info = {"kind": kind, "source": entry["source"], "cifar10_acc": entry["cifar_acc"],
-                "best_t": float(times[best]), "best_cv_accuracy": float(accs[best]),
+                "best_t": float(times[best]), "best_cv_accuracy": float(accs[k_best]),
                 "cv_accuracy_at_t1": float(accs[-1]), "feature_seconds": t_feat,
                 "n_features": int(feats.shape[2])}
         if args.finetune_t is not None:

@@ -95,6 +95,10 @@ def test_transfer_cli_writes_results_and_reuses_features(tiny_root, run_dir, tmp
     coarse = list(csv.DictReader(open(out / "results.csv")))
     assert [r["t"] for r in coarse] == [rows[0]["t"], rows[-1]["t"]]
     assert [r["cv_accuracy"] for r in coarse] == [rows[0]["cv_accuracy"], rows[-1]["cv_accuracy"]]
+    info = json.load(open(out / "summary.json"))["models"]["odeonly"]
+    best = max(coarse, key=lambda r: float(r["cv_accuracy"]))
+    assert info["best_t"] == float(best["t"])
+    assert info["best_cv_accuracy"] == float(best["cv_accuracy"])
 
 
 @pytest.mark.parametrize("extra, message", [
