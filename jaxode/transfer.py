@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import warnings
 from typing import Any, Sequence
@@ -140,7 +141,10 @@ def model_fingerprint(model) -> str:
         a = np.asarray(leaf)
         h.update(str((a.shape, a.dtype)).encode())
         h.update(a.tobytes())
-    h.update(str(jax.tree_util.tree_structure(static)).encode())
+    # Static parts may print object addresses ("<... object at 0x7f...>", e.g. the
+    # loop-friendly convolution's custom_jvp), which differ between processes.
+    structure = re.sub(r" at 0x[0-9a-fA-F]+", "", str(jax.tree_util.tree_structure(static)))
+    h.update(structure.encode())
     return h.hexdigest()[:16]
 
 

@@ -235,3 +235,30 @@ def test_cached_svm_cv_repeats_no_grid_search(tmp_path, monkeypatch):
     monkeypatch.undo()
     other = tr.cached_svm_cv(str(tmp_path), X, rng.permutation(y), Cs=(0.1, 1.0), folds=3, n_jobs=1)
     assert len(list(tmp_path.glob("svm-*.json"))) == 2 and other != first
+
+
+def test_model_fingerprint_is_the_same_in_another_process(ode_model):
+    """The feature cache must hit across runs: the fingerprint of the same weights may
+    not depend on object addresses of the process."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import equinox as eqx
+
+    with tempfile.TemporaryDirectory() as d:
+        path = f"{d}/m.eqx"
+        eqx.tree_serialise_leaves(path, ode_model)
+        code = (
+            "import jax, equinox as eqx\n"
+            "from jaxode import transfer as tr\n"
+            "from jaxode.models.classifiers import odeonly_net\n"
+            "from jaxode.ode import SolveConfig\n"
+            f"m = odeonly_net(5, channels=4, stem_kernel=3, stem_stride=1, stem_padding=1, "
+            f"solve=SolveConfig(solver='dopri5', rtol={TOL}, atol={TOL}), dropout=0.0, "
+            "key=jax.random.PRNGKey(1))\n"
+            f"print(tr.model_fingerprint(eqx.tree_deserialise_leaves({path!r}, m)))\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    assert out == tr.model_fingerprint(ode_model)
