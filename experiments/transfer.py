@@ -378,7 +378,7 @@ def main(argv=None, log=print):
                     yerr=[x["cv_std"] for x in r], marker="o", ms=3, capsize=2, label=nm)
     ax.set_xlabel("t (ResNet: last seven blocks spread over [0, 1])")
     ax.set_ylabel(f"{args.folds}-fold CV accuracy (best C)")
-    ax.set_title(f"Tiny-ImageNet val subset: {len(idx)} images, {n_classes} classes")
+    ax.set_title(f"Tiny-ImageNet-200 val: {len(idx)} images, {n_classes} classes")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
