@@ -228,3 +228,43 @@ def test_flow_optimizer_gives_theta1_its_own_learning_rate():
     for u in theta0_updates:
         np.testing.assert_allclose(u, -1e-2, rtol=1e-4)
     assert make_optimizer(1e-2, 1e-3) is tx  # cached: the jitted step compiles once
+
+
+def test_trainer_scales_the_learning_rate_of_theta_1_only():
+    """`TrainConfig.g_lr_scale` multiplies the step of theta_1 (the arrays of g) and of
+    nothing else: with scale 0 one SGD step moves theta_0 but leaves g unchanged; with
+    scale 1 both move."""
+    import equinox as eqx
+    import jax.tree_util as jtu
+
+    from jaxode.fields.cnf import ConcatMLP
+    from jaxode.fields.evolving import EvolvingODE
+    from jaxode.ode import SolveConfig
+    from jaxode.train import TrainConfig, fit
+    from jaxode.train.loop import lr_scales
+
+    class Task(eqx.Module):
+        def train_loss(self, model, batch, key):
+            (z, _), _ = model.batched(batch["x"])
+            return jnp.mean((z - 1.0) ** 2), {}
+
+    ode = EvolvingODE(ConcatMLP(2, 8, key=jax.random.PRNGKey(0)), "elementwise", 0.0, 1.0,
+                      SolveConfig(solver="euler", num_steps=4), key=jax.random.PRNGKey(1))
+    n_g = len(jtu.tree_leaves(eqx.filter(ode.g, eqx.is_inexact_array)))
+    scales = lr_scales(ode, 0.25)
+    assert scales.count(0.25) == n_g and len(scales) == n_g + len(jtu.tree_leaves(ode.theta0))
+    assert set(scales) == {1.0, 0.25}
+
+    x = np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32)
+    def run(scale):
+        cfg = TrainConfig(epochs=1, batch_size=8, lr=0.1, g_lr_scale=scale, progress=False,
+                          data_parallel=False)
+        return fit(ode, Task(), lambda e: [{"x": x}], config=cfg, log=lambda s: None).model
+
+    def moved(a, b):
+        return any(not np.array_equal(np.asarray(u), np.asarray(v))
+                   for u, v in zip(jtu.tree_leaves(a), jtu.tree_leaves(b)))
+
+    frozen, both = run(0.0), run(1.0)
+    assert moved(frozen.theta0, ode.theta0) and not moved(frozen.g, ode.g)
+    assert moved(both.theta0, ode.theta0) and moved(both.g, ode.g)

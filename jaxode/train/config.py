@@ -33,6 +33,8 @@ class TrainConfig:
     data parallelism), `seed`, `eval_every` (epochs), `ema_decay` (Polyak/EMA weights
     used for evaluation; ``None`` = off), `phases` (``"euler:5,adjoint:10"``: switch
     every ODE block's solver per epoch, see `jaxode.train.phases`), `euler_steps`,
+    `g_lr_scale` (learning-rate factor for theta_1, the parameters of NODE-EW's weight
+    dynamics g, i.e. every array under an `EvolvingField.g`; 1 = one rate for all),
     `data_parallel`, `keep_checkpoints`, `progress` (tqdm bar), `max_train_batches`
     (cap per epoch, for smoke runs; ``None`` = all).
     """
@@ -55,6 +57,7 @@ class TrainConfig:
     ema_decay: float | None = None
     phases: str | None = None
     euler_steps: int = 10
+    g_lr_scale: float = 1.0
     seed: int = 0
     eval_every: int = 1
     data_parallel: bool = True
@@ -85,6 +88,8 @@ class TrainConfig:
             from jaxode.train.phases import parse_schedule
 
             parse_schedule(self.phases)  # raises a clear ValueError
+        if not self.g_lr_scale >= 0:
+            bad(f"g_lr_scale must be >= 0, got {self.g_lr_scale!r}.")
         if self.keep_checkpoints < 1:
             bad(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}.")
 

@@ -72,8 +72,25 @@ def _set_params(model, leaves):
     return eqx.combine(jtu.tree_unflatten(jtu.tree_structure(params), leaves), model)
 
 
+def lr_scales(model, g_lr_scale: float) -> tuple[float, ...]:
+    """One learning-rate factor per trainable leaf (the order of `_param_leaves`):
+    `g_lr_scale` for theta_1 (the arrays of every `EvolvingField.g`), 1 elsewhere."""
+    from jaxode.fields.evolving import EvolvingField
+
+    def mark(node):
+        if isinstance(node, EvolvingField):
+            ones = jtu.tree_map(lambda _: 1.0, node)
+            return eqx.tree_at(lambda f: f.g, ones, jtu.tree_map(lambda _: g_lr_scale, node.g))
+        return 1.0
+
+    params = eqx.filter(model, trainable(model))
+    marked = jtu.tree_map(mark, params, is_leaf=lambda x: isinstance(x, EvolvingField))
+    return tuple(float(x) for x in jtu.tree_leaves(marked))
+
+
 @eqx.filter_jit
-def _train_step(model, opt_state, ema, batch, key, lr, task, optim: _Optim, ema_decay):
+def _train_step(model, opt_state, ema, batch, key, lr, task, optim: _Optim, ema_decay,
+                scales: tuple[float, ...]):
     spec = trainable(model)
     diff, static = eqx.partition(model, eqx.is_inexact_array)
 
@@ -86,7 +103,7 @@ def _train_step(model, opt_state, ema, batch, key, lr, task, optim: _Optim, ema_
     g = jtu.tree_leaves(eqx.filter(grads, spec))
     p = _param_leaves(model)
     updates, opt_state = optim.tx().update(g, opt_state, p)
-    new_p = [w - lr * u for w, u in zip(p, updates)]
+    new_p = [w - (lr * s) * u for w, u, s in zip(p, updates, scales)]
     if ema is not None:
         ema = [ema_decay * e + (1.0 - ema_decay) * w for e, w in zip(ema, new_p)]
     finite = jnp.isfinite(loss) & tree_is_finite(new_p)
@@ -192,6 +209,7 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
     """
     mesh = data_mesh(config.data_parallel)
     optim = _Optim.from_config(config)
+    scales = lr_scales(model, config.g_lr_scale)
     phases = parse_schedule(config.phases) if config.phases else None
     blocks = ode_blocks(model)
     base_solve = blocks[0].config if blocks else None
@@ -262,7 +280,8 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
             b = shard_batch(batch, mesh)
             try:
                 new = _train_step(model, opt_state, ema, b, jax.random.fold_in(ekey, i),
-                                  jnp.asarray(lr, jnp.float32), task, optim, config.ema_decay)
+                                  jnp.asarray(lr, jnp.float32), task, optim, config.ema_decay,
+                                  scales)
                 new_model, new_opt, new_ema, loss, metrics, finite = new
                 finite = bool(finite)
             except eqx.EquinoxRuntimeError as e:  # e.g. the ODE solver ran out of steps
