@@ -359,7 +359,7 @@ def main(argv=None, log=print):
                 "n_features": int(feats.shape[2])}
         if args.finetune_t is not None:
             j = int(np.argmin(np.abs(times - args.finetune_t)))
-            ft = finetune_compare(tr, feats[:, j], y, n_classes, args)
+            ft = finetune_compare(tr, feats[:, j], y, n_classes, Cs, args)
             ft["t"] = float(times[j])
             if args.finetune_mode in ("full", "both"):
                 ft.update(finetune_full(tr, entry, images, y, n_classes, float(times[j]),
@@ -422,9 +422,11 @@ RESULT_FILES = ("config.json", "results.csv", "accuracy_vs_t.png", "summary.json
 
 
 def _keep_previous_results(out, log):
-    """A re-run into the same folder reuses its feature cache; the earlier results are
+    """A re-run into the same folder reuses its feature cache; the earlier results
+    (and the run folders of earlier full fine-tunes, which a new one would clear) are
     moved to ``previous/<time>/`` first, so nothing written before is lost."""
     old = [f for f in RESULT_FILES if os.path.exists(os.path.join(out, f))]
+    old += sorted(f for f in os.listdir(out) if f.startswith("finetune-"))
     if not old:
         return
     dest = os.path.join(out, "previous", time.strftime("%Y%m%d-%H%M%S"))
@@ -434,13 +436,12 @@ def _keep_previous_results(out, log):
     log(f"earlier results of {out} moved to {dest}")
 
 
-def finetune_compare(tr, X, y, n_classes, args):
+def finetune_compare(tr, X, y, n_classes, Cs, args):
     """SVM (C by CV on the 80 %) and, unless --finetune-mode full, a linear head
     trained by gradient descent on the frozen features; both scored on the 20 %."""
     i_tr, i_va = _split(y, args.seed)
-    svm = tr.svm_cv(X[i_tr], y[i_tr], Cs=tuple(float(c) for c in args.Cs.split(",")),
-                    folds=args.folds, seed=args.seed, n_jobs=args.n_jobs,
-                    solver=args.svm_solver)
+    svm = tr.svm_cv(X[i_tr], y[i_tr], Cs=Cs, folds=args.folds, seed=args.seed,
+                    n_jobs=args.n_jobs, solver=args.svm_solver)
     out = {"split": "stratified 80/20", "n_train": int(len(i_tr)), "n_val": int(len(i_va)),
            "svm_val_accuracy": float(np.mean(svm["model"].predict(X[i_va]) == y[i_va])),
            "svm_best_C": svm["best_C"]}

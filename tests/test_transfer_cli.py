@@ -86,9 +86,14 @@ def test_transfer_cli_writes_results_and_reuses_features(tiny_root, run_dir, tmp
         raise AssertionError("features were recomputed despite the cache")
 
     monkeypatch.setattr(tr, "extract_features", no_extraction)
+    (out / "finetune-odeonly" / "checkpoints").mkdir(parents=True)
+    (out / "finetune-odeonly" / "checkpoints" / "ckpt-0001.eqx").write_bytes(b"earlier weights")
     cli.main(_argv(tiny_root, run_dir, runs), log=lambda s: None)
     kept = list((out / "previous").glob("*/results.csv"))
     assert len(kept) == 1 and kept[0].read_text() == first
+    # An earlier full fine-tune's run folder moves along (a new fine-tune would clear it).
+    kept_ft = list((out / "previous").glob("*/finetune-odeonly/checkpoints/ckpt-0001.eqx"))
+    assert len(kept_ft) == 1 and kept_ft[0].read_bytes() == b"earlier weights"
     assert (out / "results.csv").read_text() == first  # same features, same seed
     # The SVM at a coarser subset of the times: rows for t = 0 and 1 only, from the cache.
     cli.main(_argv(tiny_root, run_dir, runs, "--svm-time-step", "1"), log=lambda s: None)
