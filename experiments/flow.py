@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from jaxode.data.densities import density_names, sample_density
 from jaxode.fields.cnf import CNF, PROBES, TRACES, CNFField, ConcatMLP
-from jaxode.fields.evolving import EvolvingODE, num_params
+from jaxode.fields.evolving import EvolvingODE, num_params, theta1_mask
 from jaxode.ode import ODEBlock, SolveConfig, backward_nfe, trainable
 
 DENSITIES = density_names()
@@ -74,11 +74,7 @@ def param_labels(params):
     """For the trainable arrays `params` of a flow (``eqx.filter(flow, trainable(flow))``):
     ``"theta_1"`` for the weight dynamics g of a NODE-EW flow, ``"theta_0"`` for every
     other array (the field's initial / fixed weights)."""
-    labels = jax.tree_util.tree_map(lambda _: "theta_0", params)
-    if not isinstance(params.ode, EvolvingODE):
-        return labels
-    return eqx.tree_at(lambda f: f.ode.block.field.g, labels,
-                       jax.tree_util.tree_map(lambda _: "theta_1", params.ode.block.field.g))
+    return jax.tree_util.tree_map(lambda m: "theta_1" if m else "theta_0", theta1_mask(params))
 
 
 @functools.lru_cache(maxsize=None)
@@ -177,23 +173,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.smoke:
         args.iters, args.hidden, args.test_size, args.grid = 5, 8, 200, 20
-    from experiments._cli import check_args  # issue 9: bad arguments stop here (exit 2)
+    from experiments._cli import check_args, split_list  # issue 9: bad arguments stop here
 
     check_args(p, args, positive=("iters", "batch", "hidden", "depth", "g_hidden", "lr", "tol",
-                                  "test_size"), non_negative=("seed",), at_least={"grid": 2},
-               choices={"densities": DENSITIES}, new_run_dirs=("out",))
-    densities = [d.strip() for d in args.densities.split(",") if d.strip()]
-    for d in densities:
-        if d not in DENSITIES:
-            raise ValueError(f"unknown density {d!r}; choose from {', '.join(DENSITIES)}.")
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    for m in models:
-        if m not in MODELS:
-            p.error(f"argument --models: unknown model {m!r}; choose from {', '.join(MODELS)}.")
+                                  "test_size", "g_lr"), non_negative=("seed", "clip"),
+               at_least={"grid": 2}, choices={"densities": DENSITIES, "models": MODELS},
+               new_run_dirs=("out",))
+    densities, models = split_list(args.densities), split_list(args.models)
     if args.g_lr is None:
         args.g_lr = args.lr / 100
-    if not (args.g_lr > 0 and args.clip >= 0):
-        p.error(f"--g-lr must be > 0 and --clip >= 0, got {args.g_lr!r} and {args.clip!r}.")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "config.json"), "w") as f:
         json.dump(vars(args), f, indent=1)

@@ -226,12 +226,9 @@ class CNF(eqx.Module):
         return (xs, zeros, sample_probe(key, xs.shape, self.probe, xs.dtype))
 
     def _solve(self, state, batched):
+        out, stats = (self.ode.batched if batched else self.ode)(state)
         if self.evolving:
-            run = self.ode.batched if batched else self.ode
-            (out, _), stats = run(state)
-        else:
-            run = self.ode.batched if batched else self.ode
-            out, stats = run(state)
+            out, _ = out  # (CNF state, theta(t1))
         return self._finish(out[0], out[1]), stats
 
     def log_prob(self, x, key=None):

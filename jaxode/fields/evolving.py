@@ -57,6 +57,7 @@ __all__ = [
     "LowRankDynamics",
     "EvolvingField",
     "EvolvingODE",
+    "theta1_mask",
     "split_weights",
     "num_params",
     "make_dynamics",
@@ -232,6 +233,20 @@ class EvolvingField(eqx.Module):
         f = eqx.combine(theta, self.rest)
         dz = jax.vmap(f, in_axes=(None, 0))(t, z) if self.batch else f(t, z)
         return dz, self.g(t, theta)
+
+
+def theta1_mask(tree):
+    """The same PyTree with True at every leaf that is theta_1 (an array of the weight
+    dynamics g of some `EvolvingField`) and False at every other leaf: the one place
+    that says which parameters are theta_1, for optimisers that treat them apart."""
+
+    def mark(node):
+        if isinstance(node, EvolvingField):
+            return eqx.tree_at(lambda f: f.g, jtu.tree_map(lambda _: False, node),
+                               jtu.tree_map(lambda _: True, node.g))
+        return False
+
+    return jtu.tree_map(mark, tree, is_leaf=lambda x: isinstance(x, EvolvingField))
 
 
 class _WeightsOnly(eqx.Module):

@@ -74,18 +74,11 @@ def _set_params(model, leaves):
 
 def lr_scales(model, g_lr_scale: float) -> tuple[float, ...]:
     """One learning-rate factor per trainable leaf (the order of `_param_leaves`):
-    `g_lr_scale` for theta_1 (the arrays of every `EvolvingField.g`), 1 elsewhere."""
-    from jaxode.fields.evolving import EvolvingField
+    `g_lr_scale` for theta_1 (`jaxode.fields.evolving.theta1_mask`), 1 elsewhere."""
+    from jaxode.fields.evolving import theta1_mask
 
-    def mark(node):
-        if isinstance(node, EvolvingField):
-            ones = jtu.tree_map(lambda _: 1.0, node)
-            return eqx.tree_at(lambda f: f.g, ones, jtu.tree_map(lambda _: g_lr_scale, node.g))
-        return 1.0
-
-    params = eqx.filter(model, trainable(model))
-    marked = jtu.tree_map(mark, params, is_leaf=lambda x: isinstance(x, EvolvingField))
-    return tuple(float(x) for x in jtu.tree_leaves(marked))
+    mask = theta1_mask(eqx.filter(model, trainable(model)))
+    return tuple(float(g_lr_scale) if m else 1.0 for m in jtu.tree_leaves(mask))
 
 
 @eqx.filter_jit
