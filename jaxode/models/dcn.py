@@ -201,13 +201,19 @@ class DCNClassifier(eqx.Module):
             return block.batched(h)
         return jax.vmap(block)(h), None
 
-    def features(self, x, n_stages: int | None = None):
-        """States after each block, ``([h1, h2, h3], stats)``; stop after `n_stages`."""
+    def features(self, x, n_stages: int | None = None, input_scales=None):
+        """States after each block, ``([h1, h2, h3], stats)``; stop after `n_stages`.
+
+        `input_scales` (one number per block, may be traced): multiply block i's input
+        by ``input_scales[i]`` (the contrast probe of Sec. 3.3,
+        `jaxode.models.dcn_probes`); None = unscaled."""
         self._check(x)
         n = len(self.blocks) if n_stages is None else n_stages
         h = jax.vmap(self.stem)(x)
         feats, stats = [], []
         for i in range(n):
+            if input_scales is not None:
+                h = h * jnp.asarray(input_scales[i], h.dtype)
             h, s = self._block(i, h)
             feats.append(h)
             if s is not None:
@@ -216,8 +222,8 @@ class DCNClassifier(eqx.Module):
                 h = jax.vmap(self.downs[i])(h)
         return feats, tuple(stats)
 
-    def forward_with_stats(self, x):
-        feats, stats = self.features(x)
+    def forward_with_stats(self, x, input_scales=None):
+        feats, stats = self.features(x, input_scales=input_scales)
         h = jax.vmap(lambda z: self.activation(self.head_norm(z)))(feats[-1])
         logits = jax.vmap(self.head)(jnp.mean(h, axis=(2, 3)))
         return logits, stats
