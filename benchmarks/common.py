@@ -30,6 +30,8 @@ __all__ = [
     "cpu_count",
     "write_results",
     "markdown_table",
+    "compile_with_memory",
+    "CompileCounter",
 ]
 
 
@@ -167,3 +169,72 @@ def write_results(out_dir: str | os.PathLike, stem: str, payload: dict, markdown
     json_path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     md_path.write_text(markdown + "\n")
     return json_path, md_path
+
+
+def compile_with_memory(fn: Callable[..., Any],
+                        *args) -> tuple[Callable[[], Any], dict[str, int] | None]:
+    """Compile ``fn(*args)`` once (array leaves of `args` are inputs, everything else
+    is static) and read XLA's memory analysis of the compiled program.
+
+    Returns ``(call, memory)``: ``call()`` runs that very executable on `args` (no
+    second compilation) and returns the array leaves of ``fn``'s output (non-arrays
+    become None); `memory` is ``{"temp", "arguments", "outputs", "alias", "code",
+    "total"}`` in bytes with ``total = temp + arguments + outputs - alias`` (the
+    buffers the program holds at once), or None where the backend gives no analysis.
+    The numbers come from the compiler, so they are independent of the machine's
+    other load; ``temp`` is the scratch memory, e.g. the states a gradient keeps.
+    """
+    import equinox as eqx
+
+    diff, static = eqx.partition(args, eqx.is_array)
+    compiled = jax.jit(lambda d: eqx.filter(fn(*eqx.combine(d, static)), eqx.is_array)).lower(
+        diff).compile()
+    analysis = compiled.memory_analysis()
+    memory = None
+    if analysis is not None:
+        memory = {
+            "temp": int(analysis.temp_size_in_bytes),
+            "arguments": int(analysis.argument_size_in_bytes),
+            "outputs": int(analysis.output_size_in_bytes),
+            "alias": int(analysis.alias_size_in_bytes),
+            "code": int(getattr(analysis, "generated_code_size_in_bytes", 0)),
+        }
+        memory["total"] = memory["temp"] + memory["arguments"] + memory["outputs"] - memory["alias"]
+    return (lambda: jax.block_until_ready(compiled(diff))), memory
+
+
+_BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+class CompileCounter:
+    """Counts XLA compilations while active (a `jax.monitoring` listener on JAX's
+    backend-compile event, which fires once per program handed to XLA, never for a
+    cache hit)::
+
+        with CompileCounter() as cc:
+            step(model, batch)
+        cc.count, cc.names        # compilations, and the name of each program
+
+    `count_of(substring)` counts only the programs whose name contains `substring`
+    (e.g. ``"_train_step"``)."""
+
+    def __init__(self):
+        self.names: list[str] = []
+
+    def _listen(self, event: str, duration: float, **kwargs) -> None:
+        if event == _BACKEND_COMPILE_EVENT:
+            self.names.append(str(kwargs.get("fun_name", "?")))
+
+    @property
+    def count(self) -> int:
+        return len(self.names)
+
+    def count_of(self, substring: str) -> int:
+        return sum(substring in n for n in self.names)
+
+    def __enter__(self) -> "CompileCounter":
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listen)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from benchmarks.common import compile_with_memory
 from jaxode.ode import ODEBlock, SolveConfig
 
 DT = 0.1
@@ -45,11 +46,10 @@ def _temp_bytes(adjoint, t1):
     def grad(b, z):
         return eqx.filter_grad(lambda b_, z_: jnp.sum(b_(z_)[0] ** 2))(b, z)
 
-    compiled = jax.jit(grad).lower(block, z0).compile()
-    analysis = compiled.memory_analysis()
-    if analysis is None:
+    _, memory = compile_with_memory(grad, block, z0)
+    if memory is None:
         pytest.skip("this backend gives no memory analysis")
-    return analysis.temp_size_in_bytes
+    return memory["temp"]
 
 
 @pytest.fixture(scope="module")
