@@ -7,7 +7,19 @@ model with the same parameters.
 - `TorchConcatConv2d`, `TorchConvODEFunc`: the ODE function of Chen et al. (2018)
   (`jaxode.fields.conv_odefunc.ConvODEFunc`) in torch, built ``from_jax``.
 - `CountingFunc`: wraps a torch vector field and counts its evaluations (the NFE of
-  torchdiffeq's forward and adjoint solves).
+  torchdiffeq's forward and adjoint solves); `torch_nfe` / `reset_nfe` over a model.
+- `TorchODEBlock`: a jaxode `ODEBlock` as torchdiffeq ``odeint_adjoint`` (same
+  interval, tolerances, solver; ``odeint`` when no gradient is recorded).
+- Whole models for `benchmarks.suite`: `TorchODENet` (Chen et al.'s MNIST ODE-Net,
+  Carrara et al.'s ODE-only and Res-ODE nets, with `TorchPreActBlock`, `TorchHead`),
+  `TorchDCNClassifier` (Tomen et al.'s DCN-ODE; `TorchSRFConv2d` builds its filters
+  from its own sigma and alpha with `torch_njet_basis`, the formula of
+  `jaxode.nn.srf`, so torch differentiates through the basis as jaxode does),
+  `TorchEvolvingBlock` (NODE-EW: ConvODEFunc with elementwise weight dynamics, the
+  state (z, theta)), `TorchCNF` (2-D CNF, exact trace by autograd), `TorchSegNode`
+  (SegNode: HRNet modules, fusions, bilinear resizes).
+
+tests/test_torch_ports.py checks every twin's forward against jaxode's.
 
 torch is imported lazily by the functions that need it, so importing this module
 costs nothing when torch is absent.
@@ -42,6 +54,10 @@ __all__ = [
     "TorchConcatMLP",
     "TorchCNFField",
     "TorchCNF",
+    "TorchNormActConv",
+    "TorchHRModule",
+    "TorchMultiResField",
+    "TorchSegNode",
 ]
 
 
@@ -644,3 +660,145 @@ class TorchCNF(_torch_module_base()):  # type: ignore[misc]
         z, delta = self.ode.solve((x, torch.zeros_like(x[:, 0])))
         d = z.shape[1]
         return -0.5 * (z**2).sum(1) - 0.5 * d * math.log(2 * math.pi) - delta
+
+
+# ------------------------------------------------------------------------ SegNode
+
+
+def _resize(x, hw):
+    """Bilinear resize with half-pixel centres (`jaxode.nn.hrnet.resize_bilinear`):
+    torch's ``align_corners=False`` rule; the identity when the size matches."""
+    import torch
+
+    hw = tuple(int(s) for s in hw)
+    if tuple(x.shape[-2:]) == hw:
+        return x
+    return torch.nn.functional.interpolate(x, size=hw, mode="bilinear", align_corners=False)
+
+
+class TorchNormActConv(_torch_module_base()):  # type: ignore[misc]
+    """torch twin of `jaxode.nn.hrnet.NormActConv`: conv(ReLU(GN(x))), with t as the
+    first input channel when built `with_time`."""
+
+    def __init__(self, norm, conv, with_time):
+        super().__init__()
+        self.norm, self.conv, self.with_time = norm, conv, with_time
+
+    @classmethod
+    def from_jax(cls, u):
+        conv = TorchConcatConv2d.from_jax(u.conv) if u.with_time else copy_conv2d(u.conv)
+        return cls(copy_group_norm(u.norm), conv, u.with_time)
+
+    def forward(self, x, t=None):
+        import torch
+
+        h = torch.relu(self.norm(x))
+        return self.conv(t, h) if self.with_time else self.conv(h)
+
+
+class TorchHRModule(_torch_module_base()):  # type: ignore[misc]
+    """torch twin of `jaxode.nn.hrnet.HRModule` (batched): branches of basic residual
+    blocks, then M(z)_i = b_i + sum_{j != i} F_ij(b_j)."""
+
+    def __init__(self, branches, fuse, n):
+        import torch
+
+        super().__init__()
+        self.branches = torch.nn.ModuleList(
+            [torch.nn.ModuleList([torch.nn.ModuleList(pair) for pair in br]) for br in branches])
+        self.fuse = torch.nn.ModuleDict(
+            {f"{i}_{j}": torch.nn.ModuleList(units) for (i, j), units in fuse.items()})
+        self.n = n
+
+    @classmethod
+    def from_jax(cls, m):
+        from jaxode.nn.hrnet import FuseUp
+
+        branches = [[(TorchNormActConv.from_jax(b.unit1), TorchNormActConv.from_jax(b.unit2))
+                     for b in br] for br in m.branches]
+        fuse = {}
+        for i, row in enumerate(m.fuse):
+            for j, f in enumerate(row):
+                if f is None:
+                    continue
+                units = [f.unit] if isinstance(f, FuseUp) else list(f.units)
+                fuse[(i, j)] = [TorchNormActConv.from_jax(u) for u in units]
+        return cls(branches, fuse, len(m.branches))
+
+    def forward(self, z, t=None):
+        b = []
+        for x, blocks in zip(z, self.branches):
+            for u1, u2 in blocks:
+                x = x + u2(u1(x, t), t)
+            b.append(x)
+        out = []
+        for i in range(self.n):
+            y = b[i]
+            for j in range(self.n):
+                if j == i:
+                    continue
+                h = b[j]
+                for unit in self.fuse[f"{i}_{j}"]:
+                    h = unit(h)
+                y = y + (_resize(h, b[i].shape[-2:]) if j > i else h)
+            out.append(y)
+        return tuple(out)
+
+
+class TorchMultiResField(_torch_module_base()):  # type: ignore[misc]
+    """torch twin of `jaxode.fields.multires.MultiResField`: f(t, z) = M_n(...M_1(z)) - z."""
+
+    def __init__(self, modules, with_time):
+        import torch
+
+        super().__init__()
+        self.mods = torch.nn.ModuleList(modules)
+        self.with_time = with_time
+
+    @classmethod
+    def from_jax(cls, f):
+        return cls([TorchHRModule.from_jax(m) for m in f.modules], [m.with_time for m in f.modules])
+
+    def forward(self, t, z):
+        h = tuple(z)
+        for m, wt in zip(self.mods, self.with_time):
+            h = m(h, t if wt else None)
+        return tuple(a - b for a, b in zip(h, z))
+
+
+class TorchSegNode(_torch_module_base()):  # type: ignore[misc]
+    """torch twin of `jaxode.models.segnode.SegNode` (batched): stem -> transition ->
+    ODE on the four-branch state -> head (per-branch scores, summed, up-sampled)."""
+
+    def __init__(self, stem, transition, ode, head):
+        import torch
+
+        super().__init__()
+        self.stem = stem
+        self.transition = torch.nn.ModuleList(transition)
+        self.ode = ode
+        self.head = torch.nn.ModuleList(head)
+
+    @classmethod
+    def from_jax(cls, model, adjoint=True):
+        stem = torch_sequential(copy_conv2d(model.stem.conv1), TorchNormActConv.from_jax(model.stem.unit2))
+        transition = [TorchNormActConv.from_jax(u) for u in model.transition.units]
+        ode = TorchODEBlock.from_jax(model.ode, TorchMultiResField.from_jax(model.ode.field), adjoint)
+        head = [TorchNormActConv.from_jax(u) for u in model.head.units]
+        return cls(stem, transition, ode, head)
+
+    def forward(self, x):
+        s = self.stem(x)
+        zs = [self.transition[0](s)]
+        for unit in self.transition[1:]:
+            zs.append(unit(zs[-1]))
+        z = self.ode.solve(tuple(zs))
+        hw = z[0].shape[-2:]
+        y = sum(_resize(unit(zk), hw) for unit, zk in zip(self.head, z))
+        return _resize(y, x.shape[-2:])
+
+
+def torch_sequential(*layers):
+    import torch
+
+    return torch.nn.Sequential(*layers)

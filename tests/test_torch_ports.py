@@ -162,3 +162,16 @@ def test_cnf():
     x = _input((5, 2), 10)
     want, _ = eqx.filter_jit(lambda c, x: c.log_prob_batched(x))(_unrolled(cnf), jnp.asarray(x))
     _close(torch_ref.TorchCNF.from_jax(cnf)(torch.from_numpy(x)), want)
+
+
+def test_segnode():
+    from jaxode.models.segnode import SegNode, SegNodeConfig
+
+    cfg = SegNodeConfig(num_classes=3, widths=(4, 8, 8, 8), blocks=1, stem_channels=8,
+                        solver="midpoint", num_steps=1)
+    model = _build(lambda k: SegNode(cfg, key=k), 11)
+    x = _input((2, 3, 20, 20), 12)  # 20 -> 5, 3, 2, 1: odd sizes exercise the resizes
+    want, _ = eqx.filter_jit(lambda m, x: m.batched(x))(_unrolled(model), jnp.asarray(x))
+    got = torch_ref.TorchSegNode.from_jax(model)(torch.from_numpy(x))
+    assert got.shape == (2, 3, 20, 20)
+    _close(got, want)
