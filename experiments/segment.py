@@ -7,11 +7,20 @@ Recipes::
     python -m experiments.segment --config camvid-small       # CamVid at a small crop and width
     python -m experiments.segment --config camvid-paper       # the paper's widths (needs a GPU)
     python -m experiments.segment --config smoke --table2     # Table 2 measurements instead
+    python -m experiments.segment --config camvid-small --run-name cv --chunk-epochs 2
+    python -m experiments.segment --run-name cv --resume      # continue it (same config)
+    python -m experiments.segment --checkpoint runs/cv        # Fig. 3-4, Sec. 4.8 trade-off
 
 A run writes ``runs/<name>/``: config.json, metrics.csv (per model and epoch),
-summary.json (parameters, val/test mIoU and per-class IoU), checkpoints, and PNGs
-with image | label | prediction in the dataset's palette (and SegNode's prediction
-along its trajectory, Fig. 3).  Optimisers as in Sec. 4.1: SegNode SGD lr 0.1,
+summary.json (parameters, val/test mIoU and per-class IoU), per-model
+``<model>_final.json``, checkpoints (model and optimiser state after every epoch), and
+PNGs with image | label | prediction in the dataset's palette (and SegNode's prediction
+along its trajectory, Fig. 3).  ``--checkpoint RUN`` writes ``RUN/analysis/``:
+trajectory.csv/.png and trajectory_predictions.png (mIoU of Head(z(t)) against t from
+one dense-output solve, Fig. 3-4), sweep_tol.csv, sweep_t1.csv and sweep.png (mIoU
+against the measured forward time when rtol = atol or the end time t1 change, with the
+NFE; Sec. 4.8: "by sacrificing 3% of accuracy, the required computational time
+decreases by 50%"), and summary.json.  Optimisers as in Sec. 4.1: SegNode SGD lr 0.1,
 momentum 0.9, no weight decay; baseline AdamW lr 1e-4, weight decay 0.05; both with
 the polynomial decay (power 0.9).
 """
@@ -19,6 +28,7 @@ the polynomial decay (power 0.9).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -33,12 +43,13 @@ from tqdm import tqdm
 
 from experiments import _cli
 from jaxode.data import camvid, synthetic_seg
-from jaxode.models.segnode import (BaselineConfig, SegNodeConfig, build_model, count_params)
+from jaxode.models.segnode import (BaselineConfig, SegNodeConfig, build_model, count_params,
+                                   with_solve)
 from jaxode.ode import backward_nfe, trainable
-from jaxode.train.checkpoint import save_checkpoint
-from jaxode.train.rundir import RunDir
-from jaxode.train.seg_metrics import (confusion_matrix, cross_entropy, iou_from_confusion,
-                                      miou, pixel_accuracy)
+from jaxode.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from jaxode.train.rundir import RunDir, write_json
+from jaxode.train.seg_metrics import (cross_entropy, iou_from_confusion, median_time, miou,
+                                      pixel_accuracy, split_confusion)
 
 MODELS = ("segnode", "baseline")
 
@@ -113,6 +124,15 @@ def make_optimizer(name, cfg, total_steps):
     return optax.adamw(sched, weight_decay=cfg["weight_decay_baseline"]), sched
 
 
+@functools.lru_cache(maxsize=8)
+def _optimizer_and_step(name, lr, weight_decay, total, crop, scale, ignore_label):
+    """`make_optimizer` and `make_train_step`, shared by runs of one process that
+    use the same settings (a resumed run reuses the compiled step)."""
+    opt, sched = make_optimizer(name, dict(lr_segnode=lr, lr_baseline=lr,
+                                           weight_decay_baseline=weight_decay), total)
+    return opt, sched, make_train_step(opt, crop, scale, ignore_label)
+
+
 def make_train_step(opt, crop, scale, ignore_label):
     """One jitted step: device augmentation, forward, loss, gradient, update."""
 
@@ -140,33 +160,18 @@ def make_train_step(opt, crop, scale, ignore_label):
 
 @eqx.filter_jit
 def predict(model, images, ts=None):
-    """uint8 (B, H, W, 3) -> argmax classes (B, H, W) [or (B, T, H, W) with ts]."""
-    logits, _ = model.batched(camvid.normalize(images), ts)
-    return jnp.argmax(logits, axis=-3)
+    """uint8 (B, H, W, 3) -> (argmax classes (B, H, W) [or (B, T, H, W) with ts], the
+    forward NFE of the solve, None for the baseline)."""
+    logits, stats = model.batched(camvid.normalize(images), ts)
+    return jnp.argmax(logits, axis=-3), (None if stats is None else stats.nfe)
 
 
 def evaluate(model, split, num_classes, ignore_label, batch, ts=None):
-    """Accumulated confusion matrix over a split (one per time in `ts` if given)."""
-    n = len(split.images)
-    cms = None
-    preds_out = []
-    for start in range(0, n, batch):
-        imgs = split.images[start:start + batch]
-        labs = split.labels[start:start + batch]
-        pad = batch - len(imgs)
-        if pad:  # keep one compiled shape: pad with copies whose labels are all ignored
-            imgs = np.concatenate([imgs, np.repeat(imgs[:1], pad, 0)])
-            labs = np.concatenate([labs, np.full((pad,) + labs.shape[1:], ignore_label, labs.dtype)])
-        preds = predict(model, jnp.asarray(imgs), ts)
-        if ts is None:
-            cm = confusion_matrix(labs, preds, num_classes, ignore_label)[None]
-        else:
-            cm = jnp.stack([confusion_matrix(labs, preds[:, k], num_classes, ignore_label)
-                            for k in range(len(ts))])
-        cms = cm if cms is None else cms + cm
-        preds_out.append(np.asarray(preds[: batch - pad]))
-    cms = np.asarray(cms)
-    return (cms[0] if ts is None else cms), np.concatenate(preds_out)
+    """Accumulated confusion matrix over a split (one per time in `ts` if given) and
+    the predictions."""
+    cm, preds, _ = split_confusion(lambda x: predict(model, x, ts), split.images,
+                                   split.labels, num_classes, ignore_label, batch)
+    return cm, preds
 
 
 def draw_predictions(path, split, preds, palette, count=4):
@@ -182,22 +187,48 @@ def draw_predictions(path, split, preds, palette, count=4):
     Image.fromarray(np.concatenate(rows[:-1], axis=0)).save(path)
 
 
-def draw_trajectory(path, image, label, preds_t, ts, palette):
-    """Fig. 3: image | label | prediction at each time t."""
+def draw_trajectory(path, images, labels, preds_t, palette):
+    """Fig. 3: one row per image: image | label | prediction at each time t.
+    `images` (N, H, W, 3), `labels` (N, H, W), `preds_t` (N, T, H, W)."""
     from PIL import Image
 
-    gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
-    parts = [image, gap, camvid.colorize(label, palette)]
-    for k in range(len(ts)):
-        parts += [gap, camvid.colorize(preds_t[k], palette)]
-    Image.fromarray(np.concatenate(parts, axis=1)).save(path)
+    rows = []
+    for image, label, preds in zip(images, labels, preds_t):
+        gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
+        parts = [image, gap, camvid.colorize(label, palette)]
+        for p in preds:
+            parts += [gap, camvid.colorize(p, palette)]
+        rows += [np.concatenate(parts, axis=1), None]
+    width = rows[0].shape[1]
+    rows = [np.full((4, width, 3), 255, np.uint8) if r is None else r for r in rows[:-1]]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
 # ------------------------------------------------------------------------- training
 
 
-def train_one(name, cfg, splits, num_classes, ignore_label, palette, run: RunDir, key):
-    """Train one model; returns its summary dict."""
+def _final_path(run: RunDir, name: str) -> str:
+    return os.path.join(run.path, f"{name}_final.json")
+
+
+def train_one(name, cfg, splits, num_classes, ignore_label, palette, run: RunDir, key, *,
+              resume: bool = False, chunk_epochs: int | None = None):
+    """Train one model; returns ``(summary, history)``.
+
+    Every epoch ends with a checkpoint of (model, optimiser state) and the history so
+    far.  With `resume`, training continues from the newest checkpoint (a model that
+    already finished returns its saved summary).  With `chunk_epochs`, at most that many
+    epochs are trained in this call; if the model is not finished then, the summary is
+    None (continue later with `resume`).  The batch order of epoch e and the key of
+    step i depend only on (seed, e) and (key, i), so an interrupted and resumed run
+    trains exactly as an uninterrupted one.
+    """
+    final = _final_path(run, name)
+    if resume and os.path.exists(final):
+        with open(final) as f:
+            done = json.load(f)
+        print(f"[{name}] finished earlier; its summary is {final}")
+        return done, done["history"]
     k_model, k_train = jax.random.split(key)
     model = build_model(name, model_config(name, cfg, num_classes), key=k_model)
     n_params = count_params(model)
@@ -209,20 +240,31 @@ def train_one(name, cfg, splits, num_classes, ignore_label, palette, run: RunDir
     if per_epoch < 1:
         raise ValueError(f"batch_size {bs} is larger than the training set ({len(train.images)}).")
     total = per_epoch * cfg["epochs"]
-    opt, sched = make_optimizer(name, cfg, total)
+    opt, sched, step = _optimizer_and_step(
+        name, cfg["lr_segnode"] if name == "segnode" else cfg["lr_baseline"],
+        cfg["weight_decay_baseline"], total, tuple(cfg["crop"]), tuple(cfg["scale"]), ignore_label)
     opt_state = opt.init(eqx.filter(model, trainable(model)))
-    step = make_train_step(opt, tuple(cfg["crop"]), tuple(cfg["scale"]), ignore_label)
-    rng = np.random.default_rng(cfg["seed"])
-    history, it = [], 0
+    folder = os.path.join(run.checkpoints, name)
+    start, history = 1, []
+    last = latest_checkpoint(folder) if resume and os.path.isdir(folder) else None
+    if last is not None:
+        (model, opt_state), meta = load_checkpoint(folder, last, (model, opt_state))
+        start, history = last + 1, list(meta["history"])
+        print(f"[{name}] resumed after epoch {last} of {cfg['epochs']} ({folder})")
+    it = (start - 1) * per_epoch
     print(f"[{name}] {n_params:,} parameters; {per_epoch} steps/epoch x {cfg['epochs']} epochs")
-    for epoch in range(1, cfg["epochs"] + 1):
-        order = rng.permutation(len(train.images))
+    for epoch in range(start, cfg["epochs"] + 1):
+        if chunk_epochs is not None and epoch - start == chunk_epochs:
+            print(f"[{name}] stopped after epoch {epoch - 1} of {cfg['epochs']} "
+                  f"(--chunk-epochs {chunk_epochs}); continue with --resume")
+            return None, history
+        order = np.random.default_rng((cfg["seed"], epoch)).permutation(len(train.images))
         losses, nfe_f, nfe_b, t0 = [], [], [], time.time()
         for b in tqdm(range(per_epoch), desc=f"{name} epoch {epoch}", leave=False):
             idx = np.sort(order[b * bs:(b + 1) * bs])
-            k_train, k = jax.random.split(k_train)
             model, opt_state, loss, nf, nb = step(model, opt_state, jnp.asarray(train.images[idx]),
-                                                  jnp.asarray(train.labels[idx]), k)
+                                                  jnp.asarray(train.labels[idx]),
+                                                  jax.random.fold_in(k_train, it))
             loss = float(loss)
             if not math.isfinite(loss):
                 raise FloatingPointError(
@@ -242,7 +284,8 @@ def train_one(name, cfg, splits, num_classes, ignore_label, palette, run: RunDir
         history.append(row)
         print(f"[{name}] epoch {epoch}: " + ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-        save_checkpoint(os.path.join(run.checkpoints, name), epoch, model, {"epoch": epoch})
+        save_checkpoint(folder, epoch, (model, opt_state),
+                        {"epoch": epoch, "step": it, "history": history})
 
     summary = dict(params=n_params, history=history)
     for split in ("val", "test"):
@@ -259,9 +302,179 @@ def train_one(name, cfg, splits, num_classes, ignore_label, palette, run: RunDir
         cms, preds_t = evaluate(model, splits["val"], num_classes, ignore_label,
                                 cfg["eval_batch"], ts)
         summary["val_miou_along_t"] = {f"{float(t):.2f}": miou(c) for t, c in zip(ts, cms)}
-        draw_trajectory(os.path.join(run.path, "segnode_trajectory.png"), splits["val"].images[0],
-                        splits["val"].labels[0], preds_t[0], ts, palette)
+        draw_trajectory(os.path.join(run.path, "segnode_trajectory.png"),
+                        splits["val"].images[:1], splits["val"].labels[:1], preds_t[:1], palette)
+    write_json(final, summary)
     return summary, history
+
+
+def load_trained(run_path: str, name: str = "segnode"):
+    """``(model, cfg, data, epoch)``: a run's saved config, its data (as `load_data`
+    gives it) and model `name` with the weights of its newest checkpoint."""
+    with open(os.path.join(run_path, "config.json")) as f:
+        cfg = json.load(f)
+    data = load_data(cfg)
+    model = build_model(name, model_config(name, cfg, data[1]), key=jax.random.PRNGKey(0))
+    opt, _ = make_optimizer(name, cfg, 1)
+    opt_state = opt.init(eqx.filter(model, trainable(model)))
+    folder = os.path.join(run_path, "checkpoints", name)
+    last = latest_checkpoint(folder) if os.path.isdir(folder) else None
+    if last is None:
+        raise FileNotFoundError(f"{run_path!r} holds no {name} checkpoint ({folder}); train "
+                                f"it first (python -m experiments.segment --models {name}).")
+    (model, _), _ = load_checkpoint(folder, last, (model, opt_state))
+    return model, cfg, data, last
+
+
+# ------------------------------------------------------------- Fig. 3-4, Sec. 4.8
+
+_COMPILES = [0]
+_LISTENING = [False]
+
+
+def compile_count() -> int:
+    """Backend compiles of this process so far (counted from the moment of the first
+    call: a `jax.monitoring` listener on XLA's compile events)."""
+    if not _LISTENING[0]:
+        def listen(event, *args, **kwargs):
+            if event.endswith("backend_compile_duration"):
+                _COMPILES[0] += 1
+        jax.monitoring.register_event_duration_secs_listener(listen)
+        _LISTENING[0] = True
+    return _COMPILES[0]
+
+
+def trajectory(model, split, num_classes, ignore_label, batch, ts, palette, out, show=3):
+    """Fig. 3-4: mIoU of Head(z(t)) at each t in `ts` from one dense-output solve
+    (`ODEBlock` with ts) per batch; writes trajectory.csv, trajectory.png (mIoU against
+    t) and trajectory_predictions.png (`show` images, prediction at each t)."""
+    ts = jnp.asarray(ts)
+    cms, preds_t = evaluate(model, split, num_classes, ignore_label, batch, ts)
+    rows = [dict(t=float(t), miou=miou(c), pixel_acc=pixel_accuracy(c))
+            for t, c in zip(ts, cms)]
+    _write_csv(os.path.join(out, "trajectory.csv"), rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([r["t"] for r in rows], [r["miou"] for r in rows], marker="o")
+    ax.set_xlabel("t (SegNode's ODE time; the model is trained to t1)")
+    ax.set_ylabel("mIoU of Head(z(t))")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "trajectory.png"), dpi=110)
+    plt.close(fig)
+    k = min(show, len(split.images))
+    draw_trajectory(os.path.join(out, "trajectory_predictions.png"), split.images[:k],
+                    split.labels[:k], preds_t[:k], palette)
+    return rows
+
+
+def solve_sweep(model, kind, values, split, num_classes, ignore_label, batch, repeats=5):
+    """Sec. 4.8's trade-off: for each value (rtol = atol = value for ``tol``, the end
+    time for ``t1``) the split's mIoU and mean forward NFE per batch, and the wall time
+    of the forward pass on one batch of `batch` images (median of `repeats` runs after
+    a warm-up) with that batch's NFE; ``compiles`` counts the XLA compiles each
+    setting caused (t1 and the tolerances are arrays, so after the first setting there
+    should be none)."""
+    xb = jnp.asarray(split.images[:batch])
+    if len(xb) < batch:  # the timed batch has the evaluation's shape: no extra compile
+        xb = jnp.concatenate([xb, jnp.repeat(xb[:1], batch - len(xb), 0)])
+    rows = []
+    for v in values:
+        c0 = compile_count()
+        m = with_solve(model, **({"rtol": v, "atol": v} if kind == "tol" else {"t1": v}))
+        cm, _, nfes = split_confusion(lambda x: predict(m, x), split.images, split.labels,
+                                      num_classes, ignore_label, batch)
+        t_fwd, _, (_, nfe) = median_time(predict, m, xb, repeats=repeats)
+        rows.append(dict(value=float(v), miou=miou(cm), pixel_acc=pixel_accuracy(cm),
+                         nfe_mean=float(np.mean(nfes)), nfe_timed_batch=int(nfe),
+                         ms_per_image=1e3 * t_fwd / batch, compiles=compile_count() - c0))
+        print(f"[sweep {kind}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                             for k, v in rows[-1].items()), flush=True)
+    return rows
+
+
+def _write_csv(path, rows):
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()})
+
+
+def plot_sweeps(path, sweeps: dict, reference):
+    """mIoU against solve time per image, one line per sweep, points labelled with the
+    swept value and the NFE."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = {"tol": "rtol = atol", "t1": "end time t1"}
+    for kind, rows in sweeps.items():
+        x = [r["ms_per_image"] for r in rows]
+        y = [r["miou"] for r in rows]
+        ax.plot(x, y, marker="o", label=f"{names[kind]} swept")
+        for r in rows:
+            ax.annotate(f"{r['value']:.3g} ({r['nfe_timed_batch']})",
+                        (r["ms_per_image"], r["miou"]), fontsize=6,
+                        textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel("forward time per image (ms, median of a batch's runs)")
+    ax.set_ylabel("mIoU")
+    ax.set_title(f"trained: t1 = {reference['t1']:g}, rtol = atol = {reference['tol']:g}; "
+                 "labels: value (NFE)", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def analyse(args):
+    """``--checkpoint RUN``: Fig. 3-4 and the Sec. 4.8 trade-off from a trained SegNode."""
+    kinds = _cli.split_list(args.sweep)
+    with _cli.data_errors_exit():
+        model, cfg, (splits, num_classes, ignore_label, palette), epoch = load_trained(
+            args.checkpoint)
+    split = splits[args.split]
+    batch = cfg["eval_batch"]
+    t1, tol = float(model.ode.t1), float(model.ode.config.rtol)
+    settings = dict(checkpoint=os.path.abspath(args.checkpoint), epoch=epoch, split=args.split,
+                    images=len(split.images), batch=batch, repeats=args.repeats,
+                    trained_t1=t1, trained_rtol=tol, trained_atol=float(model.ode.config.atol),
+                    solver=cfg["solver"], device=str(jax.devices()[0]))
+    out = RunDir(_analysis_path(args), dict(settings, sweep=kinds), tensorboard=False)
+    results = dict(settings=settings)
+    if args.times and max(args.times) > t1:
+        raise SystemExit(f"error: --times {','.join(map(str, args.times))} goes past the run's "
+                         f"end time t1 = {t1:g}; give times in [0, {t1:g}].")
+    if "trajectory" in kinds:
+        ts = args.times or list(np.linspace(0.0, t1, 11))
+        results["trajectory"] = trajectory(model, split, num_classes, ignore_label, batch, ts,
+                                           palette, out.path)
+        cm, _ = evaluate(model, split, num_classes, ignore_label, batch)  # plain forward
+        results["plain_forward_miou"] = miou(cm)
+    sweeps = {}
+    for kind in ("tol", "t1"):
+        if kind in kinds:
+            values = (args.tols or [1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4]) if kind == "tol" \
+                else (args.t1s or [round(t1 * f, 6) for f in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
+                                                              0.8, 0.9, 1.0)])
+            sweeps[kind] = solve_sweep(model, kind, values, split, num_classes, ignore_label,
+                                       batch, args.repeats)
+            _write_csv(os.path.join(out.path, f"sweep_{kind}.csv"), sweeps[kind])
+    if sweeps:
+        results.update(sweeps)
+        plot_sweeps(os.path.join(out.path, "sweep.png"), sweeps, dict(t1=t1, tol=tol))
+    out.summary(results)
+    print(f"analysis folder: {out.path}")
+    return results
 
 
 # -------------------------------------------------------------------------- table 2
@@ -357,19 +570,48 @@ def measure_table2(cfg, batch: int, budget_gb: float, timing: bool = True, key=N
 # ------------------------------------------------------------------------------ CLI
 
 
+_CONFIG_FLAGS = ("config", "epochs", "batch_size", "crop", "widths", "blocks", "baseline_modules",
+                 "field_modules", "solver", "num_steps", "rtol", "atol", "lr_segnode",
+                 "lr_baseline", "max_train_batches", "eval_limit", "seed", "data_path",
+                 "cache_dir")
+SWEEPS = ("trajectory", "tol", "t1")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m experiments.segment",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train and evaluate SegNode and the residual HRNet baseline (Khoshsirat & "
-                    "Kambhamettu), or measure their Table 2 costs (--table2).")
-    p.add_argument("--config", default="smoke", choices=sorted(CONFIGS),
+                    "Kambhamettu), measure their Table 2 costs (--table2), or analyse a trained "
+                    "SegNode (--checkpoint RUN: Fig. 3-4 and the solve-time trade-off).",
+        epilog="""modes:
+  train (default)   runs/NAME/: config, metrics, checkpoints after every epoch, summary.
+                    --chunk-epochs K stops each model after K more epochs; --resume
+                    continues runs/NAME from its newest checkpoints with its saved config.
+  --table2          parameters, memory (and times unless --no-timing) of both models.
+  --checkpoint RUN  a trained run folder: --sweep trajectory (mIoU of Head(z(t)) at --times
+                    from one dense-output solve, and the predictions drawn), tol (rtol = atol
+                    = each of --tols) and t1 (end time = each of --t1s): mIoU, NFE and the
+                    median forward time of a batch (no recompiles: the compile count is
+                    recorded per setting); written to --out (default RUN/analysis).
+examples:
+  python -m experiments.segment --config camvid-small --run-name cv --chunk-epochs 2
+  python -m experiments.segment --run-name cv --resume
+  python -m experiments.segment --checkpoint runs/cv --sweep trajectory,tol,t1""")
+    p.add_argument("--config", default=None, choices=sorted(CONFIGS),
                    help="named configuration (default: smoke, synthetic shapes on the CPU)")
-    p.add_argument("--models", default="segnode,baseline",
-                   help="comma-separated subset of segnode,baseline")
+    p.add_argument("--models", default=None,
+                   help="comma-separated subset of segnode,baseline (default: both; with "
+                        "--resume: the run's models)")
     p.add_argument("--data-path", default=None,
                    help="CamVid zip or folder (default: $JAXODE_DATA/camvid-segnet.zip)")
     p.add_argument("--cache-dir", default=None, help="where decoded CamVid npz files are cached")
     p.add_argument("--run-name", default=None, help="run folder name under runs/")
+    p.add_argument("--resume", action="store_true",
+                   help="continue runs/RUN-NAME from its newest checkpoints, with its saved "
+                        "config (no configuration flags allowed)")
+    p.add_argument("--chunk-epochs", type=int,
+                   help="train each model at most this many more epochs in this call")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"))
@@ -394,14 +636,60 @@ def parse_args(argv=None):
     p.add_argument("--no-timing", action="store_true", help="Table 2: memory only, no runs")
     p.add_argument("--two-batches", action="store_true",
                    help="Table 2: fit memory vs batch from two compiles (slower)")
+    g = p.add_argument_group("analysis of a trained SegNode (--checkpoint)")
+    g.add_argument("--checkpoint", default=None, metavar="RUN",
+                   help="a training run folder (runs/NAME) with a segnode checkpoint")
+    g.add_argument("--sweep", default=",".join(SWEEPS),
+                   help="comma-separated subset of trajectory,tol,t1 (default: all)")
+    g.add_argument("--times", default=None,
+                   help="trajectory times, comma-separated, increasing, in [0, t1] "
+                        "(default: 11 points from 0 to t1)")
+    g.add_argument("--tols", default=None,
+                   help="rtol = atol values of the tol sweep (default 1e-1,3e-2,...,1e-4)")
+    g.add_argument("--t1s", default=None,
+                   help="end times of the t1 sweep (default 0.1 t1, 0.2 t1, ..., t1)")
+    g.add_argument("--repeats", type=int, default=5,
+                   help="timed runs per setting after a warm-up (the median is reported)")
+    g.add_argument("--split", default="val", choices=("val", "test"),
+                   help="split the analysis evaluates (default: val)")
+    g.add_argument("--out", default=None, help="analysis folder (default: RUN/analysis)")
     args = p.parse_args(argv)
     check_args(p, args)
     return args
 
 
 def _run_path(args) -> str:
-    name = args.run_name or f"segment-{args.config}" + ("-table2" if args.table2 else "")
+    name = args.run_name or f"segment-{args.config or 'smoke'}" + ("-table2" if args.table2 else "")
     return os.path.join("runs", name)
+
+
+def _analysis_path(args) -> str:
+    return args.out or os.path.join(args.checkpoint, "analysis")
+
+
+def _check_analysis_args(parser, args) -> None:
+    given = [f for f in _CONFIG_FLAGS + ("models", "run_name") if getattr(args, f) is not None]
+    given += [f for f in ("resume", "table2") if getattr(args, f)]
+    if args.chunk_epochs is not None:
+        given.append("chunk_epochs")
+    if given:
+        parser.error(f"argument {_cli.flag_name(given[0])}: not allowed with --checkpoint, which "
+                     "analyses a trained run with its saved config; drop it.")
+    cfg_path = os.path.join(args.checkpoint, "config.json")
+    if not os.path.isfile(cfg_path):
+        parser.error(f"argument --checkpoint: {args.checkpoint!r} is not a training run folder "
+                     f"(no config.json); pass a folder written by python -m experiments.segment.")
+    _cli.check_list(parser, "sweep", args.sweep, choices=SWEEPS)
+    for dest in ("tols", "t1s", "times"):
+        vals = _cli.check_list(parser, dest, getattr(args, dest), kind=float, minimum=0.0)
+        if vals is not None and dest != "times" and min(vals) <= 0:
+            parser.error(f"argument {_cli.flag_name(dest)}: every value must be > 0, got "
+                         f"{getattr(args, dest)!r}.")
+        if vals is not None and dest == "times" and any(np.diff(vals) < 0):
+            parser.error(f"argument --times: {args.times!r} must be increasing.")
+        setattr(args, dest, vals)
+    _cli.check_numbers(parser, args, positive=("repeats",))
+    _cli.check_new_run_dir(parser, "--out", _analysis_path(args))
 
 
 def check_args(parser, args) -> None:
@@ -410,14 +698,37 @@ def check_args(parser, args) -> None:
     2), before any data is read or anything is compiled."""
     from jaxode.ode import ADAPTIVE_SOLVERS, SOLVERS
 
+    if args.checkpoint is not None:
+        _check_analysis_args(parser, args)
+        return
     _cli.check_args(
         parser, args,
         positive=("epochs", "batch_size", "crop", "widths", "blocks", "baseline_modules",
                   "field_modules", "num_steps", "rtol", "lr_segnode", "lr_baseline",
-                  "max_train_batches", "eval_limit", "table2_batch", "memory_budget_gb"),
+                  "max_train_batches", "eval_limit", "table2_batch", "memory_budget_gb",
+                  "chunk_epochs"),
         non_negative=("atol", "seed"), choices={"models": MODELS},
         existing=("data_path",))
-    solver = args.solver or CONFIGS[args.config].get("solver", _DEFAULTS["solver"])
+    if args.resume:
+        if args.table2:
+            parser.error("argument --resume: continues a training run; drop --table2.")
+        given = [f for f in _CONFIG_FLAGS if getattr(args, f) is not None]
+        if given:
+            parser.error(f"argument {_cli.flag_name(given[0])}: --resume continues the run "
+                         "with its saved config (config.json); drop the flag.")
+        path = _run_path(args)
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            parser.error(f"argument --resume: {path!r} holds no run (no config.json); pass the "
+                         "--run-name of an earlier training run, or drop --resume.")
+        with open(os.path.join(path, "config.json")) as f:
+            saved = json.load(f)
+        if args.models is not None:
+            extra = [m for m in _cli.split_list(args.models) if m not in saved.get("models", [])]
+            if extra:
+                parser.error(f"argument --models: {extra[0]!r} is not a model of the run "
+                             f"{path!r} ({','.join(saved.get('models', []))}).")
+        return
+    solver = args.solver or CONFIGS[args.config or "smoke"].get("solver", _DEFAULTS["solver"])
     if solver not in SOLVERS:
         parser.error(f"argument --solver: unknown solver {solver!r}; choose from "
                      f"{', '.join(SOLVERS)}.")
@@ -429,12 +740,14 @@ def check_args(parser, args) -> None:
     if args.cache_dir is not None and os.path.exists(args.cache_dir) \
             and not os.path.isdir(args.cache_dir):
         parser.error(f"argument --cache-dir: {args.cache_dir!r} is a file; pass a folder.")
-    _cli.check_new_run_dir(parser, "--run-name", _run_path(args))
+    _cli.check_new_run_dir(parser, "--run-name", _run_path(args),
+                           also="" if args.table2 else ", or pass --resume to continue it")
 
 
 def resolve_config(args) -> dict:
     cfg = dict(_DEFAULTS)
-    cfg.update(CONFIGS[args.config])
+    config = args.config or "smoke"
+    cfg.update(CONFIGS[config])
     for k in ("epochs", "batch_size", "crop", "widths", "blocks", "baseline_modules",
               "field_modules", "solver", "num_steps", "rtol", "atol", "lr_segnode",
               "lr_baseline", "max_train_batches", "eval_limit", "seed", "data_path",
@@ -444,18 +757,27 @@ def resolve_config(args) -> dict:
             cfg[k] = tuple(v) if isinstance(v, list) else v
     if cfg.get("num_steps") is not None and cfg["solver"] in ("dopri5", "tsit5", "bosh3"):
         raise ValueError(f"--num-steps is for fixed-step solvers; got solver {cfg['solver']!r}.")
-    cfg["config_name"] = args.config
+    cfg["config_name"] = config
     return cfg
 
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = resolve_config(args)
-    models = _cli.split_list(args.models)
+    if args.checkpoint is not None:
+        return analyse(args)
+    if args.resume:
+        with open(os.path.join(_run_path(args), "config.json")) as f:
+            cfg = json.load(f)
+        saved_models = cfg.pop("models")
+        cfg.pop("table2", None)
+        models = _cli.split_list(args.models) if args.models else saved_models
+    else:
+        cfg = resolve_config(args)
+        saved_models = models = _cli.split_list(args.models or "segnode,baseline")
 
     def open_run():
-        return RunDir(_run_path(args), dict(cfg, models=models, table2=args.table2),
-                      tensorboard=False)
+        config = None if args.resume else dict(cfg, models=models, table2=args.table2)
+        return RunDir(_run_path(args), config, tensorboard=False)
 
     if args.table2:
         run = open_run()
@@ -478,11 +800,22 @@ def main(argv=None):
     summary, history = {}, []
     for m in models:
         summary[m], h = train_one(m, cfg, splits, num_classes, ignore_label, palette, run,
-                                  jax.random.fold_in(key, MODELS.index(m)))
+                                  jax.random.fold_in(key, MODELS.index(m)), resume=args.resume,
+                                  chunk_epochs=args.chunk_epochs)
         history += h
         run.write_history(history)
+    unfinished = [m for m in saved_models if not os.path.exists(_final_path(run, m))
+                  and summary.get(m) is None]
+    if unfinished:
+        print(f"not finished: {', '.join(unfinished)}; continue with python -m "
+              f"experiments.segment --run-name {os.path.basename(run.path)} --resume")
+        return summary
+    for m in saved_models:  # models finished in earlier calls
+        if summary.get(m) is None:
+            with open(_final_path(run, m)) as f:
+                summary[m] = json.load(f)
     path = run.summary(summary)
-    for m in models:
+    for m in saved_models:
         print(f"{m}: params {summary[m]['params']:,}, val mIoU {summary[m]['val_miou']:.4f}, "
               f"test mIoU {summary[m]['test_miou']:.4f}")
     print(f"run folder: {run.path} (summary: {path})")

@@ -33,7 +33,7 @@ from jaxode.nn.hrnet import PAPER_WIDTHS, STEM_CHANNELS, HRModule, SegHead, Stem
 from jaxode.ode import ODEBlock, SolveConfig
 
 __all__ = ["SegNode", "HRResidualNet", "SegNodeConfig", "BaselineConfig", "build_model",
-           "count_params", "PAPER_PARAMS"]
+           "count_params", "with_solve", "PAPER_PARAMS"]
 
 # Table 2 of the paper, in parameters.
 PAPER_PARAMS = {"baseline": 70.9e6, "segnode": 20.9e6, "hrnetv2": 65.8e6}
@@ -191,6 +191,27 @@ def build_model(name: str, config, *, key):
     if name == "baseline":
         return HRResidualNet(config, key=key)
     raise ValueError(f"unknown segmentation model {name!r}; choose 'segnode' or 'baseline'.")
+
+
+def with_solve(model: SegNode, *, t1=None, rtol=None, atol=None) -> SegNode:
+    """A copy of `model` whose ODE is solved to end time `t1` and/or with tolerances
+    `rtol`, `atol` (None: unchanged); the weights are shared.
+
+    This is the speed / accuracy knob of Sec. 4.8 (Fig. 4): a shorter interval
+    [0, t1] or looser tolerances mean fewer steps.  t1, rtol and atol are arrays of the
+    `ODEBlock` and its `SolveConfig`, not static fields, so a jitted forward pass
+    compiled for one setting runs every other setting without recompiling.
+    """
+    if not isinstance(model, SegNode):
+        raise TypeError(f"with_solve: expected a SegNode, got {type(model).__name__}.")
+    for name, v in (("t1", t1), ("rtol", rtol), ("atol", atol)):
+        if v is not None and not (jnp.isfinite(v) and (v >= 0 if name == "atol" else v > 0)):
+            raise ValueError(f"with_solve: {name} must be a finite number "
+                             f"{'>= 0' if name == 'atol' else '> 0'}, got {v!r}.")
+    ode = model.ode
+    old = (ode.t1, ode.config.rtol, ode.config.atol)
+    new = tuple(o if v is None else jnp.asarray(v, o.dtype) for o, v in zip(old, (t1, rtol, atol)))
+    return eqx.tree_at(lambda m: (m.ode.t1, m.ode.config.rtol, m.ode.config.atol), model, new)
 
 
 def _is_block(x):

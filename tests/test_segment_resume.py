@@ -1,0 +1,74 @@
+"""experiments.segment in checkpointed chunks: a run stopped by --chunk-epochs and
+continued with --resume ends with exactly the weights, losses and mIoU of the same run
+done in one go; --resume refuses configuration flags and a folder without a run."""
+
+import json
+import os
+
+import equinox as eqx
+import jax
+import numpy as np
+import pytest
+
+from experiments import segment
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # one branch, one module, one step per epoch: compiles in seconds
+    monkeypatch.setitem(segment.CONFIGS, "test-tiny", dict(
+        segment.CONFIGS["smoke"], n_train=4, n_eval=2, synthetic_size=(24, 24), crop=(16, 16),
+        batch_size=2, eval_batch=2, epochs=2, max_train_batches=1, widths=(4,),
+        baseline_modules=1))
+    return tmp_path
+
+
+def _weights(run):
+    model, _, _, epoch = segment.load_trained(str(run), "baseline")
+    meta = json.loads((run / "checkpoints" / "baseline" / f"ckpt-{epoch:04d}.json").read_text())
+    return jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array)), meta
+
+
+def test_chunks_and_resume_equal_one_run(tiny):
+    argv = ["--config", "test-tiny", "--models", "baseline"]
+    # optax's AdamW mixes a Python float with an int32 step count, which the suite's
+    # strict promotion rejects; the CLI runs with JAX's standard promotion.
+    with jax.numpy_dtype_promotion("standard"):
+        whole = segment.main(argv + ["--run-name", "whole"])["baseline"]
+        part = segment.main(argv + ["--run-name", "part", "--chunk-epochs", "1"])
+        assert part["baseline"] is None
+        assert not (tiny / "runs" / "part" / "summary.json").exists()
+        resumed = segment.main(["--run-name", "part", "--resume"])["baseline"]
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2]
+    for a, b in zip(whole["history"], resumed["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+    assert resumed["test_miou"] == pytest.approx(whole["test_miou"], abs=1e-9)
+    w_whole, _ = _weights(tiny / "runs" / "whole")
+    w_part, meta = _weights(tiny / "runs" / "part")
+    assert meta["step"] == 2 and len(meta["history"]) == 2
+    for a, b in zip(w_whole, w_part):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert json.loads((tiny / "runs" / "part" / "summary.json").read_text())["baseline"][
+        "params"] == whole["params"]
+    # a finished run resumed again just reports its summary
+    again = segment.main(["--run-name", "part", "--resume"])["baseline"]
+    assert again["test_miou"] == resumed["test_miou"]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--run-name", "none", "--resume"], ["--resume", "'runs/none'", "no config.json"]),
+    (["--run-name", "old", "--resume", "--epochs", "9"], ["--epochs", "saved config"]),
+    (["--run-name", "old", "--resume", "--models", "segnode"], ["--models", "'segnode'"]),
+    (["--run-name", "old"], ["already holds", "--resume"]),
+])
+def test_resume_refusals(tiny, capsys, argv, words):
+    old = tiny / "runs" / "old"
+    old.mkdir(parents=True)
+    (old / "config.json").write_text(json.dumps({"models": ["baseline"]}))
+    with pytest.raises(SystemExit) as info:
+        segment.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    for w in words:
+        assert w.replace("/", os.sep) in err, err
