@@ -366,10 +366,37 @@ def trajectory(model, split, num_classes, ignore_label, batch, ts, palette, out,
     fig.tight_layout()
     fig.savefig(os.path.join(out, "trajectory.png"), dpi=110)
     plt.close(fig)
-    k = min(show, len(split.images))
-    draw_trajectory(os.path.join(out, "trajectory_predictions.png"), split.images[:k],
-                    split.labels[:k], preds_t[:k], palette)
+    pick = np.unique(np.linspace(0, len(split.images) - 1, min(show, len(split.images)))
+                     .astype(int))  # spread over the split (neighbouring frames look alike)
+    draw_trajectory_grid(os.path.join(out, "trajectory_predictions.png"), split.images[pick],
+                         split.labels[pick], preds_t[pick], np.asarray(ts), palette)
     return rows
+
+
+def draw_trajectory_grid(path, images, labels, preds_t, ts, palette, max_columns=6):
+    """Fig. 3 as a titled grid: per image, image | label | prediction at (up to
+    `max_columns` of) the times `ts`, evenly chosen, first and last included."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = np.unique(np.linspace(0, len(ts) - 1, min(max_columns, len(ts))).astype(int))
+    n, m = len(images), 2 + len(cols)
+    fig, axes = plt.subplots(n, m, figsize=(1.9 * m, 1.5 * n + 0.3), squeeze=False)
+    for i in range(n):
+        panels = [images[i], camvid.colorize(labels[i], palette)] + [
+            camvid.colorize(preds_t[i, k], palette) for k in cols]
+        titles = ["image", "label"] + [f"t = {ts[k]:.2f}" for k in cols]
+        for ax, panel, title in zip(axes[i], panels, titles):
+            ax.imshow(panel)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def solve_sweep(model, kind, values, split, num_classes, ignore_label, batch, repeats=5):
@@ -416,7 +443,7 @@ def plot_sweeps(path, sweeps: dict, reference):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    names = {"tol": "rtol = atol", "t1": "end time t1"}
+    names = {"tol": "rtol = atol", "t1": f"end time t1 (rtol = atol = {reference['t1_tol']:g})"}
     for kind, rows in sweeps.items():
         x = [r["ms_per_image"] for r in rows]
         y = [r["miou"] for r in rows]
@@ -448,7 +475,8 @@ def analyse(args):
     settings = dict(checkpoint=os.path.abspath(args.checkpoint), epoch=epoch, split=args.split,
                     images=len(split.images), batch=batch, repeats=args.repeats,
                     trained_t1=t1, trained_rtol=tol, trained_atol=float(model.ode.config.atol),
-                    solver=cfg["solver"], device=str(jax.devices()[0]))
+                    solver=cfg["solver"], t1_sweep_tol=args.t1_tol or tol,
+                    device=str(jax.devices()[0]))
     out = RunDir(_analysis_path(args), dict(settings, sweep=kinds), tensorboard=False)
     results = dict(settings=settings)
     if args.times and max(args.times) > t1:
@@ -466,12 +494,16 @@ def analyse(args):
             values = (args.tols or [1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4]) if kind == "tol" \
                 else (args.t1s or [round(t1 * f, 6) for f in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
                                                               0.8, 0.9, 1.0)])
-            sweeps[kind] = solve_sweep(model, kind, values, split, num_classes, ignore_label,
+            base = model
+            if kind == "t1" and args.t1_tol is not None:
+                base = with_solve(model, rtol=args.t1_tol, atol=args.t1_tol)
+            sweeps[kind] = solve_sweep(base, kind, values, split, num_classes, ignore_label,
                                        batch, args.repeats)
             _write_csv(os.path.join(out.path, f"sweep_{kind}.csv"), sweeps[kind])
     if sweeps:
         results.update(sweeps)
-        plot_sweeps(os.path.join(out.path, "sweep.png"), sweeps, dict(t1=t1, tol=tol))
+        plot_sweeps(os.path.join(out.path, "sweep.png"), sweeps,
+                    dict(t1=t1, tol=tol, t1_tol=args.t1_tol or tol))
     out.summary(results)
     print(f"analysis folder: {out.path}")
     return results
@@ -648,6 +680,8 @@ examples:
                    help="rtol = atol values of the tol sweep (default 1e-1,3e-2,...,1e-4)")
     g.add_argument("--t1s", default=None,
                    help="end times of the t1 sweep (default 0.1 t1, 0.2 t1, ..., t1)")
+    g.add_argument("--t1-tol", type=float, default=None,
+                   help="rtol = atol during the t1 sweep (default: the run's own)")
     g.add_argument("--repeats", type=int, default=5,
                    help="timed runs per setting after a warm-up (the median is reported)")
     g.add_argument("--split", default="val", choices=("val", "test"),
@@ -688,7 +722,7 @@ def _check_analysis_args(parser, args) -> None:
         if vals is not None and dest == "times" and any(np.diff(vals) < 0):
             parser.error(f"argument --times: {args.times!r} must be increasing.")
         setattr(args, dest, vals)
-    _cli.check_numbers(parser, args, positive=("repeats",))
+    _cli.check_numbers(parser, args, positive=("repeats", "t1_tol"))
     _cli.check_new_run_dir(parser, "--out", _analysis_path(args))
 
 
@@ -701,6 +735,10 @@ def check_args(parser, args) -> None:
     if args.checkpoint is not None:
         _check_analysis_args(parser, args)
         return
+    for dest in ("times", "tols", "t1s", "t1_tol", "out"):
+        if getattr(args, dest) is not None:
+            parser.error(f"argument {_cli.flag_name(dest)}: is for the analysis of a trained run; "
+                         "add --checkpoint RUN or drop the flag.")
     _cli.check_args(
         parser, args,
         positive=("epochs", "batch_size", "crop", "widths", "blocks", "baseline_modules",

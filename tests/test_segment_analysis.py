@@ -100,7 +100,7 @@ def test_analysis_cli_writes_its_files(tmp_path, monkeypatch):
     run = tmp_path / "runs" / "tiny"
     _tiny_run(run, segment)
     out = segment.main(["--checkpoint", str(run), "--times", "0,0.5,1", "--tols", "0.1,0.01",
-                        "--t1s", "0.2,1", "--repeats", "2"])
+                        "--t1s", "0.2,1", "--t1-tol", "1e-4", "--repeats", "2"])
     folder = run / "analysis"
     for f in ("trajectory.csv", "trajectory.png", "trajectory_predictions.png",
               "sweep_tol.csv", "sweep_t1.csv", "sweep.png", "summary.json", "config.json"):
@@ -116,10 +116,14 @@ def test_analysis_cli_writes_its_files(tmp_path, monkeypatch):
     assert 0.0 <= out["trajectory"][0]["miou"] <= 1.0
     saved = json.loads((folder / "summary.json").read_text())
     assert saved["settings"]["images"] == 6 and saved["settings"]["epoch"] == 1
+    assert saved["settings"]["t1_sweep_tol"] == 1e-4
     # a second analysis into the same folder is refused, nothing is overwritten
     with pytest.raises(SystemExit) as info:
         segment.main(["--checkpoint", str(run), "--sweep", "t1"])
     assert info.value.code == 2
-    with pytest.raises(SystemExit) as info:
-        segment.main(["--checkpoint", str(run), "--sweep", "tol,depth", "--out", "x"])
-    assert info.value.code == 2
+    for argv in (["--checkpoint", str(run), "--sweep", "tol,depth", "--out", "x"],
+                 ["--checkpoint", str(run), "--epochs", "3", "--out", "x"],
+                 ["--tols", "0.1"]):
+        with pytest.raises(SystemExit) as info:
+            segment.main(argv)
+        assert info.value.code == 2
