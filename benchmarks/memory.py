@@ -124,14 +124,15 @@ def _block_problem(args, mode, t1):
     """(loss_and_stats(model, x), model, x) for the conv ODE block."""
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     from jaxode.fields.conv_odefunc import ConvODEFunc
     from jaxode.ode import ODEBlock
 
-    k_field, k_x = jax.random.split(jax.random.PRNGKey(args.seed))
-    block = ODEBlock(ConvODEFunc(args.channels, key=k_field), 0.0, t1,
+    block = ODEBlock(ConvODEFunc(args.channels, key=jax.random.PRNGKey(args.seed)), 0.0, t1,
                      _solve_config(args, mode, t1), name="conv-block")
-    z0 = jax.random.normal(k_x, (args.batch, args.channels, args.size, args.size))
+    z0 = jnp.asarray(np.random.default_rng(args.seed).standard_normal(
+        (args.batch, args.channels, args.size, args.size)), jnp.float32)
 
     def loss(b, z):
         z1, stats = b.batched(z)
@@ -330,7 +331,8 @@ def plot(results, path: str) -> None:
             ts, mem, nfe = zip(*pts)
             ax.plot(ts, mem, "o-", color=f"C{i}", label=mode)
             for t, y, n in zip(ts, mem, nfe):
-                ax.annotate(f"{n}", (t, y), textcoords="offset points", xytext=(0, 5),
+                ax.annotate(f"{n}", (t, y), textcoords="offset points",
+                            xytext=(0, -11 if mode == "backsolve" else 5),
                             fontsize=6, ha="center", color=f"C{i}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

@@ -144,7 +144,7 @@ def worker(args, n: int) -> dict:
     import jax.numpy as jnp
 
     from benchmarks import common
-    from jaxode.ode import trainable
+    from jaxode.ode import backward_nfe, trainable
     from jaxode.train import data_mesh, replicate, shard_batch, with_tolerance
     from jaxode.train.loop import _train_step
 
@@ -161,7 +161,7 @@ def worker(args, n: int) -> dict:
     def loss_and_grads(m, batch, k):
         (loss, metrics), grads = eqx.filter_value_and_grad(task.train_loss, has_aux=True)(
             m, batch, k)
-        return loss, metrics["nfe"], eqx.filter(grads, trainable(m))
+        return loss, metrics["nfe"], eqx.filter(grads, trainable(m)), backward_nfe(grads)
 
     one = loss_and_grads(replicate(model, mesh1), shard_batch(batches[0], mesh1), key)
     many = loss_and_grads(replicate(model, mesh), shard_batch(batches[0], mesh), key)
@@ -169,6 +169,7 @@ def worker(args, n: int) -> dict:
     proof = {"loss_single": float(one[0]), "loss_sharded": float(many[0]),
              "loss_abs_diff": abs(float(many[0]) - float(one[0])),
              "nfe_single": float(one[1]), "nfe_sharded": float(many[1]),
+             "nfe_backward_single": float(one[3]), "nfe_backward_sharded": float(many[3]),
              "grad_max_abs_diff": grad_diff, "grad_max_abs": grad_scale,
              "grad_sharding_devices":
                  len(jax.tree_util.tree_leaves(many[2])[0].sharding.device_set)}
@@ -238,8 +239,9 @@ def run(args, argv) -> dict:
                  if "time" in r else "")
         tqdm.write(f"  {n} device(s): {timed}|loss_sharded - loss_single| = "
                    f"{p['loss_abs_diff']:.2e}, max |grad diff| = {p['grad_max_abs_diff']:.2e} "
-                   f"(max |grad| {p['grad_max_abs']:.2e}); NFE {p['nfe_single']:.0f} / "
-                   f"{p['nfe_sharded']:.0f}"
+                   f"(max |grad| {p['grad_max_abs']:.2e}); NFE fwd {p['nfe_single']:.0f} / "
+                   f"{p['nfe_sharded']:.0f}, bwd {p['nfe_backward_single']:.0f} / "
+                   f"{p['nfe_backward_sharded']:.0f}"
                    + (f"; recompiles {r['train_step_recompiles']}" if "time" in r else ""))
     info = rows[0]["machine"]
     base = next((r for r in rows if r["devices"] == 1 and "time" in r), None)
@@ -280,7 +282,7 @@ def to_markdown(results) -> str:
             f"{m['date']}; jax {m['jax']}.\n")
     headers = ["devices", "ms / step: median (min-max)", "images / s", "speed-up vs 1",
                "loss (1 dev)", "abs diff loss", "max abs diff grads (max abs grad)",
-               "NFE 1 dev / N dev", "recompiles (tol, t1, batch)"]
+               "NFE fwd, bwd: 1 dev / N dev", "recompiles (tol, t1, batch)"]
     rows = []
     for r in results["rows"]:
         t, p = r.get("time"), r["proof"]
@@ -290,7 +292,8 @@ def to_markdown(results) -> str:
                      f"{r['speedup_vs_1']:.2f}" if r["speedup_vs_1"] else "-",
                      f"{p['loss_single']:.6f}", f"{p['loss_abs_diff']:.1e}",
                      f"{p['grad_max_abs_diff']:.1e} ({p['grad_max_abs']:.1e})",
-                     f"{p['nfe_single']:.0f} / {p['nfe_sharded']:.0f}",
+                     f"{p['nfe_single']:.0f}, {p['nfe_backward_single']:.0f} / "
+                     f"{p['nfe_sharded']:.0f}, {p['nfe_backward_sharded']:.0f}",
                      ", ".join(str(v) for v in r["train_step_recompiles"].values())
                      if t else "-"])
     notes = [f"\nSharded = single-device up to summation order: max |loss diff| "

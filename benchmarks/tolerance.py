@@ -14,13 +14,14 @@ reads it), for every tolerance (rtol = atol = tol):
 
 - test accuracy and NFE (mean +- std over the test set),
 - time per inference batch: the median (min, max) of `--repeats` timed runs of one
-  evaluation batch after the compilation,
+  evaluation batch after the compilation, the tolerances timed round-robin
+  (`benchmarks.common.time_interleaved`) so that all see the same machine load,
 - the number of compilations of the evaluation step.  Tolerances are arrays inside
   the model (`SolveConfig`), so the whole sweep must reuse the first tolerance's
   compiled step: a compile counter (`benchmarks.common.CompileCounter`, a listener
   on JAX's compile events) checks that none happens after the first tolerance.
 
-Run (writes ``benchmarks/results/tolerance-<run>-<machine>.{json,md}`` and
+Run (writes ``benchmarks/results/tolerance-<run>-<batch mode>-<machine>.{json,md}`` and
 ``docs/figures/bench_tolerance.png``)::
 
     python -m experiments.classify --config smoke-digits        # trains runs/smoke-digits
@@ -65,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--out", default=os.path.join(_HERE, "results"),
       help="folder for the JSON and Markdown results (default benchmarks/results)")
     a("--figure", default=os.path.join(_ROOT, "docs", "figures", "bench_tolerance.png"),
-      help="PNG of accuracy and time against tolerance (default docs/figures/bench_tolerance.png)")
+      help="PNG of accuracy and time against tolerance (default docs/figures/bench_tolerance.png; "
+      "'' for none)")
     return p
 
 
@@ -75,7 +77,10 @@ def parse_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
     _cli.check_args(p, args, at_least={"repeats": 1, "batch_size": 1, "test_limit": 1},
-                    existing=("run", "data_root"))
+                    existing=("data_root",))
+    if not os.path.isdir(args.run):
+        p.error(f"argument --run: {args.run!r} is not a folder; pass the run folder of an "
+                "experiments.classify run, e.g. runs/smoke-digits.")
     args.tols = _cli.check_list(p, "tols", args.tols, kind=float)
     if any(not (t > 0 and np.isfinite(t)) for t in args.tols):
         p.error(f"argument --tols: every tolerance must be a finite number > 0, got {args.tols}.")
@@ -136,16 +141,13 @@ def run(args) -> dict:
 
     from tqdm.auto import tqdm
 
-    rows = []
-    for tol in tqdm(args.tols, desc="tolerances", leave=False):
+    rows, models = [], {}
+    for tol in tqdm(args.tols, desc="accuracy per tolerance", leave=False):
         m = with_tolerance(model, tol)
         row = {"tol": tol}
         with common.CompileCounter() as cc:
             try:
                 per = evaluate(m, task, batches(), batch_size=bs)
-                timing, _ = common.time_jax(
-                    lambda mm: evaluate(mm, task, timing_batch, batch_size=bs), m,
-                    repeats=args.repeats)
             except eqx.EquinoxRuntimeError as e:  # e.g. max_steps at a very tight tolerance
                 why = next((ln for ln in str(e).splitlines() if "ODEBlock" in ln), str(e))
                 row["error"] = why.split("EquinoxRuntimeError: ")[-1].strip()[:300]
@@ -153,17 +155,28 @@ def run(args) -> dict:
         row["eval_step_compiles"] = cc.count_of("_eval_step")
         row["all_compiles"] = cc.count
         if per is not None:
+            models[tol] = m
             row.update(acc=float(np.mean(per["acc"])), nfe_mean=float(np.mean(per["nfe"])),
-                       nfe_std=float(np.std(per["nfe"])),
-                       steps_mean=float(np.mean(per["steps"])), time=dict(timing),
-                       images_per_s=n_timing / timing["median"])
+                       nfe_std=float(np.std(per["nfe"])), steps_mean=float(np.mean(per["steps"])))
             tqdm.write(f"  tol {tol:.0e}: acc {100 * row['acc']:.2f}%  NFE {row['nfe_mean']:.1f} "
-                       f"+- {row['nfe_std']:.1f}  {1e3 * timing['median']:.1f} ms/batch  "
-                       f"compiles of the eval step: {row['eval_step_compiles']}")
+                       f"+- {row['nfe_std']:.1f}  compiles of the eval step: "
+                       f"{row['eval_step_compiles']}")
         else:
             tqdm.write(f"  tol {tol:.0e}: failed: {row['error']}")
         rows.append(row)
-    later = sum(r["eval_step_compiles"] for r in rows[1:])
+    # Time one batch per tolerance, round-robin (every tolerance sees the same load).
+    calls = {tol: (lambda mm=m: evaluate(mm, task, timing_batch, batch_size=bs))
+             for tol, m in models.items()}
+    with common.CompileCounter() as cc:
+        timings, _ = common.time_interleaved(calls, args.repeats)
+    timing_compiles = cc.count_of("_eval_step")
+    for row in rows:
+        if row["tol"] in timings:
+            t = timings[row["tol"]]
+            row.update(time=dict(t), images_per_s=n_timing / t["median"])
+            print(f"  tol {row['tol']:.0e}: {1e3 * t['median']:.1f} ms per batch of {n_timing} "
+                  f"(min {1e3 * t['min']:.1f}, max {1e3 * t['max']:.1f})", flush=True)
+    later = sum(r["eval_step_compiles"] for r in rows[1:]) + timing_compiles
     results = {"config": {k: v for k, v in vars(args).items() if k != "run_config"}
                | {"batch_size": bs, "timing_batch_images": n_timing},
                "run": {"path": args.run, "model": ccfg.get("model"), "dataset": ccfg["dataset"],
@@ -178,7 +191,8 @@ def run(args) -> dict:
     md = to_markdown(results)
     print()
     print(md)
-    stem = f"tolerance-{os.path.basename(os.path.normpath(args.run))}-{common.machine_tag(info)}"
+    stem = (f"tolerance-{os.path.basename(os.path.normpath(args.run))}-{args.batch_mode}-"
+            f"{common.machine_tag(info)}")
     paths = common.write_results(args.out, stem, results, md)
     print(f"\nwrote {paths[0]} and {paths[1]}")
     if args.figure and any("acc" in r for r in rows):
@@ -195,7 +209,8 @@ def to_markdown(results) -> str:
             f"`{r0['path']}` (trained at tol {r0['train_tol']}), {r0['dataset']} test set "
             f"({r0['test_images']} images), {c['batch_mode']} solves, batch {c['batch_size']}; "
             f"time = median (min-max) of {c['repeats']} runs of one batch of "
-            f"{c['timing_batch_images']} images after compilation.\n\n"
+            f"{c['timing_batch_images']} images after compilation, tolerances timed "
+            "round-robin.\n\n"
             f"Machine: {m['cpu']}, {m['cores']} cores ({m['backend']}: {m['device']}); load "
             f"average before/after: {m.get('load_average')} / {results.get('load_average_after')}; "
             f"{m['date']}; jax {m['jax']}, diffrax {m.get('diffrax')}.\n")
@@ -239,6 +254,7 @@ def plot(results, path: str) -> None:
     for t, y, r in zip(tols, med, rows):
         ax2.annotate(f"NFE {r['nfe_mean']:.0f}", (t, y), textcoords="offset points",
                      xytext=(0, 6), fontsize=7, ha="center", color="C1")
+    ax2.margins(y=0.15)
     ax2.set_ylabel(f"ms per batch of {results['config']['timing_batch_images']} (median)",
                    color="C1")
     r0 = results["run"]

@@ -10,21 +10,21 @@ import pytest
 from benchmarks import memory
 
 
-def test_cli_writes_results_and_counts_rk4_evaluations(tmp_path, capsys):
+def test_cli_writes_results_and_counts_euler_evaluations(tmp_path, capsys):
     fig = tmp_path / "fig.png"
-    res = memory.main(["--t1", "2", "--modes", "backsolve", "--channels", "4", "--size", "4",
-                       "--batch", "2", "--steps-per-unit", "2", "--out", str(tmp_path),
-                       "--figure", str(fig)])
+    res = memory.main(["--t1", "2", "--modes", "backsolve", "--solver", "euler", "--channels",
+                       "4", "--size", "4", "--batch", "2", "--steps-per-unit", "2",
+                       "--out", str(tmp_path), "--figure", str(fig)])
     (row,) = res["rows"]
-    # rk4 with dt = 1/2 over [0, 2]: 4 steps of 4 evaluations, forward and backward.
-    assert (row["nfe_fwd"], row["nfe_bwd"], row["max_steps"]) == (16, 16, 4)
+    # euler with dt = 1/2 over [0, 2]: 4 steps of one evaluation, forward and backward.
+    assert (row["nfe_fwd"], row["nfe_bwd"], row["max_steps"]) == (4, 4, 4)
     mem = row["memory"]
     if mem is not None:  # the CPU backend gives an analysis
         assert mem["total"] == mem["temp"] + mem["arguments"] + mem["outputs"] - mem["alias"]
         # at least the state z0 (2 x 4 x 4 x 4 floats) is an argument
         assert mem["arguments"] >= 4 * 2 * 4 * 4 * 4
     saved = json.loads(next(tmp_path.glob("memory-*.json")).read_text())
-    assert saved["rows"][0]["nfe_fwd"] == 16
+    assert saved["rows"][0]["nfe_fwd"] == 4
     assert "| block | backsolve | 2 |" in next(tmp_path.glob("memory-*.md")).read_text()
     assert fig.stat().st_size > 1000 and fig.read_bytes()[:4] == b"\x89PNG"
     assert "wrote" in capsys.readouterr().out

@@ -34,6 +34,8 @@ def test_two_host_devices_give_the_single_device_loss_and_gradients(tmp_path):
     assert p["loss_abs_diff"] <= 1e-5 * p["loss_single"]
     assert p["grad_max_abs_diff"] <= 1e-4 * p["grad_max_abs"]
     assert p["nfe_sharded"] == p["nfe_single"]                   # same solver steps
+    # euler, 2 steps, backsolve: 2 forward and 2 backward evaluations
+    assert p["nfe_single"] == 2 and p["nfe_backward_sharded"] == p["nfe_backward_single"] == 2
 
 
 def test_batch_not_divisible_is_refused(capsys):

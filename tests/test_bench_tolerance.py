@@ -35,7 +35,8 @@ def test_sweep_reuses_one_compilation_and_writes_files(run_dir, tmp_path, capsys
     assert res["no_recompilation"] is True
     assert tight["nfe_mean"] > loose["nfe_mean"]  # tighter tolerance, more evaluations
     assert res["run"]["test_images"] == 16 and 0 <= loose["acc"] <= 1
-    saved = json.loads((tmp_path / "out" / f"tolerance-tiny-run-{_tag(res)}.json").read_text())
+    saved = json.loads(
+        (tmp_path / "out" / f"tolerance-tiny-run-joint-{_tag(res)}.json").read_text())
     assert [r["tol"] for r in saved["rows"]] == [0.1, 1e-5]
     assert "no recompilation" in next((tmp_path / "out").glob("tolerance-*.md")).read_text()
     assert fig.read_bytes()[:4] == b"\x89PNG"
@@ -54,3 +55,10 @@ def test_run_without_checkpoint_is_refused(tmp_path, capsys):
         tolerance.parse_args(["--run", str(tmp_path)])
     assert e.value.code == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_missing_run_folder_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        tolerance.parse_args(["--run", str(tmp_path / "nope")])
+    assert e.value.code == 2
+    assert "is not a folder" in capsys.readouterr().err
