@@ -10,6 +10,13 @@ Subcommands (each has ``--config smoke`` for a CPU check and ``--config paper``)
   milestones multiplied by a factor (supplement A.2).
 - ``kernel-cost``: time per training step of the three kernel-support strategies of
   `jaxode.nn.srf` (exact-size grid, fixed maximal grid with masking, `lax.switch`).
+- ``contrast``: accuracy and forward NFE (per ODE block, total) of trained runs under
+  input contrast c, naive and with the integration time scaled by c (Fig. 5).
+- ``completion``: accuracy with a zero centre square of growing size (Fig. 3c) and the
+  intact-vs-masked feature difference D(t) inside ODE block 1 (eq. 4, Fig. 4).
+- ``reconstruct``: the A.4 encoder-decoder trained with MSE on CIFAR-10 (Table 3).
+
+The probes' math is in `jaxode.models.dcn_probes`.
 
 Example::
 
@@ -17,6 +24,9 @@ Example::
     python -m experiments.dcn classify --model dcn_ode --config paper
     python -m experiments.dcn small-data --model dcn_ode --per-class 20 --seeds 0,1,2
     python -m experiments.dcn kernel-cost --widths 16,32,64 --batch 8
+    python -m experiments.dcn contrast --checkpoint runs/dcn-dcn_ode-paper-s0 --out runs/contrast
+    python -m experiments.dcn completion --checkpoint runs/dcn-dcn_ode-paper-s0 --out runs/compl
+    python -m experiments.dcn reconstruct --checkpoint runs/dcn-dcn_ode-paper-s0 --config paper
 
 Training uses the generic trainer (`jaxode.train.fit`).  Because that loop has no
 per-step hook, the SRF kernels use fixed shapes: ``--support switch`` (paper config; the
@@ -131,7 +141,7 @@ def _plot_scales(scales: dict, path: str):
 
 
 def _train(name, cfg, train_set, test_set, run_path, seed, max_half_width, milestones,
-           epochs, progress=True, support="switch", margin=1):
+           epochs, progress=True, support="switch", margin=1, eval_every=1):
     import jax
 
     from jaxode.nn.srf import support_overflow
@@ -143,7 +153,7 @@ def _train(name, cfg, train_set, test_set, run_path, seed, max_half_width, miles
                        momentum=0.9, weight_decay=0.0,
                        lr_schedule="step" if milestones else "constant",
                        milestones=tuple(milestones), gamma=0.1, seed=seed, progress=progress,
-                       data_parallel=False)
+                       data_parallel=False, eval_every=eval_every)
     task = ClassificationTask(crop_padding=4, flip=True)  # no input normalisation
     run = RunDir(run_path, {"model": name, "seed": seed, "max_half_width": max_half_width,
                             "support": support, "margin": margin,
@@ -201,7 +211,8 @@ def cmd_classify(args):
     _check_train_set(cfg, train, test)
     run_path = _classify_run_path(args)
     s = _train(args.model, cfg, train, test, run_path, args.seed, args.max_half_width,
-               cfg["milestones"], cfg["epochs"], support=cfg["support"], margin=args.margin)
+               cfg["milestones"], cfg["epochs"], support=cfg["support"], margin=args.margin,
+               eval_every=args.eval_every)
     print(json.dumps({k: v for k, v in s.items() if k != "learned_sigma"}, indent=2))
 
 
@@ -235,7 +246,8 @@ def cmd_small_data(args):
     for seed, run_path, train in zip(_seeds(args), _small_data_run_paths(args), subsets):
         results.append(_train(args.model, cfg, train, test, run_path, seed,
                               args.max_half_width, milestones, epochs,
-                              support=cfg["support"], margin=args.margin))
+                              support=cfg["support"], margin=args.margin,
+                              eval_every=args.eval_every))
     accs = np.array([r["best_eval_acc"] for r in results], float)
     print(json.dumps({"model": args.model, "per_class": args.per_class, "epochs": epochs,
                       "best_eval_acc_mean": float(accs.mean()),
@@ -296,12 +308,13 @@ def cmd_kernel_cost(args):
 # ------------------------------------------------------------- probes of trained runs
 
 
-def load_run(run_dir: str, tol: float | None = None):
+def load_run(run_dir: str, tol: float | None = None, max_steps: int | None = None):
     """``(model, config)`` of a `classify` / `small-data` run folder: the model's shapes
     from ``config.json``, the newest checkpoint's weights read into them, every SRF grid set to
     the exact size of its learned sigma and every ODE block's solver set to
     ``on_max_steps="flag"`` (a probe that drives a solver to its step limit records it
-    instead of stopping) and, if given, rtol = atol = `tol`."""
+    instead of stopping) and, if given, rtol = atol = `tol` and the step limit
+    `max_steps` per solve."""
     import equinox as eqx
     import jax
 
@@ -346,6 +359,8 @@ def load_run(run_dir: str, tol: float | None = None):
         new = dataclasses.replace(node.config, on_max_steps="flag")
         if tol is not None:
             new = dataclasses.replace(new, rtol=tol, atol=tol)
+        if max_steps is not None:
+            new = dataclasses.replace(new, max_steps=max_steps)
         return eqx.tree_at(lambda b: b.config, node, new)
 
     model = jax.tree_util.tree_map(solver, model, is_leaf=lambda n: isinstance(n, ODEBlock))
@@ -387,7 +402,7 @@ def _load_probe_inputs(args):
                       seed=args.seed)
         models = {}
         for run_dir in args.checkpoint:
-            model, cfg = load_run(run_dir, tol=args.tol)
+            model, cfg = load_run(run_dir, tol=args.tol, max_steps=args.max_steps)
             label = cfg["model"]
             k = 2
             while label in models:
@@ -659,7 +674,7 @@ def cmd_reconstruct(args):
                        momentum=0.9, weight_decay=0.0,
                        lr_schedule="step" if cfg["milestones"] else "constant",
                        milestones=tuple(cfg["milestones"]), gamma=0.1, seed=args.seed,
-                       data_parallel=False)
+                       data_parallel=False, eval_every=args.eval_every)
     run_path = args.run or os.path.join("runs", f"dcn-reconstruct-{name}-{args.config}")
     run = RunDir(run_path, {"model": name, "encoder_checkpoint": args.checkpoint,
                             "seed": args.seed, **cfg, "train": dataclasses.asdict(tcfg)})
@@ -745,7 +760,7 @@ def check_args(parser, args) -> None:
         return
     if args.cmd in ("contrast", "completion"):
         _cli.check_args(parser, args, positive=("batch_size", "test_limit", "tol", "times",
-                                                "d_images"),
+                                                "d_images", "max_steps"),
                         non_negative=("seed", "d_mask_size"), existing=("data_root",),
                         new_run_dirs=("out",))
         for run_dir in args.checkpoint:
@@ -765,7 +780,7 @@ def check_args(parser, args) -> None:
         return
     _cli.check_args(parser, args,
                     positive=("epochs", "batch_size", "lr", "train_limit", "test_limit", "tol",
-                              "max_half_width", "per_class", "epoch_factor"),
+                              "max_half_width", "per_class", "epoch_factor", "eval_every"),
                     non_negative=("margin", "seed"), existing=("data_root",))
     if args.cmd == "classify":
         _cli.check_new_run_dir(parser, "--run", _classify_run_path(args))
@@ -805,6 +820,8 @@ def main(argv=None):
                             "switch for --config paper, margin for smoke); 'margin' = "
                             "per-layer r(sigma_init) + --margin, fastest to compile")
         q.add_argument("--margin", type=int, default=2)
+        q.add_argument("--eval-every", type=int, default=1,
+                       help="evaluate on the test set every N epochs (and after the last)")
 
     q = sub.add_parser("classify", help="CIFAR-10 classification (Tables 1, 5; Fig. 3)")
     common(q)
@@ -839,6 +856,9 @@ def main(argv=None):
         q.add_argument("--batch-size", type=int, default=100)
         q.add_argument("--tol", type=float, default=None,
                        help="rtol = atol of every ODE block (default: the run's)")
+        q.add_argument("--max-steps", type=int, default=256,
+                       help="step limit of one solve; a batch that hits it is counted in "
+                            "max_steps_batches, not stopped (small c can make solves stiff)")
 
     q = sub.add_parser("contrast", help="accuracy and NFE under input contrast c (Fig. 5)",
                        description="Accuracy and forward NFE (per ODE block and total, per "

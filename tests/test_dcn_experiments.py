@@ -188,12 +188,13 @@ def test_load_run_reads_the_checkpoint(fake_run):
     from experiments import dcn
 
     root, model = fake_run
-    loaded, cfg = dcn.load_run(str(root / "run"), tol=0.05)
+    loaded, cfg = dcn.load_run(str(root / "run"), tol=0.05, max_steps=64)
     a = jax.tree_util.tree_leaves(eqx.filter(model.blocks[0].field, eqx.is_array))
     b = jax.tree_util.tree_leaves(eqx.filter(loaded.blocks[0].field, eqx.is_array))
     assert all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(a, b))
     assert loaded.blocks[0].config.on_max_steps == "flag"
     assert float(loaded.blocks[1].config.rtol) == pytest.approx(0.05)
+    assert loaded.blocks[2].config.max_steps == 64
     assert cfg["model"] == "odenet" and cfg["epoch"] == 1
 
 

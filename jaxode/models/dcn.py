@@ -22,6 +22,12 @@ x a float batch (N, C, H, W) returns ``(logits, aux)``, `aux` holding per-exampl
 ``max_steps_reached``; zeros for the ResNet baselines.  `model.forward_with_stats(x)`
 returns ``(logits, stats)`` with one `SolveStats` per ODE block.
 
+Small widths: the head is GN(min(32, d), d) -> act -> global average pool.  For a last
+width d <= 32 every group holds one channel (an instance norm), and the pooled
+features then hardly depend on the image (each channel is normalised to zero mean and
+unit variance over space before it is averaged): such models barely learn.  The
+paper's d = 128 has four channels per group; CPU-sized runs should keep d >= 64.
+
 SRF layers carry a static kernel grid (see `jaxode.nn.srf`): call
 `jaxode.nn.srf.refresh_support(model)` after each optimiser step.
 """
