@@ -649,6 +649,8 @@ def cmd_reconstruct(args):
     from jaxode.train.utils import count_params
 
     cfg = _resolve(args)
+    if args.config == "paper" and args.epochs is None:  # reference code: 50 epochs, 25/40
+        cfg["epochs"], cfg["milestones"] = 50, (25, 40)
     with _cli.data_errors_exit():
         train = _limit(load_dataset("cifar10", "train", root=args.data_root), cfg["train_limit"])
         test = _limit(load_dataset("cifar10", "test", root=args.data_root), cfg["test_limit"])
