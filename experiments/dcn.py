@@ -721,7 +721,8 @@ def _plot_reconstructions(model, test, path, name, k=8):
     from jaxode.models.dcn import centre_crop
 
     plt = _figure()
-    x = to_model_input(test.images[: min(k, len(test))])
+    pick = np.unique(np.linspace(0, len(test) - 1, min(k, len(test))).round().astype(int))
+    x = to_model_input(test.images[pick])  # spread over the split (often sorted by class)
     y, _ = eqx.filter_jit(lambda m, x: m(x))(model, x)
     target, y = np.asarray(centre_crop(x)), np.clip(np.asarray(y), 0, 1)
     fig, axes = plt.subplots(2, len(y), figsize=(1.4 * len(y), 3), squeeze=False)
