@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from experiments import _cli
 from jaxode.data import camvid, synthetic_seg
+from jaxode.nn.hrnet import STEM_CHANNELS
 from jaxode.models.segnode import (BaselineConfig, SegNodeConfig, build_model, count_params,
                                    with_solve)
 from jaxode.ode import backward_nfe, trainable
@@ -107,7 +108,8 @@ def load_data(cfg):
 
 
 def model_config(name, cfg, num_classes):
-    common = dict(num_classes=num_classes, widths=tuple(cfg["widths"]), blocks=cfg["blocks"])
+    common = dict(num_classes=num_classes, widths=tuple(cfg["widths"]), blocks=cfg["blocks"],
+                  stem_channels=cfg.get("stem_channels", STEM_CHANNELS))
     if name == "segnode":
         return SegNodeConfig(**common, field_modules=cfg["field_modules"], solver=cfg["solver"],
                              rtol=cfg["rtol"], atol=cfg["atol"],

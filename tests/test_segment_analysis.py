@@ -21,7 +21,7 @@ jax.monitoring.register_event_duration_secs_listener(
     else None)
 
 # one branch: the properties tested are the solver's, and one branch compiles in a few s
-TINY = dict(num_classes=3, widths=(4,), blocks=1, max_groups=4)
+TINY = dict(num_classes=3, widths=(4,), blocks=1, max_groups=4, stem_channels=4)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def _tiny_run(folder, segment):
     args = segment.parse_args(["--widths", "4", "4", "4", "4", "--blocks", "1",
                                "--run-name", str(folder)])
     cfg = dict(segment.resolve_config(args), n_train=4, n_eval=6, synthetic_size=(24, 24),
-               eval_batch=4, widths=(4,), rtol=1e-5, atol=1e-5)  # one branch: compiles fast
+               eval_batch=4, widths=(4,), stem_channels=4, rtol=1e-5, atol=1e-5)  # one branch: compiles fast
     _, k, _, _ = segment.load_data(cfg)
     model = segment.build_model("segnode", segment.model_config("segnode", cfg, k),
                                 key=jax.random.PRNGKey(0))
