@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxode.nn.conv import conv2d
 from jaxode.nn.layers import ConcatConv2d
 
 PAPER_WIDTHS = (48, 96, 192, 384)
@@ -109,7 +110,11 @@ class NormActConv(eqx.Module):
             if t is None:
                 raise ValueError("NormActConv: this block was built with_time=True; pass t.")
             return self.conv(t, h)
-        return self.conv(h)
+        # jaxode.nn.conv.conv2d: the same values as Equinox's Conv2d, but in the layout
+        # that XLA:CPU keeps fast inside the solver's while loop (the fusion convs of
+        # SegNode's field run there)
+        y = conv2d(h, self.conv.weight, self.conv.stride, self.conv.padding)
+        return y + self.conv.bias if self.conv.use_bias else y
 
 
 class BasicBlock(eqx.Module):
