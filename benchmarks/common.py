@@ -29,6 +29,7 @@ __all__ = [
     "machine_tag",
     "cpu_count",
     "write_results",
+    "report",
     "markdown_table",
     "compile_with_memory",
     "CompileCounter",
@@ -169,6 +170,22 @@ def write_results(out_dir: str | os.PathLike, stem: str, payload: dict, markdown
     json_path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     md_path.write_text(markdown + "\n")
     return json_path, md_path
+
+
+def report(results: dict, out_dir: str | os.PathLike, stem: str,
+           to_markdown: Callable[[dict], str]) -> tuple[Path, Path]:
+    """End of every benchmark CLI: record the load average after the run in `results`,
+    print its Markdown table and write ``<out_dir>/<stem>.{json,md}`` (`write_results`)."""
+    try:
+        results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    md = to_markdown(results)
+    print()
+    print(md)
+    paths = write_results(out_dir, stem, results, md)
+    print(f"\nwrote {paths[0]} and {paths[1]}")
+    return paths
 
 
 def compile_with_memory(fn: Callable[..., Any],

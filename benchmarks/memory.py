@@ -253,15 +253,7 @@ def run(args, argv=None) -> dict:
     bs = results["flatness"].get("block/backsolve")
     if bs is not None:
         results["target_backsolve_flat_within_10pct"] = bool(bs <= 1 + FLAT_TOLERANCE)
-    try:
-        results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    md = to_markdown(results)
-    print()
-    print(md)
-    paths = common.write_results(args.out, f"memory-{common.machine_tag(info)}", results, md)
-    print(f"\nwrote {paths[0]} and {paths[1]}")
+    common.report(results, args.out, f"memory-{common.machine_tag(info)}", to_markdown)
     if args.figure:
         plot(results, args.figure)
         print(f"wrote {args.figure}")

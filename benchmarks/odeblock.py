@@ -234,16 +234,8 @@ def run(args):
         dict(name=r["name"], time=dict(r["timing"]), nfe_fwd=r["nfe_fwd"], nfe_bwd=r["nfe_bwd"],
              loss=r["loss"]) for r in torch_rows.values()
     ]
-    try:
-        results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    md = to_markdown(results)
-    print()
-    print(md)
     tag = common.machine_tag(info)
-    paths = common.write_results(args.out, f"odeblock-{tag}", results, md)
-    print(f"\nwrote {paths[0]} and {paths[1]}")
+    common.report(results, args.out, f"odeblock-{tag}", to_markdown)
     return results
 
 

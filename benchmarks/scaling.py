@@ -254,15 +254,7 @@ def run(args, argv) -> dict:
                "max_grad_abs_diff": max(r["proof"]["grad_max_abs_diff"] for r in rows),
                "no_recompilation": None if args.proof_only else all(
                    v == 0 for r in rows for v in r["train_step_recompiles"].values())}
-    try:
-        results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    md = to_markdown(results)
-    print()
-    print(md)
-    paths = common.write_results(args.out, f"scaling-{common.machine_tag(info)}", results, md)
-    print(f"\nwrote {paths[0]} and {paths[1]}")
+    common.report(results, args.out, f"scaling-{common.machine_tag(info)}", to_markdown)
     return results
 
 

@@ -490,18 +490,10 @@ def run(args):
         else:
             msg += f"; {row['torch']}"
         tqdm.write(msg)
-    try:
-        results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
     results["wall_s"] = time.perf_counter() - t_start
-    md = to_markdown(results)
-    print()
-    print(md)
     tag = common.machine_tag(info)
     stem = f"suite-{tag}" + ("" if args.size == "small" else f"-{args.size}")
-    paths = common.write_results(args.out, stem, results, md)
-    print(f"\nwrote {paths[0]} and {paths[1]}")
+    common.report(results, args.out, stem, to_markdown)
     return results
 
 

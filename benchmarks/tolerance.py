@@ -184,17 +184,9 @@ def run(args) -> dict:
                "machine": info, "rows": rows,
                "eval_step_compiles_after_first_tol": later,
                "no_recompilation": later == 0}
-    try:
-        results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    md = to_markdown(results)
-    print()
-    print(md)
     stem = (f"tolerance-{os.path.basename(os.path.normpath(args.run))}-{args.batch_mode}-"
             f"{common.machine_tag(info)}")
-    paths = common.write_results(args.out, stem, results, md)
-    print(f"\nwrote {paths[0]} and {paths[1]}")
+    common.report(results, args.out, stem, to_markdown)
     if args.figure and any("acc" in r for r in rows):
         plot(results, args.figure)
         print(f"wrote {args.figure}")
