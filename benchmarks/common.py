@@ -20,6 +20,8 @@ from typing import Any
 
 import jax
 
+from jaxode.compile_log import CompileCounter  # re-exported for the benchmarks
+
 __all__ = [
     "Timing",
     "time_jax",
@@ -218,40 +220,3 @@ def compile_with_memory(fn: Callable[..., Any],
         }
         memory["total"] = memory["temp"] + memory["arguments"] + memory["outputs"] - memory["alias"]
     return (lambda: jax.block_until_ready(compiled(diff))), memory
-
-
-_BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-
-
-class CompileCounter:
-    """Counts XLA compilations while active (a `jax.monitoring` listener on JAX's
-    backend-compile event, which fires once per program handed to XLA, never for a
-    cache hit)::
-
-        with CompileCounter() as cc:
-            step(model, batch)
-        cc.count, cc.names        # compilations, and the name of each program
-
-    `count_of(substring)` counts only the programs whose name contains `substring`
-    (e.g. ``"_train_step"``)."""
-
-    def __init__(self):
-        self.names: list[str] = []
-
-    def _listen(self, event: str, duration: float, **kwargs) -> None:
-        if event == _BACKEND_COMPILE_EVENT:
-            self.names.append(str(kwargs.get("fun_name", "?")))
-
-    @property
-    def count(self) -> int:
-        return len(self.names)
-
-    def count_of(self, substring: str) -> int:
-        return sum(substring in n for n in self.names)
-
-    def __enter__(self) -> "CompileCounter":
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        jax.monitoring.unregister_event_duration_listener(self._listen)

@@ -44,12 +44,11 @@ import time
 
 import numpy as np
 
+from jaxode.compile_log import CompileLog
+
 from benchmarks._suite_models import CASES, MODEL_NAMES, SIZES, NotPorted, describe
 
 COMPILE_LIMIT_S = 60.0
-_COMPILE_EVENTS = ("/jax/core/compile/backend_compile_duration",)
-_TRACE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
-                 "/jax/core/compile/jaxpr_to_mlir_module_duration")
 
 
 def parse_args(argv=None):
@@ -83,38 +82,6 @@ def parse_args(argv=None):
 
 
 # --------------------------------------------------------------- compile events
-
-
-class CompileLog:
-    """Collects JAX's compile events (``jax.monitoring``) so that a window of calls can
-    be asked how many programs it compiled and how long XLA took."""
-
-    _instance = None
-
-    def __init__(self):
-        from jax import monitoring
-
-        self.events: list[tuple[str, float]] = []
-        monitoring.register_event_duration_secs_listener(self._on_event)
-
-    @classmethod
-    def get(cls) -> "CompileLog":
-        if cls._instance is None:
-            cls._instance = cls()
-        return cls._instance
-
-    def _on_event(self, name, duration, **kwargs):
-        if name in _COMPILE_EVENTS or name in _TRACE_EVENTS:
-            self.events.append((name, float(duration)))
-
-    def mark(self) -> int:
-        return len(self.events)
-
-    def since(self, mark: int) -> dict:
-        ev = self.events[mark:]
-        return dict(compiles=sum(1 for n, _ in ev if n in _COMPILE_EVENTS),
-                    backend_compile_s=sum(d for n, d in ev if n in _COMPILE_EVENTS),
-                    trace_lower_s=sum(d for n, d in ev if n in _TRACE_EVENTS))
 
 
 class Jitted:

@@ -42,6 +42,7 @@ import optax
 from tqdm import tqdm
 
 from experiments import _cli
+from jaxode.compile_log import compile_count
 from jaxode.data import camvid, synthetic_seg
 from jaxode.nn.hrnet import STEM_CHANNELS
 from jaxode.models.segnode import (BaselineConfig, SegNodeConfig, build_model, count_params,
@@ -329,22 +330,6 @@ def load_trained(run_path: str, name: str = "segnode"):
 
 
 # ------------------------------------------------------------- Fig. 3-4, Sec. 4.8
-
-_COMPILES = [0]
-_LISTENING = [False]
-
-
-def compile_count() -> int:
-    """Backend compiles of this process so far (counted from the moment of the first
-    call: a `jax.monitoring` listener on XLA's compile events)."""
-    if not _LISTENING[0]:
-        def listen(event, *args, **kwargs):
-            if event.endswith("backend_compile_duration"):
-                _COMPILES[0] += 1
-        jax.monitoring.register_event_duration_secs_listener(listen)
-        _LISTENING[0] = True
-    return _COMPILES[0]
-
 
 def trajectory(model, split, num_classes, ignore_label, batch, ts, palette, out, show=3):
     """Fig. 3-4: mIoU of Head(z(t)) at each t in `ts` from one dense-output solve
