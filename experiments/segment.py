@@ -190,23 +190,6 @@ def draw_predictions(path, split, preds, palette, count=4):
     Image.fromarray(np.concatenate(rows[:-1], axis=0)).save(path)
 
 
-def draw_trajectory(path, images, labels, preds_t, palette):
-    """Fig. 3: one row per image: image | label | prediction at each time t.
-    `images` (N, H, W, 3), `labels` (N, H, W), `preds_t` (N, T, H, W)."""
-    from PIL import Image
-
-    rows = []
-    for image, label, preds in zip(images, labels, preds_t):
-        gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
-        parts = [image, gap, camvid.colorize(label, palette)]
-        for p in preds:
-            parts += [gap, camvid.colorize(p, palette)]
-        rows += [np.concatenate(parts, axis=1), None]
-    width = rows[0].shape[1]
-    rows = [np.full((4, width, 3), 255, np.uint8) if r is None else r for r in rows[:-1]]
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
-
-
 # ------------------------------------------------------------------------- training
 
 
@@ -305,8 +288,9 @@ def train_one(name, cfg, splits, num_classes, ignore_label, palette, run: RunDir
         cms, preds_t = evaluate(model, splits["val"], num_classes, ignore_label,
                                 cfg["eval_batch"], ts)
         summary["val_miou_along_t"] = {f"{float(t):.2f}": miou(c) for t, c in zip(ts, cms)}
-        draw_trajectory(os.path.join(run.path, "segnode_trajectory.png"),
-                        splits["val"].images[:1], splits["val"].labels[:1], preds_t[:1], palette)
+        draw_trajectory_grid(os.path.join(run.path, "segnode_trajectory.png"),
+                             splits["val"].images[:1], splits["val"].labels[:1], preds_t[:1],
+                             np.asarray(ts), palette)
     write_json(final, summary)
     return summary, history
 
