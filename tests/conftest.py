@@ -36,3 +36,26 @@ def x64():
     request this fixture so that they are created inside it."""
     with jax.enable_x64(True):
         yield
+
+
+def _write_image_folder(root, classes: dict[str, int], size=(32, 32), mode="RGB"):
+    """A tiny ``root/{train,test}/<class>/<n>.png`` image folder of random pixels."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls, n in classes.items():
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                shape = size + ((3,) if mode == "RGB" else ())
+                pixels = rng.integers(0, 255, shape, dtype=np.uint8)
+                Image.fromarray(pixels).save(d / f"{i}.png")
+
+
+@pytest.fixture(scope="session")
+def make_image_folder():
+    """``make_image_folder(root, {"cat": 3, ...}, size=(32, 32), mode="RGB")`` writes a
+    tiny image-folder dataset (the layout `jaxode.data.folder` reads)."""
+    return _write_image_folder

@@ -151,27 +151,15 @@ def test_reconstruction_loss_is_mse_of_centre_crop():
 # ---------------------------------------------------------------- CLIs end to end
 
 
-def _image_folder(root, classes, size=(32, 32)):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for cls, n in classes.items():
-            d = root / split / cls
-            d.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 255, size + (3,), dtype=np.uint8)).save(d / f"{i}.png")
-
-
 @pytest.fixture(scope="module")
-def fake_run(tmp_path_factory, tiny_odenet):
+def fake_run(tmp_path_factory, tiny_odenet, make_image_folder):
     """A tiny image folder and a 'classify' run folder of an untrained width-4 ODE-Net
     (config.json + checkpoint, as `experiments.dcn classify` writes them)."""
     from experiments import dcn  # noqa: F401
     from jaxode.train import save_checkpoint
 
     root = tmp_path_factory.mktemp("dcn_probe")
-    _image_folder(root / "data", {"cat": 3, "dog": 3, "ship": 2})
+    make_image_folder(root / "data", {"cat": 3, "dog": 3, "ship": 2})
     cfg = dict(dcn.SMOKE, widths=(4, 4, 4), tol=0.1, batch_size=4)
     conf = {"model": "odenet", "seed": 0, "max_half_width": 8, "support": "margin",
             "margin": 1, **cfg, "train": {"ema_decay": None}}

@@ -261,21 +261,6 @@ def test_run_folder_rules(capsys, tmp_path, monkeypatch):
 # -------------------------------------------------------------- data that cannot train
 
 
-def _image_folder(root, classes: dict[str, int], size=(32, 32), mode="RGB"):
-    """A tiny ``root/{train,test}/<class>/<n>.png`` image folder."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for cls, n in classes.items():
-            d = root / split / cls
-            d.mkdir(parents=True)
-            for i in range(n):
-                shape = size + ((3,) if mode == "RGB" else ())
-                pixels = rng.integers(0, 255, shape, dtype=np.uint8)
-                Image.fromarray(pixels).save(d / f"{i}.png")
-
-
 def _stopped(main, argv) -> str:
     """`main(argv)` must end with a SystemExit carrying a message (no traceback)."""
     before = len(_COMPILES)
@@ -286,18 +271,18 @@ def _stopped(main, argv) -> str:
     return info.value.code
 
 
-def test_dcn_data_that_cannot_train(tmp_path):
+def test_dcn_data_that_cannot_train(tmp_path, make_image_folder):
     from experiments.dcn import main
 
     msg = _stopped(main, ["classify", "--run", "new"])  # $JAXODE_DATA holds nothing
     assert "'cifar10' not found" in msg and os.environ["JAXODE_DATA"] in msg
-    _image_folder(tmp_path / "few", {"cat": 2, "dog": 2})
+    make_image_folder(tmp_path / "few", {"cat": 2, "dog": 2})
     msg = _stopped(main, ["classify", "--data-root", "few", "--batch-size", "16", "--run", "new"])
     assert "--batch-size 16" in msg and "(4 images)" in msg
-    _image_folder(tmp_path / "one", {"cat": 20})
+    make_image_folder(tmp_path / "one", {"cat": 20})
     msg = _stopped(main, ["classify", "--data-root", "one", "--batch-size", "16", "--run", "new"])
     assert "1 class" in msg and "at least two" in msg
-    _image_folder(tmp_path / "grey", {"0": 10, "1": 10}, size=(28, 28), mode="L")
+    make_image_folder(tmp_path / "grey", {"0": 10, "1": 10}, size=(28, 28), mode="L")
     msg = _stopped(main, ["classify", "--data-root", "grey", "--batch-size", "16", "--run", "new"])
     assert "(28, 28, 1)" in msg and "RGB" in msg
     with zipfile.ZipFile(tmp_path / "few.zip", "w") as z:
@@ -310,7 +295,7 @@ def test_dcn_data_that_cannot_train(tmp_path):
     assert not (tmp_path / "new").exists() and not (tmp_path / "runs").exists()
 
 
-def test_valid_dcn_arguments_reach_training(tmp_path, monkeypatch):
+def test_valid_dcn_arguments_reach_training(tmp_path, monkeypatch, make_image_folder):
     """The checks pass valid input through: each run gets its own (new) folder."""
     from experiments import dcn
 
@@ -321,7 +306,7 @@ def test_valid_dcn_arguments_reach_training(tmp_path, monkeypatch):
         return {"best_eval_acc": 0.5}
 
     monkeypatch.setattr(dcn, "_train", fake_train)
-    _image_folder(tmp_path / "two", {"cat": 6, "dog": 6})
+    make_image_folder(tmp_path / "two", {"cat": 6, "dog": 6})
     (tmp_path / "runs").mkdir()  # an existing parent folder is fine
     dcn.main(["classify", "--data-root", "two", "--batch-size", "4"])
     dcn.main(["small-data", "--data-root", "two", "--batch-size", "4", "--per-class", "3",
