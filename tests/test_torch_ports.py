@@ -36,7 +36,7 @@ def _np(x):
     return np.asarray(x, np.float32)
 
 
-def _close(torch_out, jax_out):
+def assert_torch_equals_jax(torch_out, jax_out):
     np.testing.assert_allclose(torch_out.detach().numpy(), _np(jax_out), rtol=RTOL, atol=ATOL)
 
 
@@ -107,7 +107,7 @@ def test_chen_block():
     z0 = _input((2, 8, 5, 5))
     want, _ = eqx.filter_jit(lambda b, z: b.batched(z))(block, jnp.asarray(z0))
     tb = torch_ref.TorchODEBlock.from_jax(block, torch_ref.TorchConvODEFunc.from_jax(block.field))
-    _close(tb(torch.from_numpy(z0)), want)
+    assert_torch_equals_jax(tb(torch.from_numpy(z0)), want)
     assert torch_ref.torch_nfe(tb) == 4 * 2  # midpoint: two evaluations per step
 
 
@@ -120,7 +120,9 @@ def test_classifiers(name):
                                         in_channels=in_c), 2)
     x = _input((2, in_c, size, size), 3)
     want = eqx.filter_jit(lambda m, x: m(x, inference=True)[0])(_unrolled(model), jnp.asarray(x))
-    _close(torch_ref.TorchODENet.from_jax(model)(torch.from_numpy(x)), want)
+    got = torch_ref.TorchODENet.from_jax(model)(torch.from_numpy(x))
+    assert got.shape == want.shape == (2, 10)  # ten class scores per image
+    assert_torch_equals_jax(got, want)
 
 
 def test_srf_basis_and_dcn():
@@ -137,7 +139,7 @@ def test_srf_basis_and_dcn():
     x = _input((2, 3, 16, 16), 5)
     want = eqx.filter_jit(lambda m, x: m(x)[0])(_unrolled(model), jnp.asarray(x))
     tm = torch_ref.TorchDCNClassifier.from_jax(model)
-    _close(tm(torch.from_numpy(x)), want)
+    assert_torch_equals_jax(tm(torch.from_numpy(x)), want)
     # the torch model's filters are functions of its own sigma: they carry a gradient
     tm(torch.from_numpy(x)).sum().backward()
     assert tm.blocks[0].func.func.conv1.scale.grad is not None
@@ -153,7 +155,7 @@ def test_node_ew_block():
     (want, theta1), _ = eqx.filter_jit(lambda o, z: o.batched(z))(_unrolled(ode), jnp.asarray(z0))
     # non-trivial weight dynamics: theta moved
     assert float(jnp.max(jnp.abs(theta1.conv1.conv.weight - ode.theta0.conv1.conv.weight))) > 1e-2
-    _close(torch_ref.TorchEvolvingBlock.from_jax(ode)(torch.from_numpy(z0)), want)
+    assert_torch_equals_jax(torch_ref.TorchEvolvingBlock.from_jax(ode)(torch.from_numpy(z0)), want)
 
 
 def test_cnf():
@@ -161,7 +163,9 @@ def test_cnf():
     cnf = _build(lambda k: CNF(ODEBlock(CNFField(ConcatMLP(2, 8, 2, key=k)), 0.0, 1.0, ONE_STEP)), 9)
     x = _input((5, 2), 10)
     want, _ = eqx.filter_jit(lambda c, x: c.log_prob_batched(x))(_unrolled(cnf), jnp.asarray(x))
-    _close(torch_ref.TorchCNF.from_jax(cnf)(torch.from_numpy(x)), want)
+    got = torch_ref.TorchCNF.from_jax(cnf)(torch.from_numpy(x))
+    assert got.shape == want.shape == (5,)  # one log-density per point
+    assert_torch_equals_jax(got, want)
 
 
 def test_segnode():
@@ -174,4 +178,4 @@ def test_segnode():
     want, _ = eqx.filter_jit(lambda m, x: m.batched(x))(_unrolled(model), jnp.asarray(x))
     got = torch_ref.TorchSegNode.from_jax(model)(torch.from_numpy(x))
     assert got.shape == (2, 3, 20, 20)
-    _close(got, want)
+    assert_torch_equals_jax(got, want)
