@@ -199,9 +199,12 @@ def _build_dcn(s, tol, key, rng):
 
 
 def _torch_dcn(model):
+    """The reference's formulation: one conv per SRF layer with the exact-size
+    (2 r(sigma) + 1)^2 kernel built from the basis (jaxode's model runs separable)."""
     from benchmarks.torch_ref import TorchDCNClassifier
+    from jaxode.nn.srf import refresh_support
 
-    return TorchDCNClassifier.from_jax(model)
+    return TorchDCNClassifier.from_jax(refresh_support(model, "exact"))
 
 
 def _build_segnode(s, tol, key, rng):

@@ -8,8 +8,9 @@ Subcommands (each has ``--config smoke`` for a CPU check and ``--config paper``)
 - ``small-data``: the small-data regime (Table 2): K images per class drawn with
   replacement from each class, several seeds, mean +- std; epochs and learning-rate
   milestones multiplied by a factor (supplement A.2).
-- ``kernel-cost``: time per training step of the three kernel-support strategies of
-  `jaxode.nn.srf` (exact-size grid, fixed maximal grid with masking, `lax.switch`).
+- ``kernel-cost``: time per training step of the kernel-support strategies of
+  `jaxode.nn.srf` (exact-size grid, separable 1-D passes, fixed maximal grid with
+  masking, `lax.switch`).
 - ``contrast``: accuracy and forward NFE (per ODE block, total) of trained runs under
   input contrast c, naive and with the integration time scaled by c (Fig. 5).
 - ``completion``: accuracy with a zero centre square of growing size (Fig. 3c) and the
@@ -28,13 +29,14 @@ Example::
     python -m experiments.dcn completion --checkpoint runs/dcn-dcn_ode-paper-s0 --out runs/compl
     python -m experiments.dcn reconstruct --checkpoint runs/dcn-dcn_ode-paper-s0 --config paper
 
-Training uses the generic trainer (`jaxode.train.fit`).  Because that loop has no
-per-step hook, the SRF kernels use fixed shapes: ``--support switch`` (paper config; the
-exact-size kernel is chosen from sigma at run time inside the jitted step, so the
-kernels follow sigma at every step exactly as in the reference code, but XLA's CPU
-compile of the branches is slow), ``max`` (one masked 2R+1 grid) or ``margin``
-(smoke config; per-layer masked grid r(sigma_init) + m: cheap, exact while sigma
-grows by less than m/2).
+Training uses the generic trainer (`jaxode.train.fit`), whose jitted step needs fixed
+shapes while sigma is learned.  The default ``--support separable`` applies the N-jet
+filters as 1-D passes along the width and height (the basis is separable), whose
+shapes do not depend on sigma: exactly the reference's filters at every step, no
+recompilation, and the fastest strategy (`docs/dcn_kernel_size.md`).  The others:
+``switch`` (the exact-size kernel chosen from sigma at run time; XLA's CPU compile of
+the branches is slow), ``max`` (one masked 2R+1 grid) and ``margin`` (per-layer masked
+grid r(sigma_init) + m, exact while sigma grows by less than m/2).
 A layer whose r(sigma) outgrows its grid is truncated there and listed in
 ``summary.json`` (``support_overflow``).
 """
@@ -52,10 +54,11 @@ import numpy as np
 from experiments import _cli
 
 PAPER = dict(epochs=100, batch_size=128, lr=0.1, milestones=(40, 70), train_limit=None,
-             test_limit=None, widths=(32, 64, 128), tol=1e-3, support="switch")
+             test_limit=None, widths=(32, 64, 128), tol=1e-3, support="separable")
 SMOKE = dict(epochs=1, batch_size=16, lr=0.1, milestones=(), train_limit=64, test_limit=64,
-             widths=(8, 16, 32), tol=1e-2, support="margin")
+             widths=(8, 16, 32), tol=1e-2, support="separable")
 CONFIGS = {"paper": PAPER, "smoke": SMOKE}
+SUPPORT_MODES = ("exact", "separable", "max", "switch")  # `jaxode.nn.srf.refresh_support`
 
 
 def _resolve(args) -> dict:
@@ -78,16 +81,24 @@ def _limit(ds, n, seed=0):
     return ds.subset(np.sort(idx))
 
 
-def _build(name, cfg, key, max_half_width, support="switch", margin=1):
-    from jaxode.models.dcn import build_model
+def _with_support(model, support, max_half_width, margin):
+    """Set the SRF kernel support of `model` (`--support`; docs/dcn_kernel_size.md)."""
     from jaxode.nn.srf import refresh_support
+
+    if support == "margin":  # per-layer grid r(sigma_init) + margin, masked
+        return refresh_support(model, "exact", margin=margin)
+    if support == "separable":  # the grid only bounds the truncation: keep the default
+        return refresh_support(model, "separable")
+    return refresh_support(model, support, max_half_width=max_half_width)
+
+
+def _build(name, cfg, key, max_half_width, support="separable", margin=1):
+    from jaxode.models.dcn import build_model
     from jaxode.ode import SolveConfig
 
     model = build_model(name, key=key, widths=cfg["widths"],
                         config=SolveConfig(rtol=cfg["tol"], atol=cfg["tol"]))
-    if support == "margin":  # per-layer grid r(sigma_init) + margin, masked
-        return refresh_support(model, "exact", margin=margin)
-    return refresh_support(model, support, max_half_width=max_half_width)
+    return _with_support(model, support, max_half_width, margin)
 
 
 def learned_scales(model) -> dict:
@@ -279,8 +290,9 @@ def cmd_kernel_cost(args):
 
     step = eqx.filter_jit(eqx.filter_value_and_grad(loss, has_aux=True))
     rows = []
-    for mode in ("exact", "max", "switch"):
-        m = refresh_support(base, mode, max_half_width=None if mode == "exact" else args.max_half_width)
+    for mode in args.modes.split(","):
+        bound = {"exact": None, "separable": None}.get(mode, args.max_half_width)
+        m = refresh_support(base, mode, max_half_width=bound)
         t0 = time.perf_counter()
         (v, aux), _ = step(m)
         jax.block_until_ready(v)
@@ -340,7 +352,7 @@ def load_run(run_dir: str, tol: float | None = None, max_steps: int | None = Non
     if epoch is None:
         raise FileNotFoundError(f"no checkpoint in {ckpt}; train the model first.")
     # the template's values are never used: build its shapes only (no compilation); the
-    # static kernel grids are set from the loaded sigma below
+    # SRF support is set below (separable: its shapes do not depend on the loaded sigma)
     template = eqx.filter_eval_shape(
         lambda k: DCNClassifier(cfg["model"], cfg["widths"],
                                 config=SolveConfig(rtol=cfg["tol"], atol=cfg["tol"]), key=k),
@@ -351,7 +363,7 @@ def load_run(run_dir: str, tol: float | None = None, max_steps: int | None = Non
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"could not read {file} into the {cfg['model']!r} model built from "
                          f"config.json ({type(e).__name__}: {str(e)[:200]}).") from e
-    model = refresh_support(model, "exact")
+    model = refresh_support(model, "separable")
 
     def solver(node):
         if not isinstance(node, ODEBlock):
@@ -643,7 +655,7 @@ def cmd_reconstruct(args):
     from jaxode.data.load import load_dataset
     from jaxode.models.dcn import build_autoencoder
     from jaxode.models.dcn_probes import ReconstructionTask
-    from jaxode.nn.srf import refresh_support, support_overflow
+    from jaxode.nn.srf import support_overflow
     from jaxode.ode import SolveConfig
     from jaxode.train import RunDir, TrainConfig, dataset_batches, fit
     from jaxode.train.utils import count_params
@@ -664,14 +676,11 @@ def cmd_reconstruct(args):
     solve = SolveConfig(rtol=cfg["tol"], atol=cfg["tol"])
     if encoder is None:
         encoder = _build(name, cfg, jax.random.PRNGKey(args.seed), args.max_half_width,
-                         "max" if cfg["support"] == "max" else "margin", args.margin)
+                         cfg["support"], args.margin)
     else:  # training again: on_max_steps back to "raise", tolerances of the config
         encoder = _with_solver(encoder, solve)
     ae = build_autoencoder(encoder, key=jax.random.PRNGKey(args.seed + 1), config=solve)
-    if cfg["support"] == "max":
-        ae = refresh_support(ae, "max", max_half_width=args.max_half_width)
-    else:
-        ae = refresh_support(ae, "exact", margin=args.margin)
+    ae = _with_support(ae, cfg["support"], args.max_half_width, args.margin)
     tcfg = TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
                        momentum=0.9, weight_decay=0.0,
                        lr_schedule="step" if cfg["milestones"] else "constant",
@@ -760,6 +769,7 @@ def check_args(parser, args) -> None:
     if args.cmd == "kernel-cost":
         _cli.check_args(parser, args, positive=("batch", "tol", "max_half_width", "repeats"))
         _cli.check_new_file(parser, "--out", args.out)
+        _cli.check_list(parser, "modes", args.modes, choices=SUPPORT_MODES)
         return
     if args.cmd in ("contrast", "completion"):
         _cli.check_args(parser, args, positive=("batch_size", "test_limit", "tol", "times",
@@ -818,10 +828,13 @@ def main(argv=None):
         q.add_argument("--widths", help="e.g. 32,64,128")
         q.add_argument("--max-half-width", type=int, default=8,
                        help="largest kernel half-width of the switch/max support (17x17)")
-        q.add_argument("--support", default=None, choices=("switch", "max", "margin"),
-                       help="kernel support strategy (docs/dcn_kernel_size.md; default: "
-                            "switch for --config paper, margin for smoke); 'margin' = "
-                            "per-layer r(sigma_init) + --margin, fastest to compile")
+        q.add_argument("--support", default=None,
+                       choices=("separable", "switch", "max", "margin"),
+                       help="kernel support strategy (docs/dcn_kernel_size.md; default "
+                            "separable: the N-jet filters applied as 1-D passes, exact for "
+                            "any sigma, fixed shapes, fastest); 'switch' = exact-size "
+                            "kernel chosen at run time, 'max' = one masked 2R+1 grid, "
+                            "'margin' = per-layer masked grid r(sigma_init) + --margin")
         q.add_argument("--margin", type=int, default=2)
         q.add_argument("--eval-every", type=int, default=1,
                        help="evaluate on the test set every N epochs (and after the last)")
@@ -844,6 +857,9 @@ def main(argv=None):
     q.add_argument("--tol", type=float, default=1e-3)
     q.add_argument("--max-half-width", type=int, default=8)
     q.add_argument("--repeats", type=int, default=3)
+    q.add_argument("--modes", default="exact,separable,max,switch",
+                   help="comma-separated support strategies to time (the first is the "
+                        "reference of the ratios): exact, separable, max, switch")
     q.add_argument("--out", default=None)
     q.set_defaults(fn=cmd_kernel_cost)
 

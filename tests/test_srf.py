@@ -123,19 +123,38 @@ def test_separable_filter_equals_two_1d_convolutions(key):
     np.testing.assert_allclose(g_lib[1], g1, atol=1e-6)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_conv_is_cross_correlation_with_same_padding(key, stride):
-    layer = SRFConv2d(3, 2, stride=stride, time_channel=True, key=key)
-    layer = refresh_support(layer, "exact")
-    x = jax.random.normal(jax.random.PRNGKey(1), (3, 10, 9))
-    t = 0.7
+def assert_scipy_correlation(layer, t, x, stride):
+    """layer(t, x) == the 'same' zero-padded 2-D correlation (scipy) of [t; x] with the
+    layer's filters, subsampled by the stride."""
     y = np.asarray(eqx.filter_jit(layer)(t, x))
     w = np.asarray(eqx.filter_jit(layer.filters)())  # (out, in + 1, K, K)
-    xt = np.concatenate([np.full((1, 10, 9), t), np.asarray(x)])
-    for o in range(2):
-        full = sum(signal.correlate2d(xt[i], w[o, i], mode="same") for i in range(4))
+    c, h, wd = x.shape
+    xt = np.concatenate([np.full((1, h, wd), t), np.asarray(x)])
+    assert y.shape == (w.shape[0], -(-h // stride), -(-wd // stride))
+    for o in range(w.shape[0]):
+        full = sum(signal.correlate2d(xt[i], w[o, i], mode="same") for i in range(c + 1))
         np.testing.assert_allclose(y[o], full[::stride, ::stride], atol=1e-5)
-    assert y.shape == (2, -(-10 // stride), -(-9 // stride))
+
+
+@pytest.mark.parametrize("mode", ["exact", "separable"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_is_cross_correlation_with_same_padding(key, stride, mode):
+    layer = SRFConv2d(3, 2, stride=stride, time_channel=True, key=key)
+    layer = refresh_support(layer, mode)
+    assert_scipy_correlation(layer, 0.7, jax.random.normal(jax.random.PRNGKey(1), (3, 10, 9)),
+                             stride)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_separable_support_with_a_kernel_wider_than_the_image(key, stride):
+    """sigma = 3 (r = 7, a 15 x 15 kernel) on a 6 x 5 image: the basis-first 1-D passes
+    still equal the full 2-D correlation, whose taps beyond the image meet only padding."""
+    layer = SRFConv2d(2, 3, stride=stride, time_channel=True, key=key)
+    layer = eqx.tree_at(lambda m: m.scale, layer, jnp.float32(math.log2(3.0)))
+    layer = refresh_support(layer, "separable")
+    assert layer.grid_half_width >= 7 and support_overflow(layer) == []
+    assert_scipy_correlation(layer, -0.3, jax.random.normal(jax.random.PRNGKey(5), (2, 6, 5)),
+                             stride)
 
 
 def _fd_check(f, theta, eps=1e-2, rtol=2e-2):
@@ -180,14 +199,15 @@ def test_gradient_per_filter_and_meta_scales(key):
 
 
 def test_grid_modes_give_identical_outputs_and_gradients(key):
-    """masked at the exact size, masked on a larger grid, and the lax.switch dispatch
-    compute the same function (zero taps beyond r(sigma) change nothing)."""
+    """masked at the exact size, masked on a larger grid, the lax.switch dispatch and the
+    basis-first separable passes compute the same function (zero taps beyond r(sigma)
+    change nothing)."""
     layer = SRFConv2d(3, 4, time_channel=True, key=key)
     assert layer.grid_half_width < 4
     x = jax.random.normal(jax.random.PRNGKey(4), (3, 12, 12))
     outs = []
-    for mode in ("exact", "max", "switch"):
-        m = refresh_support(layer, mode, max_half_width=None if mode == "exact" else 4)
+    for mode in ("exact", "max", "switch", "separable"):
+        m = refresh_support(layer, mode, max_half_width={"exact": None, "separable": 9}.get(mode, 4))
         v, g = eqx.filter_jit(eqx.filter_value_and_grad(lambda m: jnp.sum(jnp.sin(m(0.4, x)))))(m)
         outs.append((float(v), float(g.scale), np.asarray(g.alpha)))
     for v, gs, ga in outs[1:]:
@@ -234,3 +254,23 @@ def test_meta_parametrisation_formulas(key):
     lo, hi = quad.sigma_range()
     assert lo == pytest.approx(sig.min(), rel=1e-3) and hi == pytest.approx(sig.max(), rel=1e-3)
     assert lin.alpha_bias is not None and quad.alpha_bias is None
+
+
+def test_meta_layer_separable_under_vmap_over_times(key):
+    """A batch of examples at different block times (per-sample sigma(t), alpha(t)):
+    the separable passes equal the masked 17 x 17 convolution, values and gradients."""
+    meta = MetaSRFConv2d(2, 3, "quadratic", alpha_of_t=True, key=key)
+    ts = jnp.array([0.0, 0.9, 2.0])
+    xs = jax.random.normal(jax.random.PRNGKey(6), (3, 2, 8, 7))
+
+    def loss(m):
+        return jnp.sum(jnp.sin(jax.vmap(m)(ts, xs)))
+
+    res = [eqx.filter_jit(eqx.filter_value_and_grad(loss))(refresh_support(meta, mode,
+                                                                            max_half_width=8))
+           for mode in ("max", "separable")]
+    (v0, g0), (v1, g1) = res
+    assert float(v1) == pytest.approx(float(v0), rel=1e-5)
+    np.testing.assert_allclose(np.asarray(g1.scale_coeffs), np.asarray(g0.scale_coeffs),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(g1.alpha), np.asarray(g0.alpha), rtol=1e-4, atol=1e-5)

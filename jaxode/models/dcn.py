@@ -28,7 +28,9 @@ features then hardly depend on the image (each channel is normalised to zero mea
 unit variance over space before it is averaged): such models barely learn.  The
 paper's d = 128 has four channels per group; CPU-sized runs should keep d >= 64.
 
-SRF layers carry a static kernel grid (see `jaxode.nn.srf`): call
+SRF layers carry a static kernel grid (see `jaxode.nn.srf`).  `build_model` uses the
+separable support, whose shapes do not depend on sigma: nothing to refresh during
+training.  With the masked ``"exact"`` support, call
 `jaxode.nn.srf.refresh_support(model)` after each optimiser step.
 """
 
@@ -258,9 +260,13 @@ def stats_aux(stats, n: int) -> dict:
 
 
 def build_model(name: str, *, key, widths=(32, 64, 128), num_classes=10, in_channels=3,
-                config: SolveConfig | None = None, jit_init: bool = True) -> DCNClassifier:
+                config: SolveConfig | None = None, jit_init: bool = True,
+                support: str = "separable") -> DCNClassifier:
     """Any model of `MODEL_NAMES` (Table 1, Table 5), with every SRF layer's kernel
-    grid set to its exact size (`refresh_support(..., "exact")`).
+    support set by `refresh_support(model, support)`: ``"separable"`` (default; the
+    filters applied as 1-D passes, fixed shapes for any sigma, 2.4x faster than the
+    exact-size convolution for DCN-ODE at the paper's widths on a CPU,
+    `docs/dcn_kernel_size.md`) or ``"exact"`` (each layer's grid at r(sigma_init)).
 
     `jit_init` builds the parameters in one compiled program (eager initialisation
     compiles one small program per parameter shape: ~10x slower on a CPU).
@@ -272,7 +278,7 @@ def build_model(name: str, *, key, widths=(32, 64, 128), num_classes=10, in_chan
         return DCNClassifier(name, widths, num_classes, in_channels, config, key=key)
 
     model = eqx.filter_jit(make)(key) if jit_init else make(key)
-    return refresh_support(model, "exact")
+    return refresh_support(model, support)
 
 
 def _upsample2(x):
@@ -330,12 +336,14 @@ class DCNAutoencoder(eqx.Module):
         return y, stats_aux(stats, x.shape[0])
 
 
-def build_autoencoder(encoder: DCNClassifier, *, key, config=None) -> DCNAutoencoder:
-    """The A.4 encoder-decoder around a (trained) classifier `encoder`."""
+def build_autoencoder(encoder: DCNClassifier, *, key, config=None,
+                      support: str = "separable") -> DCNAutoencoder:
+    """The A.4 encoder-decoder around a (trained) classifier `encoder`; SRF supports
+    as in `build_model`."""
     def make(encoder, key):
         return DCNAutoencoder(encoder, config=config, key=key)
 
-    return refresh_support(eqx.filter_jit(make)(encoder, key), "exact")
+    return refresh_support(eqx.filter_jit(make)(encoder, key), support)
 
 
 def centre_crop(x, size: int = 28):

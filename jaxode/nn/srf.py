@@ -91,6 +91,9 @@ __all__ = [
 ]
 
 T_CLIP = (-0.5, 2.5)
+# Grid bound of the separable support: exact (untruncated) for sigma < 15.75, far
+# beyond the scales learned on 32 x 32 images; only the 1-D filters have this length.
+SEPARABLE_MAX_HALF_WIDTH = 32
 T_SCALE = 0.5
 
 
@@ -181,6 +184,48 @@ def _conv(x, w, stride: int, pad: int):
     return conv2d(x, w, stride, pad)
 
 
+def _toeplitz(g, n_in: int, stride: int):
+    """Cross-correlation along one axis as a matrix: T[..., w, v] = g[..., w - stride v + R].
+
+    `g` holds 1-D filters on the taps -R..R (last axis, length 2R + 1).  For an input
+    row x of length n_in, (x @ T)[v] = sum_j x[stride v + j] g[j + R] is the "same",
+    zero-padded correlation (taps that fall outside the row meet the zero padding and
+    are dropped), sampled at the (n_in - 1) // stride + 1 output positions of
+    ``_conv(..., stride, pad=R)``.  Taps with |j| >= n_in never meet the row, so g is
+    zero-padded or cropped to the half-width n_in - 1 first.
+    """
+    r = (g.shape[-1] - 1) // 2
+    need = n_in - 1
+    if r < need:
+        pad = [(0, 0)] * (g.ndim - 1) + [(need - r, need - r)]
+        g, r = jnp.pad(g, pad), need
+    n_out = (n_in - 1) // stride + 1
+    d = np.arange(n_in)[:, None] - stride * np.arange(n_out)[None, :]
+    return g[..., d + r]
+
+
+def _separable_srf_conv(x, alpha, sigma, grid: int, order: int, stride: int):
+    """The SRF convolution computed basis-first, through the separability of the N-jet
+    (supplement eq. A.5): G^{l,k} (*) x_i = T_y[k]^T x_i T_x[l], with the 1-D Gaussian
+    derivatives g_l, g_k as correlation matrices (`_toeplitz`) along the width and the
+    height, then y_o = sum_{(l,k), i} alpha[(l,k), i, o] (G^{l,k} (*) x_i), a 1x1 mixing.
+
+    The same numbers as the masked (2 grid + 1)^2 convolution (same truncation at r(sigma)
+    and at the grid, same normalisation), but the cost does not depend on the kernel
+    size: (N + 1) and |basis| 1-D passes of length W and H per input channel plus a
+    |basis| x C_in -> C_out mixing, instead of (2r + 1)^2 C_in C_out taps per pixel.  The
+    shapes are fixed whatever sigma is, so `jit` never recompiles when sigma grows.
+    """
+    _, height, width = x.shape
+    g = gaussian_derivatives_1d(sigma, grid, order)  # (order + 1, 2 grid + 1)
+    tx = _toeplitz(g, width, stride)  # (order + 1, W, W')
+    ty = _toeplitz(g, height, stride)  # (order + 1, H, H')
+    along_x = jnp.einsum("chw,lwv->lchv", x, tx)
+    responses = jnp.stack([jnp.einsum("chv,hu->cuv", along_x[l], ty[k])
+                           for l, k in basis_orders(order)])
+    return jnp.einsum("bio,biuv->ouv", alpha, responses)
+
+
 def _srf_conv(x, alpha, sigma, grid: int, order: int, stride: int, support: str):
     """Convolve with the SRF filters of (alpha, sigma) on a grid of half-width `grid`.
 
@@ -188,8 +233,12 @@ def _srf_conv(x, alpha, sigma, grid: int, order: int, stride: int, support: str)
     zero.  ``support="switch"``: `jax.lax.switch` over the static half-widths 1..grid
     picks the branch of size 2 r(sigma) + 1 at run time (only that branch runs when
     sigma is not batched), so the convolution has the reference's exact size; r is
-    clipped to `grid`.  Both give the same numbers; they differ in cost.
+    clipped to `grid`.  ``support="separable"``: the same filters applied basis-first
+    as 1-D passes (`_separable_srf_conv`), at a cost independent of the kernel size.
+    All three give the same numbers; they differ in cost.
     """
+    if support == "separable":
+        return _separable_srf_conv(x, alpha, sigma, grid, order, stride)
     if support == "masked":
         basis = njet_basis(sigma, grid, order)
         return _conv(x, srf_filters(alpha, basis), stride, grid)
@@ -443,19 +492,26 @@ def refresh_support(model, mode: str = "exact", max_half_width: int | None = Non
     - ``mode="switch"``: grid = `max_half_width`, and `jax.lax.switch` runs the
       exact-size kernel chosen at run time from sigma: fixed shapes, exact-size
       convolutions, a larger compiled program (one branch per size).
+    - ``mode="separable"``: grid = `max_half_width` (default
+      `SEPARABLE_MAX_HALF_WIDTH`), filters applied basis-first as 1-D passes: fixed
+      shapes, never recompiles, a cost that does not grow with sigma; the grid only
+      bounds the truncation (sigma < (grid - 0.5) / 2 is exact).
 
     The per-filter sigma^ji layers keep their fixed 7x7 support.
     """
-    if mode not in ("exact", "max", "switch"):
+    if mode not in ("exact", "max", "switch", "separable"):
         raise ValueError(
-            f"refresh_support: mode must be 'exact', 'max' or 'switch', got {mode!r}."
+            "refresh_support: mode must be 'exact', 'max', 'switch' or 'separable', "
+            f"got {mode!r}."
         )
+    if mode == "separable" and max_half_width is None:
+        max_half_width = SEPARABLE_MAX_HALF_WIDTH
     if mode != "exact" and (not isinstance(max_half_width, int) or max_half_width < 1):
         raise ValueError(
             f"refresh_support: mode={mode!r} needs a positive int max_half_width, "
             f"got {max_half_width!r}."
         )
-    support = "switch" if mode == "switch" else "masked"
+    support = mode if mode in ("switch", "separable") else "masked"
 
     def fix(layer):
         if not _is_srf(layer):
