@@ -152,7 +152,7 @@ def _plot_scales(scales: dict, path: str):
 
 
 def _train(name, cfg, train_set, test_set, run_path, seed, max_half_width, milestones,
-           epochs, progress=True, support="switch", margin=1, eval_every=1):
+           epochs, progress=True, support="separable", margin=1, eval_every=1):
     import jax
 
     from jaxode.nn.srf import support_overflow

@@ -205,25 +205,28 @@ def _toeplitz(g, n_in: int, stride: int):
 
 
 def _separable_srf_conv(x, alpha, sigma, grid: int, order: int, stride: int):
-    """The SRF convolution computed basis-first, through the separability of the N-jet
-    (supplement eq. A.5): G^{l,k} (*) x_i = T_y[k]^T x_i T_x[l], with the 1-D Gaussian
-    derivatives g_l, g_k as correlation matrices (`_toeplitz`) along the width and the
-    height, then y_o = sum_{(l,k), i} alpha[(l,k), i, o] (G^{l,k} (*) x_i), a 1x1 mixing.
+    """The SRF convolution through the separability of the N-jet (supplement eq. A.5):
+    with G^{l,k}(x, y) = g_l(x) g_k(y) and the 1-D correlations written as matrices
+    (`_toeplitz`: T_x[l] along the width, T_y[k] along the height),
+
+        y_o = sum_{b = (l, k)} T_y[k]^T ( sum_i alpha[b, i, o] x_i ) T_x[l],
+
+    i.e. a 1x1 mixing of the input channels per basis function, then one 1-D pass
+    along the width and one along the height per basis function, summed over b.
 
     The same numbers as the masked (2 grid + 1)^2 convolution (same truncation at r(sigma)
-    and at the grid, same normalisation), but the cost does not depend on the kernel
-    size: (N + 1) and |basis| 1-D passes of length W and H per input channel plus a
-    |basis| x C_in -> C_out mixing, instead of (2r + 1)^2 C_in C_out taps per pixel.  The
-    shapes are fixed whatever sigma is, so `jit` never recompiles when sigma grows.
+    and at the grid, same normalisation), but the shapes and the cost do not depend on
+    the kernel size: |basis| (C_in C_out + C_out (W + H)) multiply-adds per pixel instead
+    of (2r + 1)^2 C_in C_out.  `jit` never recompiles when sigma grows.
     """
     _, height, width = x.shape
     g = gaussian_derivatives_1d(sigma, grid, order)  # (order + 1, 2 grid + 1)
-    tx = _toeplitz(g, width, stride)  # (order + 1, W, W')
-    ty = _toeplitz(g, height, stride)  # (order + 1, H, H')
-    along_x = jnp.einsum("chw,lwv->lchv", x, tx)
-    responses = jnp.stack([jnp.einsum("chv,hu->cuv", along_x[l], ty[k])
-                           for l, k in basis_orders(order)])
-    return jnp.einsum("bio,biuv->ouv", alpha, responses)
+    ls, ks = (np.array(v) for v in zip(*basis_orders(order)))
+    tx = _toeplitz(g, width, stride)[ls]  # (B, W, W'): g_l along the width
+    ty = _toeplitz(g, height, stride)[ks]  # (B, H, H'): g_k along the height
+    mixed = jnp.einsum("bio,ihw->bohw", alpha, x)
+    along_x = jnp.einsum("bohw,bwv->bohv", mixed, tx)
+    return jnp.einsum("bohv,bhu->ouv", along_x, ty)
 
 
 def _srf_conv(x, alpha, sigma, grid: int, order: int, stride: int, support: str):
@@ -233,8 +236,8 @@ def _srf_conv(x, alpha, sigma, grid: int, order: int, stride: int, support: str)
     zero.  ``support="switch"``: `jax.lax.switch` over the static half-widths 1..grid
     picks the branch of size 2 r(sigma) + 1 at run time (only that branch runs when
     sigma is not batched), so the convolution has the reference's exact size; r is
-    clipped to `grid`.  ``support="separable"``: the same filters applied basis-first
-    as 1-D passes (`_separable_srf_conv`), at a cost independent of the kernel size.
+    clipped to `grid`.  ``support="separable"``: the same filters applied as 1-D
+    passes (`_separable_srf_conv`), at a cost independent of the kernel size.
     All three give the same numbers; they differ in cost.
     """
     if support == "separable":
