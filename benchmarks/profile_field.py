@@ -15,7 +15,9 @@ Pieces (batch B, C channels, H x W, 3x3 convolution C + 1 -> C with the t channe
 conv forward; conv input gradient; conv weight gradient; GroupNorm forward; GroupNorm
 forward + backward; the t-channel concatenation forward + backward; ReLU forward +
 backward; the whole field forward; the whole field forward + VJP (wrt z and
-parameters, as the backsolve adjoint).  Variants isolate causes: ``nhwc`` feeds the
+parameters, as the backsolve adjoint); and ``block-step``, the suite's whole
+chen-block training step (dopri5, rtol = atol = 1e-3, backsolve vs odeint_adjoint,
+loss + gradients), in ms per step, not per evaluation.  Variants isolate causes: ``nhwc`` feeds the
 canonical NHWC / HWIO convolution directly (the Eigen kernel alone, no layout
 transposes), ``64ch`` convolves without the t channel, ``eqx-gn`` is Equinox's own
 GroupNorm (the library's former path; ``jaxode`` uses `jaxode.nn.layers.GroupNorm`),
@@ -38,7 +40,7 @@ import sys
 import time
 
 PIECES = ("conv-fwd", "conv-dinput", "conv-dweight", "groupnorm-fwd", "groupnorm", "concat",
-          "relu", "field-fwd", "field-vjp")
+          "relu", "field-fwd", "field-vjp", "block-step")
 
 
 def parse_args(argv=None):
@@ -278,6 +280,32 @@ def hlo_summary(text: str) -> dict:
     }
 
 
+def block_steps(field, batch, size, seed=0, use_torch=True):
+    """{variant: zero-argument call} of one training step of the suite's chen-block
+    case (`benchmarks.suite.jax_steps` / `torch_steps`), with each field variant
+    (same weights and batch) and the torch twin."""
+    import equinox as eqx
+    import jax
+    import numpy as np
+
+    from benchmarks import suite
+    from benchmarks._suite_models import CASES, SIZES
+
+    case = CASES["chen-block"]
+    s = dict(SIZES["chen-block"]["paper"], batch=batch, channels=field.channels, hw=size)
+    block, batch_np = case.build(s, 1e-3, jax.random.PRNGKey(seed), np.random.default_rng(seed))
+    calls = {}
+    for name, f in field_variants(field).items():
+        if name == "tbias":
+            continue
+        model = eqx.tree_at(lambda m: m.field, block, f)
+        train, _ = suite.jax_steps(case, model)
+        calls[name] = (lambda train=train, model=model: jax.block_until_ready(train(model, *batch_np)))
+    if use_torch:
+        calls["torch"] = suite.torch_steps(case, case.torch_model(block), batch_np)[0]
+    return calls
+
+
 # ----------------------------------------------------------------------------- torch
 
 
@@ -385,7 +413,8 @@ def to_markdown(res: dict) -> str:
             "transposes); 64ch = without the t channel; eqx-gn = Equinox's GroupNorm (the former "
             "path; jaxode uses jaxode.nn.layers.GroupNorm); tbias = the field with the t channel as a "
             "bias-like term; torch = the same piece in torch (NCHW, oneDNN); torch-64ch = without the "
-            "t channel. conv-* pieces have no bias; ratio = variant / torch's same piece.")
+            "t channel. conv-* pieces have no bias; block-step is ms per training step (not per evaluation); "
+            "ratio = variant / torch's same piece.")
     for name, h in res.get("hlo", {}).items():
         out += (f"\n\nOptimized HLO of the field VJP in a lax.scan ({name}): loop body top-level ops "
                 f"{h['top_level']}; inside fusions {h['inside_fusions']}; convolutions "
@@ -427,12 +456,16 @@ def run(args):
     if use_torch:
         calls.update({k: v for k, v in torch_pieces(field, x, xt, g, gt, t, args.iters).items()
                       if k[0] in args.pieces})
+    if "block-step" in args.pieces:
+        calls.update({("block-step", k): v for k, v in
+                      block_steps(field, b, h, use_torch=use_torch).items()})
     t0 = time.perf_counter()
     timings, _ = common.time_interleaved(calls, repeats=args.repeats,
                                           progress=lambda s: print(s, flush=True) if "round" in s else None)
     per = {}
     for (piece, variant), tm in timings.items():
-        per.setdefault(piece, {})[variant] = {k: 1e3 * tm[k] / args.iters for k in ("median", "min", "max")}
+        n = 1 if piece == "block-step" else args.iters
+        per.setdefault(piece, {})[variant] = {k: 1e3 * tm[k] / n for k in ("median", "min", "max")}
     results = {"config": vars(args) | {"torch_threads": threads if use_torch else None,
                                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                                        "xla_flags": os.environ.get("XLA_FLAGS", "")},
