@@ -266,14 +266,14 @@ def cmd_small_data(args):
 
 
 def cmd_kernel_cost(args):
-    """Median time of one jitted training step (value and gradient) of a DCN-ODE for the
-    three support strategies; also the compile time and the forward NFE."""
+    """Median time of one jitted training step (value and gradient) of a DCN-ODE for each
+    support strategy of `--modes`; also the compile time and the forward NFE."""
     import equinox as eqx
     import jax
     import jax.numpy as jnp
 
     from jaxode.models.dcn import build_model
-    from jaxode.nn.srf import refresh_support, srf_layers
+    from jaxode.nn.srf import half_width_host, refresh_support, srf_layers
     from jaxode.ode import SolveConfig
 
     widths = tuple(int(w) for w in args.widths.split(","))
@@ -282,7 +282,8 @@ def cmd_kernel_cost(args):
     x = jax.random.uniform(jax.random.PRNGKey(1), (args.batch, 3, 32, 32))
     y = jnp.arange(args.batch) % 10
     print("sigma per SRF layer:", [round(float(lay.sigma_range()[1]), 3) for lay in srf_layers(base)])
-    print("exact half-widths:", [lay.grid_half_width for lay in srf_layers(base)])
+    print("exact half-widths r(sigma):",
+          [half_width_host(lay.sigma_range()[1]) for lay in srf_layers(base)])
 
     def loss(m):
         logits, aux = m(x)

@@ -116,6 +116,7 @@ BAD_ARGS = [
     ("dcn", ["kernel-cost", "--repeats", "0"], ["--repeats", "got 0"]),
     ("dcn", ["kernel-cost", "--batch", "-2"], ["--batch", "-2"]),
     ("dcn", ["kernel-cost", "--tol", "inf"], ["--tol", "inf"]),
+    ("dcn", ["kernel-cost", "--modes", "exact,fft"], ["--modes", "'fft'", "separable"]),
     ("dcn", ["benchmark"], ["'benchmark'"]),
     # segment
     ("segment", ["--epochs", "0"], ["--epochs", "got 0"]),
