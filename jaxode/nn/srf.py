@@ -29,8 +29,13 @@ SRF layer here samples its basis on a grid of a *static* half-width
 *before* normalising the Gaussian.  The resulting kernel is exactly the reference's
 (2r+1)x(2r+1) kernel padded with zeros, and a zero-padded kernel with "same"
 padding gives exactly the same convolution, so the result does not depend on the
-grid size as long as grid_half_width >= r(sigma).  Two ways to choose the grid:
+grid size as long as grid_half_width >= r(sigma).  Ways to apply the filters:
 
+- ``refresh_support(model, mode="separable")`` (the default of
+  `jaxode.models.dcn.build_model`): the filters are never built; the layer mixes the
+  input channels per basis function and applies the 1-D functions g_l, g_k as
+  matrices along the width and the height (`_separable_srf_conv`).  Exact for any
+  sigma below the (large) grid bound, shapes fixed, cost independent of sigma.
 - ``refresh_support(model, mode="exact")``: set each layer's grid to its current
   r(sigma) (host-side, after each optimiser step).  No wasted taps; `eqx.filter_jit`
   recompiles whenever a layer's size changes (sizes change a few times per run).
@@ -41,7 +46,7 @@ grid size as long as grid_half_width >= r(sigma).  Two ways to choose the grid:
   convolution chosen from sigma at run time (no recompilation, no wasted taps,
   a larger compiled program).
 
-The measured cost of the two choices is in ``docs/dcn_kernel_size.md``.  When
+The measured cost of the choices is in ``docs/dcn_kernel_size.md``.  When
 r(sigma) exceeds the grid, the filter is truncated at the grid (it is no longer the
 reference's filter); `support_overflow(model)` reports it, and `refresh_support`
 with ``mode="exact"`` removes it.
