@@ -501,7 +501,7 @@ def refresh_support(model, mode: str = "exact", max_half_width: int | None = Non
       exact-size kernel chosen at run time from sigma: fixed shapes, exact-size
       convolutions, a larger compiled program (one branch per size).
     - ``mode="separable"``: grid = `max_half_width` (default
-      `SEPARABLE_MAX_HALF_WIDTH`), filters applied basis-first as 1-D passes: fixed
+      `SEPARABLE_MAX_HALF_WIDTH`), filters applied as 1-D passes: fixed
       shapes, never recompiles, a cost that does not grow with sigma; the grid only
       bounds the truncation (sigma < (grid - 0.5) / 2 is exact).
 
