@@ -8,6 +8,7 @@ Subcommands (each has ``--config smoke`` for a CPU check and ``--config paper``)
 - ``small-data``: the small-data regime (Table 2): K images per class drawn with
   replacement from each class, several seeds, mean +- std; epochs and learning-rate
   milestones multiplied by a factor (supplement A.2).
+- ``small-data-table``: Table 2 (mean +- std over seeds) from finished small-data runs.
 - ``kernel-cost``: time per training step of the kernel-support strategies of
   `jaxode.nn.srf` (exact-size grid, separable 1-D passes, fixed maximal grid with
   masking, `lax.switch`).
@@ -263,6 +264,13 @@ def cmd_small_data(args):
     print(json.dumps({"model": args.model, "per_class": args.per_class, "epochs": epochs,
                       "best_eval_acc_mean": float(accs.mean()),
                       "best_eval_acc_std": float(accs.std()), "seeds": args.seeds}, indent=2))
+
+
+def cmd_small_data_table(args):
+    """Table 2 (mean +- std over seeds per model and size) from finished small-data runs."""
+    from experiments import dcn_table
+
+    dcn_table.write(args.runs, args.out or os.path.join(args.runs, "table2"))
 
 
 def cmd_kernel_cost(args):
@@ -767,6 +775,14 @@ def check_args(parser, args) -> None:
     if hasattr(args, "widths"):
         _cli.check_widths(parser, "widths",
                           _cli.check_list(parser, "widths", args.widths, kind=int, minimum=1))
+    if args.cmd == "small-data-table":
+        if not os.path.isdir(args.runs):
+            parser.error(f"argument runs: {args.runs!r} is not a folder; pass the --run "
+                         "folder of your small-data runs.")
+        out = args.out or os.path.join(args.runs, "table2")
+        for ext in (".md", ".json", ".png"):
+            _cli.check_new_file(parser, "--out", out + ext)
+        return
     if args.cmd == "kernel-cost":
         _cli.check_args(parser, args, positive=("batch", "tol", "max_half_width", "repeats"))
         _cli.check_new_file(parser, "--out", args.out)
@@ -851,6 +867,12 @@ def main(argv=None):
     q.add_argument("--epoch-factor", type=int, default=1,
                    help="multiply epochs and milestones (A.2; e.g. 40 for 20 images)")
     q.set_defaults(fn=cmd_small_data)
+    q = sub.add_parser("small-data-table",
+                       help="Table 2 from finished small-data runs (mean +- std over seeds)")
+    q.add_argument("runs", help="the --run folder given to small-data (one sub-folder per run)")
+    q.add_argument("--out", default=None,
+                   help="output path without extension (default RUNS/table2): .md, .json, .png")
+    q.set_defaults(fn=cmd_small_data_table)
     q = sub.add_parser("kernel-cost", help="cost of the kernel-support strategies")
     q.add_argument("--model", default="dcn_ode", choices=MODEL_NAMES)
     q.add_argument("--widths", default="16,32,64")

@@ -242,3 +242,42 @@ def test_probe_arguments_refused(argv, needle, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as info:
         dcn.main(argv)
     assert info.value.code == 2 and needle in capsys.readouterr().err
+
+
+def _summary(folder, name, model, seed, acc, images=20):
+    os.makedirs(folder / name)
+    with open(folder / name / "summary.json", "w") as f:
+        json.dump({"model": model, "params": 1234, "seed": seed, "final_eval_acc": acc,
+                   "epochs": 7, "train_images": images, "test_images": 50}, f)
+
+
+def test_small_data_table_groups_seeds_and_skips_unfinished(tmp_path, monkeypatch, capsys):
+    """Table 2 from run folders: mean and population std per (model, size) over seeds,
+    unfinished runs listed and left out, earlier tables never overwritten."""
+    from experiments import dcn
+
+    runs = tmp_path / "runs"
+    accs = {0: 0.15, 1: 0.25, 2: 0.11}
+    for seed, acc in accs.items():
+        _summary(runs, f"dcn-small-odenet-2-s{seed}", "odenet", seed, acc)
+    _summary(runs, "dcn-small-odenet-4-s0", "odenet", 0, 0.30, images=40)
+    os.makedirs(runs / "dcn-small-dcn_ode-2-s0")  # still training: no summary
+    dcn.main(["small-data-table", str(runs)])
+    with open(runs / "table2.json") as f:
+        table = json.load(f)
+    two = [r for r in table["rows"] if r["per_class"] == 2]
+    assert len(two) == 1 and two[0]["seeds"] == [0, 1, 2]
+    expect = 100 * np.array(list(accs.values()))
+    assert two[0]["mean"] == pytest.approx(expect.mean())
+    assert two[0]["std"] == pytest.approx(np.sqrt(np.mean((expect - expect.mean()) ** 2)))
+    assert [r["per_class"] for r in table["rows"]] == [2, 4]
+    assert table["unfinished"] == [str(runs / "dcn-small-dcn_ode-2-s0")]
+    assert (runs / "table2.png").stat().st_size > 0
+    assert "17.0 +- 5.9" in (runs / "table2.md").read_text()
+    with pytest.raises(SystemExit) as info:  # a second call would overwrite the table
+        dcn.main(["small-data-table", str(runs)])
+    assert info.value.code == 2 and "already exists" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    os.makedirs(empty)
+    with pytest.raises(SystemExit, match="no finished small-data run"):
+        dcn.main(["small-data-table", str(empty)])
