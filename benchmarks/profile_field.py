@@ -110,8 +110,8 @@ def field_variants(field):
         return eqx.tree_at(lambda k: (k.weight, k.bias), m, (n.weight, n.bias))
 
     tbias = _tbias_class()
-    norms = lambda f: (f.norm1, f.norm2, f.norm3)  # noqa: E731
-    convs = lambda f: (f.conv1, f.conv2)  # noqa: E731
+    norms = lambda f: (f.norm1, f.norm2, f.norm3)
+    convs = lambda f: (f.conv1, f.conv2)
     return {
         "jaxode": field,
         "eqx-gn": eqx.tree_at(norms, field, tuple(eqx_gn(n) for n in norms(field))),
@@ -145,12 +145,11 @@ def jax_pieces(field, x, xt, g, gt, t, iters, pieces=PIECES):
         compiled = jax.jit(run).lower(*operands).compile()
         return lambda: jax.block_until_ready(compiled(*operands))
 
-    scale = lambda i, a: a * (1.0 + 1e-3 * i)  # noqa: E731
-    conv = lambda a, w_: jax.vmap(lambda e: conv2d(e, w_, 1, 1))(a)  # noqa: E731
-    nhwc = lambda a, w_: lax.conv_general_dilated(  # noqa: E731
+    scale = lambda i, a: a * (1.0 + 1e-3 * i)
+    conv = lambda a, w_: jax.vmap(lambda e: conv2d(e, w_, 1, 1))(a)
+    nhwc = lambda a, w_: lax.conv_general_dilated(
         a, w_, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
     xt_h, w_h = jnp.transpose(xt, (0, 2, 3, 1)), jnp.transpose(w, (2, 3, 1, 0))
-    x_h, w64_h = jnp.transpose(x, (0, 2, 3, 1)), jnp.transpose(w64, (2, 3, 1, 0))
     g_h = jnp.transpose(g, (0, 2, 3, 1))
 
     def fwd(cv):
@@ -231,7 +230,7 @@ def field_vjp_hlo(field, x, g, t, iters):
 
     def run(a, p_, t_, g_):
         def step(acc, i):
-            f = lambda a_, p2: jax.vmap(eqx.combine(p2, static), in_axes=(None, 0))(t_ + i, a_)  # noqa: E731
+            f = lambda a_, p2: jax.vmap(eqx.combine(p2, static), in_axes=(None, 0))(t_ + i, a_)
             out, vjp = jax.vjp(f, a * (1 + 1e-3 * i), p_)
             return jax.tree_util.tree_map(jnp.add, acc, (out,) + vjp(g_)), None
         init = jax.tree_util.tree_map(jnp.zeros_like, (a, a, p_))

@@ -4,8 +4,8 @@ channel-first layout ``(C, H, W)``; callers `jax.vmap` over a batch."""
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import equinox as eqx
 import jax
