@@ -2,8 +2,9 @@
 
 Every adaptive ODE solve is a ``lax.while_loop``, and the backsolve adjoint
 (`jaxode.ode`) evaluates the vector field and its vector-Jacobian product inside
-one.  On XLA:CPU a convolution is only lowered to the fast (Eigen) kernel when its
-operands are in the canonical layout -- input ``(N, H, W, C)``, kernel
+one.  On XLA:CPU a convolution is only lowered to the fast kernel (YNNPACK in jax
+0.10.2, Eigen before; `benchmarks/profile_field.py`) when its operands are in the
+canonical layout -- input ``(N, H, W, C)``, kernel
 ``(kh, kw, I, O)``, output ``(N, H, W, C)``.  Outside loops XLA inserts the
 transposes itself; inside a loop body it does not, and a convolution in another
 layout falls back to a generic kernel that measured 10-25x slower here (see
