@@ -281,7 +281,7 @@ def cmd_kernel_cost(args):
     import jax.numpy as jnp
 
     from jaxode.models.dcn import build_model
-    from jaxode.nn.srf import half_width_host, refresh_support, srf_layers
+    from jaxode.nn.srf import half_width_host, srf_layers
     from jaxode.ode import SolveConfig
 
     widths = tuple(int(w) for w in args.widths.split(","))
@@ -300,8 +300,7 @@ def cmd_kernel_cost(args):
     step = eqx.filter_jit(eqx.filter_value_and_grad(loss, has_aux=True))
     rows = []
     for mode in args.modes.split(","):
-        bound = {"exact": None, "separable": None}.get(mode, args.max_half_width)
-        m = refresh_support(base, mode, max_half_width=bound)
+        m = _with_support(base, mode, args.max_half_width, margin=0)
         t0 = time.perf_counter()
         (v, aux), _ = step(m)
         jax.block_until_ready(v)
