@@ -95,7 +95,7 @@ def test_block_rejects_bad_inputs():
         block(jnp.arange(4))  # integer state
     with pytest.raises(ValueError, match="ts must be a non-empty 1-D"):
         block(jnp.ones(4), ts=jnp.ones((2, 2)))
-    with pytest.raises(Exception, match="ts must be non-decreasing"):
+    with pytest.raises(Exception, match="ts must lie between t0 and t1 and run monotonically"):
         block(jnp.ones(4), ts=jnp.asarray([0.5, 0.2]))
 
 

@@ -129,7 +129,9 @@ def test_backward_nfe_only_for_backsolve(conv_problem):
     assert nfe[("backsolve", False)] > 0 and nfe[("backsolve", True)] > 0
     # The seminorm ignores the parameter adjoint in the error estimate: fewer steps.
     assert nfe[("backsolve", True)] < nfe[("backsolve", False)]
-    assert nfe[("checkpoint", False)] == 0 and nfe[("direct", False)] == 0
+    # Diffrax's reverse passes are not counted; the one evaluation they report is
+    # f(t0, z0) for dL/dt0 (filter_grad differentiates the block's t0 too).
+    assert nfe[("checkpoint", False)] == 1 and nfe[("direct", False)] == 1
 
 
 def test_pytree_state_gradients(x64):

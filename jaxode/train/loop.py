@@ -14,7 +14,8 @@ import math
 import os
 import shutil
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -23,9 +24,13 @@ import jax.tree_util as jtu
 import numpy as np
 import optax
 
-from jaxode.ode import backward_nfe, trainable
-from jaxode.train.checkpoint import (latest_checkpoint, load_checkpoint, save_checkpoint,
-                                     saved_epochs)
+from jaxode.ode import backward_nfe, differentiated, trainable
+from jaxode.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    saved_epochs,
+)
 from jaxode.train.config import TrainConfig
 from jaxode.train.parallel import data_mesh, replicate, shard_batch
 from jaxode.train.phases import apply_phase, parse_schedule, phase_at
@@ -58,7 +63,7 @@ class _Optim:
         return optax.chain(*parts)
 
     @classmethod
-    def from_config(cls, c: TrainConfig) -> "_Optim":
+    def from_config(cls, c: TrainConfig) -> _Optim:
         return cls(float(c.momentum), bool(c.nesterov), float(c.weight_decay),
                    None if c.grad_clip is None else float(c.grad_clip))
 
@@ -85,7 +90,9 @@ def lr_scales(model, g_lr_scale: float) -> tuple[float, ...]:
 def _train_step(model, opt_state, ema, batch, key, lr, task, optim: _Optim, ema_decay,
                 scales: tuple[float, ...]):
     spec = trainable(model)
-    diff, static = eqx.partition(model, eqx.is_inexact_array)
+    # Differentiate only what is trained (and the NFE probes): gradients of the block
+    # times would cost field evaluations that nobody uses.
+    diff, static = eqx.partition(model, differentiated(model))
 
     def loss_fn(d):
         return task.train_loss(eqx.combine(d, static), batch, key)
