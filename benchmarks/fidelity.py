@@ -13,15 +13,15 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import equinox as eqx  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy import ndimage  # noqa: E402
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from scipy import ndimage
 
-from jaxode.fields.dcn import DCNField  # noqa: E402
-from jaxode.models.dcn import build_model, count_params  # noqa: E402
-from jaxode.nn.layers import MIN32, PER_CHANNEL  # noqa: E402
-from jaxode.nn.srf import SRFConv2d, basis_orders, refresh_support  # noqa: E402
+from jaxode.fields.dcn import DCNField
+from jaxode.models.dcn import build_model, count_params
+from jaxode.nn.layers import MIN32, PER_CHANNEL
+from jaxode.nn.srf import SRFConv2d, basis_orders, refresh_support
 
 
 def field_difference(width: int = 64):
@@ -30,7 +30,7 @@ def field_difference(width: int = 64):
     with jax.enable_x64(False):
         new = refresh_support(DCNField(width, norm=PER_CHANNEL, key=jax.random.PRNGKey(1)),
                               "separable")
-        norms = lambda f: (f.norm1, f.norm2, f.norm3)  # noqa: E731
+        norms = lambda f: (f.norm1, f.norm2, f.norm3)
         old = eqx.tree_at(norms, new, tuple(eqx.tree_at(lambda n: (n.weight, n.bias), MIN32(width),
                                                          (m.weight, m.bias)) for m in norms(new)))
         x = jax.random.normal(jax.random.PRNGKey(2), (width, 15, 15))

@@ -154,7 +154,7 @@ def dcn_table(block, filters, full, act, groups):
             rows += ode_function(s, d, groups(d), act, field_conv)
         else:  # REFERENCE_FACTS: pre-activation GN -> ReLU -> conv -> GN -> ReLU -> conv,
             # identity shortcut; pixel convs 3x3 pad 1 no bias, or SRF layers
-            def res_conv(d=d):
+            def res_conv(d=d, s=s):
                 return conv(s, d, d, 3, 1, 1, False) if filters == "pixel" else srf(s, d, d)
             rows += [gn(s, d, groups(d), act), res_conv(), gn(s, d, groups(d), act), res_conv(),
                      mark(s, "add", d)]

@@ -51,7 +51,7 @@ def scipy_jet(image, sigma, l, k, r):
 def scipy_srf(x, alpha, sigmas, r, stride=1):
     """y[o] = sum_{b, i} alpha[b, i, o] (G_b(sigma[i, o]) * x[i]), subsampled by `stride`.
     `sigmas` has shape (in, out) (one sigma for all filters: a constant array)."""
-    n_b, n_in, n_out = alpha.shape
+    _, n_in, n_out = alpha.shape
     y = np.zeros((n_out,) + x.shape[1:])
     for o in range(n_out):
         for i in range(n_in):

@@ -40,11 +40,17 @@ from jaxode.fields.conv_odefunc import ConvODEFunc
 from jaxode.fields.dcn import DCNField
 from jaxode.fields.evolving import EvolvingODE
 from jaxode.fields.multires import MultiResField
-from jaxode.models.classifiers import Head, ODENetClassifier, PreActBlock, ResNetClassifier, Sequence
+from jaxode.models.classifiers import (
+    Head,
+    ODENetClassifier,
+    PreActBlock,
+    ResNetClassifier,
+    Sequence,
+)
 from jaxode.models.dcn import DCNClassifier, ResidualBlock, _Down
 from jaxode.models.node_ew import NODEEWClassifier
 from jaxode.models.segnode import HRResidualNet, SegNode
-from jaxode.nn.hrnet import BasicBlock, FuseDown, FuseUp, HRModule, NormActConv, SegHead, Stem, Transition
+from jaxode.nn.hrnet import FuseDown, FuseUp, HRModule, NormActConv, SegHead, Stem, Transition
 from jaxode.nn.layers import ConcatConv2d
 from jaxode.nn.srf import MetaSRFConv2d, SRFConv2d, SRFConv2dPerFilter
 from jaxode.ode import ODEBlock
