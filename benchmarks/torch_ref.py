@@ -291,7 +291,7 @@ def copy_layer(layer):
     import equinox as eqx
     import jax
 
-    from jaxode.models.classifiers import PreActBlock, _relu
+    from jaxode.models.classifiers import PreActBlock, relu
 
     if isinstance(layer, eqx.nn.Conv2d):
         return copy_conv2d(layer)
@@ -299,7 +299,7 @@ def copy_layer(layer):
         return copy_group_norm(layer)
     if isinstance(layer, PreActBlock):
         return TorchPreActBlock.from_jax(layer)
-    if isinstance(layer, eqx.nn.Lambda) and layer.fn in (_relu, jax.nn.relu):
+    if isinstance(layer, eqx.nn.Lambda) and layer.fn in (relu, jax.nn.relu):
         import torch
 
         return torch.nn.ReLU()

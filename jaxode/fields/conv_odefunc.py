@@ -9,7 +9,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from jaxode.nn.layers import ConcatConv2d, group_norm
+from jaxode.nn.layers import ConcatConv2d, GroupRule
 
 
 def _shape_hint(shape, channels: int) -> str:
@@ -43,9 +43,10 @@ class ConvODEFunc(eqx.Module):
     where ConcatConv appends t as a constant input channel (``ConcatConv2d``).
     Acts on one example of shape (channels, H, W); H and W are preserved.
 
-    **Arguments:** `channels`; `max_groups` (GroupNorm uses min(max_groups,
-    channels) groups, 32 in the papers); `activation` (ReLU in Chen et al. and
-    Carrara et al., CELU in the DCN models); `key`.
+    **Arguments:** `channels`; `norm` (the `GroupRule` of the three GroupNorms;
+    default min(max_groups, channels) groups, with `max_groups` 32 as in the
+    papers); `activation` (ReLU in Chen et al. and Carrara et al., CELU in the DCN
+    models); `key`.
     """
 
     norm1: eqx.nn.GroupNorm
@@ -56,14 +57,15 @@ class ConvODEFunc(eqx.Module):
     activation: Callable = eqx.field(static=True)
     channels: int = eqx.field(static=True)
 
-    def __init__(self, channels: int, *, max_groups: int = 32,
+    def __init__(self, channels: int, *, max_groups: int = 32, norm: GroupRule | None = None,
                  activation: Callable = jax.nn.relu, key):
         k1, k2 = jax.random.split(key)
-        self.norm1 = group_norm(channels, max_groups)
+        norm = GroupRule("min", max_groups) if norm is None else norm
+        self.norm1 = norm(channels)
         self.conv1 = ConcatConv2d(channels, channels, 3, 1, 1, key=k1)
-        self.norm2 = group_norm(channels, max_groups)
+        self.norm2 = norm(channels)
         self.conv2 = ConcatConv2d(channels, channels, 3, 1, 1, key=k2)
-        self.norm3 = group_norm(channels, max_groups)
+        self.norm3 = norm(channels)
         self.activation = activation
         self.channels = channels
 

@@ -17,7 +17,7 @@ import equinox as eqx
 import jax
 
 from jaxode.fields.conv_odefunc import check_image_state
-from jaxode.nn.layers import group_norm
+from jaxode.nn.layers import MIN32, GroupRule
 from jaxode.nn.srf import MetaSRFConv2d, SRFConv2d, SRFConv2dPerFilter
 
 __all__ = ["DCNField", "FILTER_KINDS"]
@@ -50,8 +50,9 @@ class DCNField(eqx.Module):
     """f(t, h) = GN(K2(t, act(GN(K1(t, act(GN(h))))))) on one example (C, H, W).
 
     **Arguments:** `channels`; `kind` (one of `FILTER_KINDS`, default ``"srf"``);
-    `order` of the N-jet (2); `max_groups` (GroupNorm groups = min(32, channels));
-    `activation` (CELU, as in the paper); `key`.
+    `order` of the N-jet (2); `norm`, the `GroupRule` of its three GroupNorms
+    (min(32, C) groups by default; C groups in the DCN-full script); `activation`
+    (CELU, as in the paper); `key`.
 
     Parameters: three GroupNorms (2 * channels each) and two SRF convolutions
     ((channels + 1) inputs, no bias).
@@ -64,14 +65,14 @@ class DCNField(eqx.Module):
     norm3: eqx.nn.GroupNorm
     activation: Callable = eqx.field(static=True)
 
-    def __init__(self, channels: int, kind: str = "srf", order: int = 2, *, max_groups: int = 32,
-                 activation: Callable = jax.nn.celu, key):
+    def __init__(self, channels: int, kind: str = "srf", order: int = 2, *,
+                 norm: GroupRule = MIN32, activation: Callable = jax.nn.celu, key):
         k1, k2 = jax.random.split(key)
-        self.norm1 = group_norm(channels, max_groups)
+        self.norm1 = norm(channels)
         self.conv1 = _make_conv(kind, channels, order, k1)
-        self.norm2 = group_norm(channels, max_groups)
+        self.norm2 = norm(channels)
         self.conv2 = _make_conv(kind, channels, order, k2)
-        self.norm3 = group_norm(channels, max_groups)
+        self.norm3 = norm(channels)
         self.activation = activation
 
     def __call__(self, t, h):

@@ -29,6 +29,7 @@ models, the outputs of the residual blocks for residual networks.
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Callable
 
 import equinox as eqx
@@ -36,8 +37,21 @@ import jax
 import jax.numpy as jnp
 
 from jaxode.fields.conv_odefunc import ConvODEFunc
-from jaxode.nn.layers import group_norm
+from jaxode.nn.layers import MIN32, GroupRule
 from jaxode.ode import ODEBlock, SolveConfig
+
+#: GroupNorm rule per layer kind, as the released code builds each family:
+#: ``norm(dim) = nn.GroupNorm(min(32, dim), dim)`` in Carrara et al.'s model.py (stem
+#: blocks, residual blocks, ODE function, head) and in torchdiffeq's MNIST example
+#: (down-sampling, ODE function, residual blocks, head).
+CARRARA_NORM = MappingProxyType({"block": MIN32, "field": MIN32, "head": MIN32})
+CHEN_NORM = MappingProxyType({"down": MIN32, "block": MIN32, "field": MIN32, "head": MIN32})
+
+
+def relu(x):
+    """ReLU, the activation of every classifier in this module."""
+    return jax.nn.relu(x)
+
 
 # ----------------------------------------------------------------------------- layers
 
@@ -45,10 +59,11 @@ from jaxode.ode import ODEBlock, SolveConfig
 class PreActBlock(eqx.Module):
     """Pre-activation residual block (He et al. 2016), as in Chen et al.'s ResNet:
 
-    a = ReLU(GN(x));  y = conv3x3(ReLU(GN(conv3x3_s(a)))) + shortcut,
+    a = act(GN(x));  y = conv3x3(act(GN(conv3x3_s(a)))) + shortcut,
 
     with shortcut = conv1x1_s(a) (no bias) when the block down-samples or changes the
-    width, x otherwise.  Convolutions have no bias.  One example (C, H, W).
+    width, x otherwise.  Convolutions have no bias; act is ReLU and the GroupNorms
+    follow `norm` (min(32, C) groups) unless told otherwise.  One example (C, H, W).
     """
 
     norm1: eqx.nn.GroupNorm
@@ -56,24 +71,27 @@ class PreActBlock(eqx.Module):
     norm2: eqx.nn.GroupNorm
     conv2: eqx.nn.Conv2d
     shortcut: eqx.nn.Conv2d | None
+    activation: Callable = eqx.field(static=True)
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *, key):
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *,
+                 norm: GroupRule = MIN32, activation: Callable = relu, key):
         k1, k2, k3 = jax.random.split(key, 3)
-        self.norm1 = group_norm(in_channels)
+        self.norm1 = norm(in_channels)
         self.conv1 = eqx.nn.Conv2d(in_channels, out_channels, 3, stride, 1, use_bias=False, key=k1)
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = norm(out_channels)
         self.conv2 = eqx.nn.Conv2d(out_channels, out_channels, 3, 1, 1, use_bias=False, key=k2)
         if stride != 1 or in_channels != out_channels:
             self.shortcut = eqx.nn.Conv2d(in_channels, out_channels, 1, stride, 0,
                                           use_bias=False, key=k3)
         else:
             self.shortcut = None
+        self.activation = activation
 
     def __call__(self, x):
-        a = jax.nn.relu(self.norm1(x))
+        a = self.activation(self.norm1(x))
         skip = x if self.shortcut is None else self.shortcut(a)
         h = self.conv1(a)
-        h = self.conv2(jax.nn.relu(self.norm2(h)))
+        h = self.conv2(self.activation(self.norm2(h)))
         return h + skip
 
 
@@ -89,23 +107,27 @@ class Sequence(eqx.Module):
 
 
 class Head(eqx.Module):
-    """Classifier head: GN -> ReLU -> global average pool -> dropout -> linear
-    (Chen et al.'s and Carrara et al.'s ``FCClassifier``)."""
+    """Classifier head: GN -> act -> global average pool -> dropout -> linear
+    (Chen et al.'s and Carrara et al.'s ``FCClassifier``; act = ReLU, GN with
+    min(32, C) groups unless `norm` says otherwise)."""
 
     norm: eqx.nn.GroupNorm
     linear: eqx.nn.Linear
     dropout: float = eqx.field(static=True)
+    activation: Callable = eqx.field(static=True)
 
-    def __init__(self, channels: int, num_classes: int, dropout: float = 0.0, *, key):
+    def __init__(self, channels: int, num_classes: int, dropout: float = 0.0, *,
+                 norm: GroupRule = MIN32, activation: Callable = relu, key):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"Head: dropout must lie in [0, 1), got {dropout!r}.")
-        self.norm = group_norm(channels)
+        self.norm = norm(channels)
         self.linear = eqx.nn.Linear(channels, num_classes, key=key)
         self.dropout = float(dropout)
+        self.activation = activation
 
     def pool(self, z):
-        """ReLU(GN(z)) averaged over space: (C, H, W) -> (C,)."""
-        return jnp.mean(jax.nn.relu(self.norm(z)), axis=(-2, -1))
+        """act(GN(z)) averaged over space: (C, H, W) -> (C,)."""
+        return jnp.mean(self.activation(self.norm(z)), axis=(-2, -1))
 
     def __call__(self, zs, *, key=None, inference: bool = False):
         """A batch (N, C, H, W) -> logits (N, classes)."""
@@ -116,10 +138,6 @@ class Head(eqx.Module):
             keep = jax.random.bernoulli(key, 1.0 - self.dropout, h.shape)
             h = jnp.where(keep, h / (1.0 - self.dropout), jnp.zeros_like(h))
         return jax.vmap(self.linear)(h)
-
-
-def _relu(x):
-    return jax.nn.relu(x)
 
 
 def _check_input(name, x, channels):
@@ -231,8 +249,9 @@ def _solve_config(tol, solver="dopri5", adjoint="backsolve", **kw) -> SolveConfi
     return SolveConfig(solver=solver, rtol=tol, atol=tol, adjoint=adjoint, **kw)
 
 
-def _ode_block(channels, key, solve: SolveConfig | None, t1=1.0, tol=1e-3):
-    field = ConvODEFunc(channels, key=key)
+def _ode_block(channels, key, solve: SolveConfig | None, t1=1.0, tol=1e-3,
+               norm: GroupRule = MIN32):
+    field = ConvODEFunc(channels, norm=norm, key=key)
     return ODEBlock(field, 0.0, t1, _solve_config(tol) if solve is None else solve, name="ode")
 
 
@@ -241,8 +260,8 @@ def carrara_stem(in_channels: int = 3, channels: int = 256, *, key) -> Sequence:
     k1, k2, k3 = jax.random.split(key, 3)
     return Sequence((
         eqx.nn.Conv2d(in_channels, 64, 3, 1, 0, use_bias=True, key=k1),
-        PreActBlock(64, 64, 2, key=k2),
-        PreActBlock(64, channels, 2, key=k3),
+        PreActBlock(64, 64, 2, norm=CARRARA_NORM["block"], key=k2),
+        PreActBlock(64, channels, 2, norm=CARRARA_NORM["block"], key=k3),
     ))
 
 
@@ -256,18 +275,21 @@ def carrara_resnet(num_classes: int = 10, *, in_channels: int = 3, channels: int
     k1, k2, k3 = jax.random.split(key, 3)
     stem = carrara_stem(in_channels, channels, key=k1)
     blocks = (stem.layers[2],) + tuple(
-        PreActBlock(channels, channels, 1, key=k) for k in jax.random.split(k2, 6))
-    return ResNetClassifier(Sequence(stem.layers[:2]), blocks,
-                            Head(channels, num_classes, dropout, key=k3), in_channels)
+        PreActBlock(channels, channels, 1, norm=CARRARA_NORM["block"], key=k)
+        for k in jax.random.split(k2, 6))
+    head = Head(channels, num_classes, dropout, norm=CARRARA_NORM["head"], key=k3)
+    return ResNetClassifier(Sequence(stem.layers[:2]), blocks, head, in_channels)
 
 
 def _ode_net(make_stem, channels, num_classes, dropout, tol, solve, in_channels,
-             key) -> ODENetClassifier:
+             key, norm) -> ODENetClassifier:
     """stem -> ODE block (`ConvODEFunc` on [0, 1]) -> head: the shape shared by the
-    Res-ODE, ODE-only and Chen ODE-Nets.  `make_stem(key)` builds the stem."""
+    Res-ODE, ODE-only and Chen ODE-Nets.  `make_stem(key)` builds the stem; `norm`
+    is the family's GroupNorm rules (`CARRARA_NORM`, `CHEN_NORM`)."""
     k1, k2, k3 = jax.random.split(key, 3)
-    return ODENetClassifier(make_stem(k1), _ode_block(channels, k2, solve, tol=tol),
-                            Head(channels, num_classes, dropout, key=k3), in_channels)
+    block = _ode_block(channels, k2, solve, tol=tol, norm=norm["field"])
+    head = Head(channels, num_classes, dropout, norm=norm["head"], key=k3)
+    return ODENetClassifier(make_stem(k1), block, head, in_channels)
 
 
 def carrara_resode(num_classes: int = 10, *, in_channels: int = 3, channels: int = 256,
@@ -275,7 +297,7 @@ def carrara_resode(num_classes: int = 10, *, in_channels: int = 3, channels: int
                    key) -> ODENetClassifier:
     """Carrara et al.'s Res-ODE Net (Table 1: 2.02M parameters at 256 channels)."""
     return _ode_net(lambda k: carrara_stem(in_channels, channels, key=k), channels,
-                    num_classes, dropout, tol, solve, in_channels, key)
+                    num_classes, dropout, tol, solve, in_channels, key, CARRARA_NORM)
 
 
 def odeonly_net(num_classes: int = 10, *, in_channels: int = 3, channels: int = 256,
@@ -290,7 +312,8 @@ def odeonly_net(num_classes: int = 10, *, in_channels: int = 3, channels: int = 
         return Sequence((eqx.nn.Conv2d(in_channels, channels, stem_kernel, stem_stride,
                                        stem_padding, use_bias=True, key=k),))
 
-    return _ode_net(stem, channels, num_classes, dropout, tol, solve, in_channels, key)
+    return _ode_net(stem, channels, num_classes, dropout, tol, solve, in_channels, key,
+                    CARRARA_NORM)
 
 
 carrara_odeonly = odeonly_net
@@ -300,11 +323,12 @@ def chen_downsampling(in_channels: int = 1, channels: int = 64, *, key) -> Seque
     """torchdiffeq's 'conv' down-sampling: conv3x3 (valid, bias) -> GN -> ReLU ->
     conv4x4/2 -> GN -> ReLU -> conv4x4/2 (28x28 -> 26 -> 13 -> 6)."""
     k1, k2, k3 = jax.random.split(key, 3)
+    norm = CHEN_NORM["down"]
     return Sequence((
         eqx.nn.Conv2d(in_channels, channels, 3, 1, 0, use_bias=True, key=k1),
-        group_norm(channels), eqx.nn.Lambda(_relu),
+        norm(channels), eqx.nn.Lambda(relu),
         eqx.nn.Conv2d(channels, channels, 4, 2, 1, use_bias=True, key=k2),
-        group_norm(channels), eqx.nn.Lambda(_relu),
+        norm(channels), eqx.nn.Lambda(relu),
         eqx.nn.Conv2d(channels, channels, 4, 2, 1, use_bias=True, key=k3),
     ))
 
@@ -314,7 +338,7 @@ def chen_odenet(num_classes: int = 10, *, in_channels: int = 1, channels: int = 
                 key) -> ODENetClassifier:
     """Chen et al.'s MNIST ODE-Net, 'conv' down-sampling variant (208,266 params)."""
     return _ode_net(lambda k: chen_downsampling(in_channels, channels, key=k), channels,
-                    num_classes, dropout, tol, solve, in_channels, key)
+                    num_classes, dropout, tol, solve, in_channels, key, CHEN_NORM)
 
 
 def chen_resnet(num_classes: int = 10, *, in_channels: int = 1, channels: int = 64,
@@ -323,9 +347,11 @@ def chen_resnet(num_classes: int = 10, *, in_channels: int = 1, channels: int = 
     'conv' down-sampling variant (576,778 params; the paper's 0.60M is the 'res'
     down-sampling variant, 601,482)."""
     k1, k2, k3 = jax.random.split(key, 3)
-    blocks = tuple(PreActBlock(channels, channels, 1, key=k) for k in jax.random.split(k2, 6))
-    return ResNetClassifier(chen_downsampling(in_channels, channels, key=k1), blocks,
-                            Head(channels, num_classes, dropout, key=k3), in_channels)
+    blocks = tuple(PreActBlock(channels, channels, 1, norm=CHEN_NORM["block"], key=k)
+                   for k in jax.random.split(k2, 6))
+    head = Head(channels, num_classes, dropout, norm=CHEN_NORM["head"], key=k3)
+    return ResNetClassifier(chen_downsampling(in_channels, channels, key=k1), blocks, head,
+                            in_channels)
 
 
 MODELS: dict[str, Callable[..., eqx.Module]] = {

@@ -13,7 +13,10 @@ Layout (Fig. 2), for widths (32, 64, 128) on 32x32 inputs:
   ("full" models: 32 -> 16 -> 8);
 - block: an ODE block (DCN: `DCNField` on t in [0, 2]; ODE-Net: `ConvODEFunc` on
   [0, 1]) or one pre-activation residual block (ResNet baselines);
-- act: CELU in the DCN models, ReLU in ODE-Net and the ResNet baselines.
+- act: CELU in the DCN models, ReLU in ODE-Net and the ResNet baselines;
+- GN: GroupNorm(min(32, d), d), except in DCN-full, whose released script uses
+  GroupNorm(d, d) (one channel per group) in its ODE functions, down-samplings and
+  head: each model's `DCNSpec.norm` says which, per layer kind.
 
 `build_model(name, key=...)` builds any model of `MODEL_NAMES`.  The call follows
 the trainer's contract (`jaxode.train`): ``model(x, key=None, inference=False)`` with
@@ -24,9 +27,11 @@ returns ``(logits, stats)`` with one `SolveStats` per ODE block.
 
 Small widths: the head is GN(min(32, d), d) -> act -> global average pool.  For a last
 width d <= 32 every group holds one channel (an instance norm), and the pooled
-features then hardly depend on the image (each channel is normalised to zero mean and
-unit variance over space before it is averaged): such models barely learn.  The
-paper's d = 128 has four channels per group; CPU-sized runs should keep d >= 64.
+features then depend on the image only through each channel's spatial distribution,
+not its mean or variance (each channel is normalised over space before it is
+averaged): such models barely learn.  The paper's d = 128 has four channels per
+group; CPU-sized runs should keep d >= 64.  DCN-full's head is such an instance norm
+at every width, as in its released script.
 
 SRF layers carry a static kernel grid (see `jaxode.nn.srf`).  `build_model` uses the
 separable support, whose shapes do not depend on sigma: nothing to refresh during
@@ -36,7 +41,8 @@ training.  With the masked ``"exact"`` support, call
 
 from __future__ import annotations
 
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping, NamedTuple
 
 import equinox as eqx
 import jax
@@ -44,12 +50,13 @@ import jax.numpy as jnp
 
 from jaxode.fields.conv_odefunc import ConvODEFunc
 from jaxode.fields.dcn import DCNField
-from jaxode.nn.layers import group_norm
+from jaxode.nn.layers import MIN32, PER_CHANNEL, GroupRule
 from jaxode.nn.srf import SRFConv2d, refresh_support
 from jaxode.ode import ODEBlock, SolveConfig
 from jaxode.train.utils import count_params  # noqa: F401  (re-exported)
 
 __all__ = [
+    "DCNSpec",
     "MODEL_NAMES",
     "MODEL_SPECS",
     "PAPER_PARAMS",
@@ -66,18 +73,45 @@ __all__ = [
 celu = jax.nn.celu
 relu = jax.nn.relu
 
-# name -> (block kind, filter kind of the block, SRF stem/downsampling, activation, T)
-MODEL_SPECS: dict[str, tuple[str, str, bool, Callable, float]] = {
-    "dcn_ode": ("ode", "srf", False, celu, 2.0),
-    "dcn_full": ("ode", "srf", True, celu, 2.0),
-    "dcn_sigma_ji": ("ode", "srf_ji", False, celu, 2.0),
-    "dcn_sigma_t": ("ode", "sigma_t", False, celu, 2.0),
-    "dcn_sigma_t2": ("ode", "sigma_t2", False, celu, 2.0),
-    "dcn_sigma_alpha_t": ("ode", "sigma_alpha_t", False, celu, 2.0),
-    "odenet": ("ode", "pixel", False, relu, 1.0),
-    "resnet_blocks": ("res", "pixel", False, relu, 0.0),
-    "resnet_srf_blocks": ("res", "srf", False, relu, 0.0),
-    "resnet_srf_full": ("res", "srf", True, relu, 0.0),
+class DCNSpec(NamedTuple):
+    """One model of Table 1 / Table 5, as its released script builds it.
+
+    - `block`: ``"ode"`` (one ODE block per stage) or ``"res"`` (one residual block);
+    - `filters`: the block's convolutions, ``"pixel"`` (3x3 pixel convolutions) or a
+      `jaxode.fields.dcn.FILTER_KINDS` SRF parametrisation;
+    - `full`: the stem and both down-samplings are SRF layers (the "full" models);
+    - `activation`: CELU (DCN models) or ReLU (ODE-Net, ResNet baselines);
+    - `t1`: the ODE blocks' end time (DCN: 2, ODE-Net: 1; 0 for residual blocks);
+    - `norm`: the `GroupRule` of each layer kind's GroupNorms, keyed ``"block"``
+      (inside the ODE function or residual block), ``"down"`` (before each
+      down-sampling conv) and ``"head"``.  ``nn.GroupNorm(min(32, d), d)`` in every
+      released script except cifar10_dcn_full.py, which uses ``nn.GroupNorm(d, d)``
+      (one channel per group) in all three places.
+    """
+
+    block: str
+    filters: str
+    full: bool
+    activation: Callable
+    t1: float
+    norm: Mapping[str, GroupRule]
+
+
+_MIN32_EVERYWHERE = MappingProxyType({"block": MIN32, "down": MIN32, "head": MIN32})
+_PER_CHANNEL_EVERYWHERE = MappingProxyType(
+    {"block": PER_CHANNEL, "down": PER_CHANNEL, "head": PER_CHANNEL})
+
+MODEL_SPECS: dict[str, DCNSpec] = {
+    "dcn_ode": DCNSpec("ode", "srf", False, celu, 2.0, _MIN32_EVERYWHERE),
+    "dcn_full": DCNSpec("ode", "srf", True, celu, 2.0, _PER_CHANNEL_EVERYWHERE),
+    "dcn_sigma_ji": DCNSpec("ode", "srf_ji", False, celu, 2.0, _MIN32_EVERYWHERE),
+    "dcn_sigma_t": DCNSpec("ode", "sigma_t", False, celu, 2.0, _MIN32_EVERYWHERE),
+    "dcn_sigma_t2": DCNSpec("ode", "sigma_t2", False, celu, 2.0, _MIN32_EVERYWHERE),
+    "dcn_sigma_alpha_t": DCNSpec("ode", "sigma_alpha_t", False, celu, 2.0, _MIN32_EVERYWHERE),
+    "odenet": DCNSpec("ode", "pixel", False, relu, 1.0, _MIN32_EVERYWHERE),
+    "resnet_blocks": DCNSpec("res", "pixel", False, relu, 0.0, _MIN32_EVERYWHERE),
+    "resnet_srf_blocks": DCNSpec("res", "srf", False, relu, 0.0, _MIN32_EVERYWHERE),
+    "resnet_srf_full": DCNSpec("res", "srf", True, relu, 0.0, _MIN32_EVERYWHERE),
 }
 MODEL_NAMES = tuple(MODEL_SPECS)
 
@@ -107,7 +141,7 @@ class ResidualBlock(eqx.Module):
     conv2: eqx.Module
     activation: Callable = eqx.field(static=True)
 
-    def __init__(self, channels, srf=False, activation=relu, *, key):
+    def __init__(self, channels, srf=False, activation=relu, *, norm: GroupRule = MIN32, key):
         k1, k2 = jax.random.split(key)
 
         def conv(k):
@@ -115,9 +149,9 @@ class ResidualBlock(eqx.Module):
                 return SRFConv2d(channels, channels, key=k)
             return eqx.nn.Conv2d(channels, channels, 3, 1, 1, use_bias=False, key=k)
 
-        self.norm1 = group_norm(channels)
+        self.norm1 = norm(channels)
         self.conv1 = conv(k1)
-        self.norm2 = group_norm(channels)
+        self.norm2 = norm(channels)
         self.conv2 = conv(k2)
         self.activation = activation
 
@@ -138,14 +172,16 @@ class _Down(eqx.Module):
         return self.conv(self.activation(self.norm(x)))
 
 
-def _make_block(kind, filt, channels, activation, T, config, key, name):
-    if kind == "res":
-        return ResidualBlock(channels, srf=(filt == "srf"), activation=activation, key=key)
-    if filt == "pixel":
-        field = ConvODEFunc(channels, activation=activation, key=key)
+def _make_block(spec: DCNSpec, channels, config, key, name):
+    act, norm = spec.activation, spec.norm["block"]
+    if spec.block == "res":
+        return ResidualBlock(channels, srf=(spec.filters == "srf"), activation=act, norm=norm,
+                             key=key)
+    if spec.filters == "pixel":
+        field = ConvODEFunc(channels, norm=norm, activation=act, key=key)
     else:
-        field = DCNField(channels, filt, activation=activation, key=key)
-    return ODEBlock(field, 0.0, T, config, name=name)
+        field = DCNField(channels, spec.filters, norm=norm, activation=act, key=key)
+    return ODEBlock(field, 0.0, spec.t1, config, name=name)
 
 
 class DCNClassifier(eqx.Module):
@@ -171,7 +207,8 @@ class DCNClassifier(eqx.Module):
                  config: SolveConfig | None = None, *, key):
         if name not in MODEL_SPECS:
             raise ValueError(f"unknown DCN model {name!r}; choose one of {', '.join(MODEL_NAMES)}.")
-        kind, filt, full, act, T = MODEL_SPECS[name]
+        spec = MODEL_SPECS[name]
+        full, act = spec.full, spec.activation
         config = SolveConfig() if config is None else config
         self.name = name
         self.activation = act
@@ -182,7 +219,7 @@ class DCNClassifier(eqx.Module):
         else:
             self.stem = eqx.nn.Conv2d(in_channels, w[0], 3, 1, 0, key=keys[0])
         self.blocks = tuple(
-            _make_block(kind, filt, w[i], act, T, config, keys[1 + i], f"block{i + 1}")
+            _make_block(spec, w[i], config, keys[1 + i], f"block{i + 1}")
             for i in range(len(w))
         )
         downs = []
@@ -191,9 +228,9 @@ class DCNClassifier(eqx.Module):
                 conv = SRFConv2d(w[i], w[i + 1], stride=2, key=keys[4 + i])
             else:
                 conv = eqx.nn.Conv2d(w[i], w[i + 1], 4, 2, 1, key=keys[4 + i])
-            downs.append(_Down(group_norm(w[i]), conv, act))
+            downs.append(_Down(spec.norm["down"](w[i]), conv, act))
         self.downs = tuple(downs)
-        self.head_norm = group_norm(w[-1])
+        self.head_norm = spec.norm["head"](w[-1])
         self.head = eqx.nn.Linear(w[-1], num_classes, key=keys[7])
 
     def _check(self, x):
@@ -306,18 +343,18 @@ class DCNAutoencoder(eqx.Module):
     activation: Callable = eqx.field(static=True)
 
     def __init__(self, encoder: DCNClassifier, out_channels=3, config=None, *, key):
-        kind, filt, _, act, T = MODEL_SPECS[encoder.name]
+        spec = MODEL_SPECS[encoder.name]
         config = SolveConfig() if config is None else config
         k1, k2, k3, k4 = jax.random.split(key, 4)
         w = [b.field.norm1.channels if isinstance(b, ODEBlock) else b.norm1.channels
              for b in encoder.blocks]
         self.encoder = encoder
-        self.block_a = _make_block(kind, filt, w[2], act, T, config, k1, "dec_block1")
+        self.block_a = _make_block(spec, w[2], config, k1, "dec_block1")
         self.reduce = eqx.nn.Conv2d(w[2], w[1], 1, key=k2)
-        self.block_b = _make_block(kind, filt, w[1], act, T, config, k3, "dec_block2")
-        self.out_norm = group_norm(w[1])
+        self.block_b = _make_block(spec, w[1], config, k3, "dec_block2")
+        self.out_norm = spec.norm["head"](w[1])
         self.out_conv = eqx.nn.Conv2d(w[1], out_channels, 1, key=k4)
-        self.activation = act
+        self.activation = spec.activation
 
     def _block(self, block, h):
         if isinstance(block, ODEBlock):

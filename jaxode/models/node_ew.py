@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from jaxode.fields.conv_odefunc import ConvODEFunc
 from jaxode.fields.evolving import EvolvingODE
-from jaxode.models.classifiers import Head, Sequence, chen_downsampling, chen_odenet
+from jaxode.models.classifiers import CHEN_NORM, Head, Sequence, chen_downsampling, chen_odenet
 from jaxode.ode import SolveConfig
 
 __all__ = ["NODEEWClassifier", "node_ew_mnist", "chen_odenet"]
@@ -69,9 +69,10 @@ def node_ew_mnist(num_classes: int = 10, *, in_channels: int = 1, channels: int 
     `key`, theta_0, the stem and the head equal those of
     ``chen_odenet(..., key=key)``, so the two models start from the same function."""
     k1, k2, k3 = jax.random.split(key, 3)
-    field = ConvODEFunc(channels, key=k2)
+    field = ConvODEFunc(channels, norm=CHEN_NORM["field"], key=k2)
     config = SolveConfig(rtol=tol, atol=tol) if solve is None else solve
     ode = EvolvingODE(field, dynamics, 0.0, 1.0, config, key=jax.random.fold_in(k2, 1),
                       hidden=hidden, rank=rank, name="ode_ew")
     return NODEEWClassifier(chen_downsampling(in_channels, channels, key=k1), ode,
-                            Head(channels, num_classes, dropout, key=k3), in_channels)
+                            Head(channels, num_classes, dropout, norm=CHEN_NORM["head"], key=k3),
+                            in_channels)

@@ -54,7 +54,14 @@ def _check_image(name: str, x, in_channels: int) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class SegNodeConfig:
-    """SegNode hyper-parameters; defaults are the paper's widths."""
+    """SegNode hyper-parameters; defaults are the paper's widths.
+
+    Normalisation: every GroupNorm (stem, transition, branch blocks, fusions, head)
+    has the largest divisor of its channels that is at most `max_groups` as group
+    count (``GroupRule("divisor", max_groups)``; 24 for 48 channels, 32 for 96, 192,
+    384).  Ours: the paper uses batch normalisation (Fig. 2 caption); see
+    `jaxode.nn.hrnet` for why the field cannot.
+    """
 
     num_classes: int = 11
     widths: tuple[int, ...] = PAPER_WIDTHS
@@ -80,7 +87,8 @@ class SegNodeConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BaselineConfig:
-    """Residual-baseline hyper-parameters; defaults are the paper's (6 modules)."""
+    """Residual-baseline hyper-parameters; defaults are the paper's (6 modules).
+    Normalisation as `SegNodeConfig` (the two models differ only in their body)."""
 
     num_classes: int = 11
     widths: tuple[int, ...] = PAPER_WIDTHS

@@ -28,7 +28,7 @@ Design choices (written down once here):
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import equinox as eqx
 import jax
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxode.nn.conv import conv2d
-from jaxode.nn.layers import ConcatConv2d
+from jaxode.nn.layers import ConcatConv2d, GroupRule
 
 PAPER_WIDTHS = (48, 96, 192, 384)
 STEM_CHANNELS = 64
@@ -48,8 +48,7 @@ def group_norm_for(channels: int, max_groups: int = 32) -> eqx.nn.GroupNorm:
     """GroupNorm with the largest group count <= `max_groups` that divides `channels`."""
     if channels < 1:
         raise ValueError(f"group_norm_for: channels must be positive, got {channels}.")
-    groups = max(g for g in range(1, min(max_groups, channels) + 1) if channels % g == 0)
-    return eqx.nn.GroupNorm(groups, channels)
+    return eqx.nn.GroupNorm(GroupRule("divisor", max_groups).groups(channels), channels)
 
 
 def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
@@ -90,6 +89,7 @@ class NormActConv(eqx.Module):
     norm: eqx.nn.GroupNorm
     conv: eqx.Module
     with_time: bool = eqx.field(static=True)
+    activation: Callable = eqx.field(static=True, default=jax.nn.relu)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  stride: int = 1, *, with_time: bool = False, use_bias: bool = False,
@@ -105,7 +105,7 @@ class NormActConv(eqx.Module):
         self.with_time = with_time
 
     def __call__(self, x: jax.Array, t=None) -> jax.Array:
-        h = jax.nn.relu(self.norm(x))
+        h = self.activation(self.norm(x))
         if self.with_time:
             if t is None:
                 raise ValueError("NormActConv: this block was built with_time=True; pass t.")

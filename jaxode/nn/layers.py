@@ -3,6 +3,7 @@ channel-first layout ``(C, H, W)``; callers `jax.vmap` over a batch."""
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Callable
 from functools import partial
@@ -112,6 +113,48 @@ def group_norm(channels: int, max_groups: int = 32) -> GroupNorm:
     `group_norm_groups` checks the width; the module is `GroupNorm`, Equinox's
     with a faster XLA:CPU formulation."""
     return GroupNorm(group_norm_groups(channels, max_groups), channels)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupRule:
+    """How a family's GroupNorm layers split C channels into groups.
+
+    - ``GroupRule("min", 32)``: min(32, C) groups (Wu & He's default; Chen et al.,
+      Carrara et al. and all Tomen et al. scripts but one), i.e. `group_norm`;
+    - ``GroupRule("per_channel")``: C groups of one channel (Tomen et al.'s DCN-full
+      script, ``nn.GroupNorm(dim, dim)``);
+    - ``GroupRule("divisor", 32)``: the largest divisor of C that is at most 32 (our
+      SegNode choice, `jaxode.nn.hrnet`).
+
+    A model family names one rule per layer kind in its config (for example
+    `jaxode.models.dcn.DCNSpec.norm`); ``rule(channels)`` builds the layer.
+    """
+
+    kind: str = "min"
+    max_groups: int = 32
+
+    def __post_init__(self):
+        if self.kind not in ("min", "per_channel", "divisor"):
+            raise ValueError(f"GroupRule: kind must be 'min', 'per_channel' or 'divisor', "
+                             f"got {self.kind!r}.")
+
+    def groups(self, channels: int) -> int:
+        """The group count for `channels` channels."""
+        if self.kind == "min":
+            return group_norm_groups(channels, self.max_groups)
+        c = group_norm_groups(channels, channels)  # only checks that c is a positive int
+        if self.kind == "per_channel":
+            return c
+        return max(g for g in range(1, min(self.max_groups, c) + 1) if c % g == 0)
+
+    def __call__(self, channels: int) -> GroupNorm:
+        return GroupNorm(self.groups(channels), channels)
+
+
+#: GroupNorm(min(32, C), C): Chen et al., Carrara et al., most DCN scripts.
+MIN32 = GroupRule("min", 32)
+#: GroupNorm(C, C): the DCN-full script of Tomen et al.
+PER_CHANNEL = GroupRule("per_channel")
 
 
 def norm_act(norm: eqx.nn.GroupNorm, act: Callable, x: jax.Array) -> jax.Array:

@@ -442,7 +442,7 @@ class MetaSRFConv2d(_SRFBase):
         return T_SCALE * jnp.clip(t, *T_CLIP)
 
     def sigma_at(self, t) -> jax.Array:
-        ts = self.time_scaled(jnp.asarray(t, jnp.float32))
+        ts = self.time_scaled(jnp.asarray(t, self.scale_coeffs.dtype))  # float64 layers stay float64
         powers = jnp.stack([ts ** p for p in range(self.scale_coeffs.shape[0])])
         return 2.0 ** jnp.dot(self.scale_coeffs, powers)
 
