@@ -125,7 +125,7 @@ def _zip_size(zf: zipfile.ZipFile, members) -> int:
     return sum(info[m].compress_size + 76 + 2 * len(m) for m in members) + 22
 
 
-def _write(src: zipfile.ZipFile, dest: str, members, extra: dict[str, str] | None = None) -> None:
+def write_zip(src: zipfile.ZipFile, dest: str, members, extra: dict[str, str] | None = None) -> None:
     """Copy `members` byte for byte (same compression) and `extra` texts into a new zip,
     written to a temporary name first so an interrupted copy leaves no half zip."""
     tmp = dest + ".tmp"
@@ -160,8 +160,8 @@ def stage(args) -> dict:
             f"CamVid subset {sizes[CAMVID] / MIB:.1f} MiB = {total / MIB:.1f} MiB exceeds "
             f"--limit-mib {args.limit_mib:g}; pass a smaller --cifar-train or --cifar-test.")
     os.makedirs(args.dest, exist_ok=True)
-    _write(cifar, os.path.join(args.dest, CIFAR), c_members)
-    _write(camvid, os.path.join(args.dest, CAMVID), v_members, listings)
+    write_zip(cifar, os.path.join(args.dest, CIFAR), c_members)
+    write_zip(camvid, os.path.join(args.dest, CAMVID), v_members, listings)
     return report
 
 

@@ -228,6 +228,32 @@ def recompile_checks(fn: Jitted, model, batch, fresh_batch) -> dict:
 # ------------------------------------------------------------------------ one model
 
 
+def prepare_torch(args) -> tuple[bool, int]:
+    """Import torch + torchdiffeq for the suite (unless ``args.no_torch``): passive
+    OpenMP waiting, `args.torch_threads` threads (default: this process's cores), and
+    ``args.torch_device`` resolved.  Returns (torch usable, threads)."""
+    from benchmarks import common
+
+    threads = args.torch_threads or common.cpu_count()
+    if args.no_torch:
+        return False, threads
+    # OpenMP threads that spin while waiting make a multi-threaded torch step 6-12x
+    # slower on a shared CPU (measured: Chen block, 2 threads, load 7: 4.5-8.4 s
+    # spinning, 0.9-1.2 s passive, 0.7 s with 1 thread); read when torch loads
+    if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
+        print("torch was imported before the suite: OMP_WAIT_POLICY not applied", flush=True)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        import torch
+        import torchdiffeq  # noqa: F401
+    except ImportError as e:
+        print(f"torch / torchdiffeq not importable ({e}); timing jaxode only", flush=True)
+        return False, threads
+    torch.set_num_threads(threads)
+    args.torch_device = resolve_torch_device(getattr(args, "torch_device", "auto"))
+    return True, threads
+
+
 def resolve_torch_device(choice: str = "auto") -> str:
     """``auto`` -> ``cuda`` when JAX's backend is a GPU and torch sees CUDA, else
     ``cpu``; ``cpu`` / ``cuda`` as given (``cuda`` without CUDA in torch: an error)."""
@@ -443,26 +469,8 @@ def run(args):
     from benchmarks import common
 
     t_start = time.perf_counter()
-    use_torch = not args.no_torch
-    if use_torch:
-        # OpenMP threads that spin while waiting make a multi-threaded torch step 6-12x
-        # slower on a shared CPU (measured: Chen block, 2 threads, load 7: 4.5-8.4 s
-        # spinning, 0.9-1.2 s passive, 0.7 s with 1 thread); read when torch loads
-        if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
-            print("torch was imported before the suite: OMP_WAIT_POLICY not applied", flush=True)
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    use_torch, threads = prepare_torch(args)
     info = common.describe_machine()
-    threads = args.torch_threads or common.cpu_count()
-    if use_torch:
-        try:
-            import torch
-            import torchdiffeq  # noqa: F401
-        except ImportError as e:
-            print(f"torch / torchdiffeq not importable ({e}); timing jaxode only", flush=True)
-            use_torch = False
-        else:
-            torch.set_num_threads(threads)
-            args.torch_device = resolve_torch_device(getattr(args, "torch_device", "auto"))
     print(f"machine: {info['cpu']} ({info['cores']} cores, backend {info['backend']}), load "
           f"average {info.get('load_average')}; size {args.size}; torch threads {threads}", flush=True)
     CompileLog.get()
