@@ -51,7 +51,7 @@ PARTS: dict[str, Callable[..., dict]] = {
 }
 # share of the budget each part may use before it starts no new unit; the training
 # chunk may use whatever is left
-SHARES = {"correctness": 0.15, "suite": 0.45, "mfu": 0.15, "memory": 0.15, "train": 1.0}
+SHARES = {"correctness": 0.15, "suite": 0.40, "mfu": 0.15, "memory": 0.25, "train": 1.0}
 SUITE_MODELS = ("chen-block", "carrara-odeonly", "carrara-resode", "dcn-ode", "node-ew", "cnf",
                 "segnode", "chen-odenet")
 DRY_SUITE_MODELS = ("cnf",)
