@@ -228,6 +228,10 @@ def _write_json(path: Path, obj) -> None:
 # ------------------------------------------------------------------------ reporting
 
 
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.1%}"
+
+
 def to_markdown(campaign: dict) -> str:
     """The campaign summary: device, command, each part's status and key figures."""
     from benchmarks.common import markdown_table
@@ -266,18 +270,18 @@ def to_markdown(campaign: dict) -> str:
                                   "MFU tf32"],
                                  [[x["model"], f"{x['flops_per_step'] / 1e9:.2f}",
                                    f"{x['step_s']:.4f}", f"{x['achieved_tflops']:.3f}",
-                                   f"{x.get('mfu_vs_fp32', float('nan')):.2%}",
-                                   f"{x.get('mfu_vs_tf32', float('nan')):.2%}"] for x in m["rows"]])]
+                                   _pct(x.get("mfu_vs_fp32")), _pct(x.get("mfu_vs_tf32"))]
+                                  for x in m["rows"]])]
     if r.get("memory"):
         m = r["memory"]
-        rows = [[k, f"{v['memory']['total'] / 2**30:.3f}" if v["memory"] else "-"]
+        rows = [[k, f"{v['memory']['total'] / 2**20:.1f}" if v["memory"] else "-",
+                 f"{v['memory']['temp'] / 2**20:.1f}" if v["memory"] else "-"]
                 for k, v in m["rows"].items()]
         lines += ["", f"## SegNode memory, batch {m['batch']}, {m['image']} (XLA buffer "
-                  "assignment)", "", markdown_table(["program", "GiB"], rows), "",
-                  "Reduction SegNode vs baseline: train "
-                  f"{m.get('train_reduction', float('nan')):.0%} (paper "
-                  f"{m['paper_train_reduction']:.0%}), test "
-                  f"{m.get('test_reduction', float('nan')):.0%} (paper {m['paper_test_reduction']:.0%})."]
+                  "assignment)", "", markdown_table(["program", "MiB", "temporaries MiB"], rows), "",
+                  f"Reduction SegNode vs baseline: train {_pct(m.get('train_reduction'))} "
+                  f"(paper, Table 2: {_pct(m['paper_train_reduction'])}), test "
+                  f"{_pct(m.get('test_reduction'))} (paper {_pct(m['paper_test_reduction'])})."]
     if r.get("train") and "epochs_after" in r["train"]:
         t = r["train"]
         s = t.get("summary", {})
