@@ -21,12 +21,14 @@ the campaign adds).  Then name the folder in the device tool's ``carry``:
 
     python -m benchmarks.stage_data                       # from $JAXODE_DATA
     python -m benchmarks.stage_data --src ../shared/data --cifar-test 1000
+    python -m benchmarks.stage_data --prev-run /path/to/campaign.tar.gz   # next chunk
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -35,6 +37,7 @@ from collections import defaultdict
 MIB = 2**20
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR, CAMVID = "cifar10-jpeg.zip", "camvid-segnet.zip"
+PREV = os.path.join("prev", "campaign.tar.gz")
 
 
 def parse_args(argv=None):
@@ -54,6 +57,9 @@ def parse_args(argv=None):
                    help="CamVid training pairs (default 24, the paper's Table 2 batch)")
     p.add_argument("--camvid-val", type=int, default=1, help="CamVid validation pairs (default 1)")
     p.add_argument("--camvid-test", type=int, default=1, help="CamVid test pairs (default 1)")
+    p.add_argument("--prev-run", default=None,
+                   help="an earlier campaign's campaign.tar.gz to copy to DEST/prev/ (the "
+                   "next training chunk resumes from it: gpu_campaign --resume-train)")
     p.add_argument("--limit-mib", type=float, default=62.0,
                    help="refuse when working tree + data exceed this (default 62 of the 64 MiB)")
     args = p.parse_args(argv)
@@ -63,6 +69,9 @@ def parse_args(argv=None):
     for name in (CIFAR, CAMVID):
         if not os.path.isfile(os.path.join(args.src, name)):
             p.error(f"--src {args.src!r} holds no {name}; pass the folder of the offline data.")
+    if args.prev_run and not os.path.isfile(args.prev_run):
+        p.error(f"argument --prev-run: {args.prev_run!r} is not a file; pass the "
+                "campaign.tar.gz an earlier campaign brought back.")
     for k in ("cifar_train", "cifar_test", "camvid_train", "camvid_val", "camvid_test"):
         if getattr(args, k) < 0:
             p.error(f"argument --{k.replace('_', '-')}: must be >= 0, got {getattr(args, k)}.")
@@ -149,6 +158,8 @@ def stage(args) -> dict:
         camvid, {"train": args.camvid_train, "val": args.camvid_val, "test": args.camvid_test})
     sizes = {CIFAR: _zip_size(cifar, c_members),
              CAMVID: _zip_size(camvid, v_members) + sum(len(t) + 100 for t in listings.values())}
+    if args.prev_run:
+        sizes[PREV] = os.path.getsize(args.prev_run)
     tree = tree_bytes()
     total = tree + sum(sizes.values())
     report = {"dest": args.dest, "tree_mib": tree / MIB, "cifar10_mib": sizes[CIFAR] / MIB,
@@ -157,11 +168,16 @@ def stage(args) -> dict:
     if total > args.limit_mib * MIB:
         raise ValueError(
             f"working tree {tree / MIB:.1f} MiB + CIFAR-10 subset {sizes[CIFAR] / MIB:.1f} MiB + "
-            f"CamVid subset {sizes[CAMVID] / MIB:.1f} MiB = {total / MIB:.1f} MiB exceeds "
+            f"CamVid subset {sizes[CAMVID] / MIB:.1f} MiB + earlier run "
+            f"{sizes.get(PREV, 0) / MIB:.1f} MiB = {total / MIB:.1f} MiB exceeds "
             f"--limit-mib {args.limit_mib:g}; pass a smaller --cifar-train or --cifar-test.")
     os.makedirs(args.dest, exist_ok=True)
     write_zip(cifar, os.path.join(args.dest, CIFAR), c_members)
     write_zip(camvid, os.path.join(args.dest, CAMVID), v_members, listings)
+    if args.prev_run:
+        os.makedirs(os.path.join(args.dest, "prev"), exist_ok=True)
+        shutil.copyfile(args.prev_run, os.path.join(args.dest, PREV))
+        report["prev_run"] = os.path.join(args.dest, PREV)
     return report
 
 
