@@ -173,7 +173,7 @@ def test_path_is_selected_by_backend_at_trace_time(key, monkeypatch):
 def test_both_paths_agree(k, s, p, key):
     """In float32 the two paths give the same outputs and input / weight gradients
     (batched by vmap, as the models call conv2d)."""
-    x, w, kg = _data(k, key, c=3, o=4, h=8)
+    x, w, _ = _data(k, key, c=3, o=4, h=8)
 
     def value_and_grads(path):
         with force_conv_path(path):

@@ -32,7 +32,7 @@ def test_dry_run_end_to_end(shared_data, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.gpu_campaign", "--out", str(out), "--dry-run",
          "--budget-min", "10", "--data", shared_data, "--archive", str(archive)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     campaign = json.loads((out / "campaign.json").read_text())
     assert {k: v["status"] for k, v in campaign["parts"].items()} == dict.fromkeys(gc.PARTS, "done")
