@@ -105,10 +105,13 @@ def test_stage_data_writes_loadable_zips_within_the_limit(shared_data, tmp_path)
     from jaxode.data.load import load_dataset
 
     dest = tmp_path / "data_local"
+    prev = tmp_path / "campaign.tar.gz"
+    prev.write_bytes(b"an earlier campaign's archive")
     argv = ["--src", shared_data, "--dest", str(dest), "--cifar-train", "30", "--cifar-test",
             "20", "--camvid-train", "2", "--camvid-val", "1", "--camvid-test", "1"]
-    report = stage_data.main(argv)
+    report = stage_data.main([*argv, "--prev-run", str(prev)])
     assert report["cifar10_images"] == 50 and report["camvid_pairs"] == 4
+    assert (dest / "prev" / "campaign.tar.gz").read_bytes() == prev.read_bytes()
     test = load_dataset("cifar10", "test", root=str(dest))
     assert len(test) == 20 and len(set(test.labels.tolist())) == 10  # class-balanced
     cam = load_camvid(str(dest / "camvid-segnet.zip"), splits=("train",), use_cache=False)
