@@ -72,6 +72,9 @@ def parse_args(argv=None):
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch intra-op threads (default: the cores of this process, as XLA:CPU "
                    "uses; OMP_WAIT_POLICY=PASSIVE unless set in the environment)")
+    p.add_argument("--torch-device", default="auto",
+                   help="torch device: auto (default: cuda when JAX runs on a GPU and torch sees "
+                   "CUDA, else cpu), cpu or cuda")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch (default 0)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
                    help="folder for the JSON and Markdown results (default benchmarks/results)")
@@ -151,13 +154,16 @@ def jax_steps(case, model):
     return Jitted(train, model), Jitted(infer, model)
 
 
-def torch_steps(case, tmodel, batch_np):
-    """(train, infer) zero-argument torch calls returning (loss or None, NFE fwd, NFE bwd)."""
+def torch_steps(case, tmodel, batch_np, device="cpu"):
+    """(train, infer) zero-argument torch calls returning (loss or None, NFE fwd, NFE bwd),
+    on `device` (the model must already be there); on a GPU each call waits for its
+    kernels (``torch.cuda.synchronize``) so that its time is the step's."""
     import torch
 
     from benchmarks.torch_ref import reset_nfe, torch_nfe
 
-    batch = tuple(torch.from_numpy(np.array(b, copy=True)) for b in batch_np)
+    batch = tuple(torch.from_numpy(np.array(b, copy=True)).to(device) for b in batch_np)
+    wait = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
 
     def train():
         tmodel.zero_grad(set_to_none=True)
@@ -165,12 +171,14 @@ def torch_steps(case, tmodel, batch_np):
         loss = case.torch_loss(tmodel, *batch)
         nf = torch_nfe(tmodel)
         loss.backward()
+        wait()
         return float(loss.detach()), nf, torch_nfe(tmodel) - nf
 
     def infer():
         reset_nfe(tmodel)
         with torch.no_grad():
             case.torch_infer(tmodel, *batch)
+        wait()
         return None, torch_nfe(tmodel), 0
 
     return train, infer
@@ -218,6 +226,47 @@ def recompile_checks(fn: Jitted, model, batch, fresh_batch) -> dict:
 
 
 # ------------------------------------------------------------------------ one model
+
+
+def prepare_torch(args) -> tuple[bool, int]:
+    """Import torch + torchdiffeq for the suite (unless ``args.no_torch``): passive
+    OpenMP waiting, `args.torch_threads` threads (default: this process's cores), and
+    ``args.torch_device`` resolved.  Returns (torch usable, threads)."""
+    from benchmarks import common
+
+    threads = args.torch_threads or common.cpu_count()
+    if args.no_torch:
+        return False, threads
+    # OpenMP threads that spin while waiting make a multi-threaded torch step 6-12x
+    # slower on a shared CPU (measured: Chen block, 2 threads, load 7: 4.5-8.4 s
+    # spinning, 0.9-1.2 s passive, 0.7 s with 1 thread); read when torch loads
+    if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
+        print("torch was imported before the suite: OMP_WAIT_POLICY not applied", flush=True)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        import torch
+        import torchdiffeq  # noqa: F401
+    except ImportError as e:
+        print(f"torch / torchdiffeq not importable ({e}); timing jaxode only", flush=True)
+        return False, threads
+    torch.set_num_threads(threads)
+    args.torch_device = resolve_torch_device(getattr(args, "torch_device", "auto"))
+    return True, threads
+
+
+def resolve_torch_device(choice: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when JAX's backend is a GPU and torch sees CUDA, else
+    ``cpu``; ``cpu`` / ``cuda`` as given (``cuda`` without CUDA in torch: an error)."""
+    import jax
+    import torch
+
+    if choice not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--torch-device must be auto, cpu or cuda, got {choice!r}.")
+    if choice == "auto":
+        return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--torch-device cuda: this torch sees no CUDA device; pass cpu or auto.")
+    return choice
 
 
 def _params(model) -> int:
@@ -288,7 +337,8 @@ def run_model(name, args, use_torch, say):
         except NotPorted as e:
             row["torch"] = str(e)
         else:
-            tt, ti = torch_steps(case, tmodel, batch_np)
+            device = getattr(args, "torch_device", "cpu")
+            tt, ti = torch_steps(case, tmodel.to(device), batch_np, device)
             calls["torch train"], calls["torch infer"] = tt, ti
             row["torch"] = "ported"
     else:
@@ -356,7 +406,7 @@ def to_markdown(results) -> str:
             f"weights and batch in both; median (min-max) of {c['repeats']} runs after the first "
             f"call, the four candidates of a model timed round-robin.\n\n"
             f"Machine: {m['cpu']}, {m['cores']} cores ({m['backend']}: {m['device']}); torch "
-            f"threads: {c.get('torch_threads')} (OMP_WAIT_POLICY={c.get('omp_wait_policy')}); load average before/after: {m.get('load_average')}"
+            f"device {c.get('torch_device', 'cpu')}, threads: {c.get('torch_threads')} (OMP_WAIT_POLICY={c.get('omp_wait_policy')}); load average before/after: {m.get('load_average')}"
             f" / {results.get('load_average_after')}; {m['date']}; jax {m['jax']}, diffrax "
             f"{m.get('diffrax')}, equinox {m.get('equinox')}, torch {m.get('torch')}, torchdiffeq "
             f"{m.get('torchdiffeq')}. Total wall time {results.get('wall_s', 0):.0f} s.\n")
@@ -419,25 +469,8 @@ def run(args):
     from benchmarks import common
 
     t_start = time.perf_counter()
-    use_torch = not args.no_torch
-    if use_torch:
-        # OpenMP threads that spin while waiting make a multi-threaded torch step 6-12x
-        # slower on a shared CPU (measured: Chen block, 2 threads, load 7: 4.5-8.4 s
-        # spinning, 0.9-1.2 s passive, 0.7 s with 1 thread); read when torch loads
-        if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
-            print("torch was imported before the suite: OMP_WAIT_POLICY not applied", flush=True)
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    use_torch, threads = prepare_torch(args)
     info = common.describe_machine()
-    threads = args.torch_threads or common.cpu_count()
-    if use_torch:
-        try:
-            import torch
-            import torchdiffeq  # noqa: F401
-        except ImportError as e:
-            print(f"torch / torchdiffeq not importable ({e}); timing jaxode only", flush=True)
-            use_torch = False
-        else:
-            torch.set_num_threads(threads)
     print(f"machine: {info['cpu']} ({info['cores']} cores, backend {info['backend']}), load "
           f"average {info.get('load_average')}; size {args.size}; torch threads {threads}", flush=True)
     CompileLog.get()

@@ -237,7 +237,7 @@ class TorchODEBlock(_torch_module_base()):  # type: ignore[misc]
         from torchdiffeq import odeint, odeint_adjoint
 
         first = state0[0] if isinstance(state0, tuple) else state0
-        ts = torch.tensor([self.t0, self.t1], dtype=first.dtype)
+        ts = torch.tensor([self.t0, self.t1], dtype=first.dtype, device=first.device)
         kw = dict(rtol=self.rtol, atol=self.atol, method=self.method, options=self.options)
         if self.adjoint and torch.is_grad_enabled():
             out = odeint_adjoint(self.func, state0, ts, **kw)
@@ -365,7 +365,7 @@ def torch_njet_basis(sigma, grid_half_width: int, order: int = 2, truncate: bool
     from jaxode.nn.srf import basis_orders
 
     r_grid = int(grid_half_width)
-    x = torch.arange(-r_grid, r_grid + 1, dtype=sigma.dtype)
+    x = torch.arange(-r_grid, r_grid + 1, dtype=sigma.dtype, device=sigma.device)
     s = sigma.reshape(-1)[:, None] if sigma.ndim else sigma.reshape(1, 1)
     g = torch.exp(-(x * x) / (2.0 * s * s))
     if truncate:

@@ -64,7 +64,8 @@ SUPPORT_MODES = ("exact", "separable", "max", "switch")  # `jaxode.nn.srf.refres
 
 def _resolve(args) -> dict:
     cfg = dict(CONFIGS[args.config])
-    for k in ("epochs", "batch_size", "lr", "train_limit", "test_limit", "tol", "support"):
+    for k in ("epochs", "batch_size", "lr", "train_limit", "test_limit", "tol", "support",
+              "solver", "num_steps"):
         v = getattr(args, k, None)
         if v is not None:
             cfg[k] = v
@@ -97,8 +98,10 @@ def _build(name, cfg, key, max_half_width, support="separable", margin=1):
     from jaxode.models.dcn import build_model
     from jaxode.ode import SolveConfig
 
+    solver = cfg.get("solver", "dopri5")  # a fixed-step solver (--num-steps) for quick checks
     model = build_model(name, key=key, widths=cfg["widths"],
-                        config=SolveConfig(rtol=cfg["tol"], atol=cfg["tol"]))
+                        config=SolveConfig(solver=solver, rtol=cfg["tol"], atol=cfg["tol"],
+                                           num_steps=cfg.get("num_steps")))
     return _with_support(model, support, max_half_width, margin)
 
 
@@ -153,7 +156,7 @@ def _plot_scales(scales: dict, path: str):
 
 
 def _train(name, cfg, train_set, test_set, run_path, seed, max_half_width, milestones,
-           epochs, progress=True, support="separable", margin=1, eval_every=1):
+           epochs, progress=True, support="separable", margin=1, eval_every=1, resume=False):
     import jax
 
     from jaxode.nn.srf import support_overflow
@@ -176,7 +179,7 @@ def _train(name, cfg, train_set, test_set, run_path, seed, max_half_width, miles
         train_batches=lambda e: dataset_batches(train_set, bs, seed=(seed, e), shuffle=True,
                                                 drop_last=True),
         eval_batches=lambda: dataset_batches(test_set, bs, shuffle=False),
-        config=tcfg, run=run, eval_batch_size=bs)
+        config=tcfg, run=run, eval_batch_size=bs, resume=resume)
     accs = [r.get("eval_acc") for r in result.history if r.get("eval_acc") is not None]
     scales = learned_scales(result.model)
     summary = {"model": name, "params": count_params(result.model), "seed": seed,
@@ -224,7 +227,7 @@ def cmd_classify(args):
     run_path = _classify_run_path(args)
     s = _train(args.model, cfg, train, test, run_path, args.seed, args.max_half_width,
                cfg["milestones"], cfg["epochs"], support=cfg["support"], margin=args.margin,
-               eval_every=args.eval_every)
+               eval_every=args.eval_every, resume=args.resume)
     print(json.dumps({k: v for k, v in s.items() if k != "learned_sigma"}, indent=2))
 
 
@@ -812,7 +815,18 @@ def check_args(parser, args) -> None:
                               "max_half_width", "per_class", "epoch_factor", "eval_every"),
                     non_negative=("margin", "seed"), existing=("data_root",))
     if args.cmd == "classify":
-        _cli.check_new_run_dir(parser, "--run", _classify_run_path(args))
+        if (args.solver in ("euler", "rk4")) != (args.num_steps is not None):
+            parser.error("arguments --solver/--num-steps: a fixed-step --solver (euler, rk4) "
+                         "needs --num-steps N, and --num-steps needs one of them.")
+        if args.num_steps is not None and args.num_steps < 1:
+            parser.error(f"argument --num-steps: must be >= 1, got {args.num_steps}.")
+        if args.resume:  # continue the run there (a fresh start where it holds no checkpoint)
+            if os.path.isfile(_classify_run_path(args)):
+                parser.error(f"argument --run: {_classify_run_path(args)!r} is a file; pass "
+                             "the run folder to continue.")
+        else:
+            _cli.check_new_run_dir(parser, "--run", _classify_run_path(args),
+                                   also=", or pass --resume to continue it")
         return
     if args.cmd == "reconstruct":
         _cli.check_existing(parser, "checkpoint", args.checkpoint, "run folder")
@@ -858,6 +872,14 @@ def main(argv=None):
     q = sub.add_parser("classify", help="CIFAR-10 classification (Tables 1, 5; Fig. 3)")
     common(q)
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--solver", choices=("dopri5", "euler", "rk4"), default=None,
+                   help="ODE solver (default dopri5, the paper's; euler / rk4 need --num-steps "
+                        "and serve quick checks such as the GPU campaign's dry run)")
+    q.add_argument("--num-steps", type=int, default=None,
+                   help="steps of a fixed-step --solver on each block's interval")
+    q.add_argument("--resume", action="store_true",
+                   help="continue the run in --run from its newest checkpoint up to --epochs "
+                        "(the learning-rate milestones stay at their epochs), e.g. in chunks")
     q.set_defaults(fn=cmd_classify)
     q = sub.add_parser("small-data", help="small-data regime (Table 2)")
     common(q)

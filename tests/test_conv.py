@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxode.nn.conv import conv2d, reference_conv2d
+from jaxode.nn import conv as conv_module
+from jaxode.nn.conv import conv2d, conv_path, force_conv_path, reference_conv2d
 from jaxode.nn.layers import ConcatConv2d
 
 # (kernel, stride, padding) of the convolutions used in the project.
@@ -138,3 +139,53 @@ def test_concat_conv2d_fast_equals_equinox(key):
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
     np.testing.assert_allclose(g1.conv.weight, g2.conv.weight, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(g1.conv.bias, g2.conv.bias, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------- backend selection (issue 21)
+
+
+def _has_custom_jvp(x, w) -> bool:
+    """Trace a fresh function (JAX caches traces per function) of conv2d's forward."""
+    fwd = jax.vmap(lambda xi: conv2d(xi, w, 1, 1))
+    return "custom_jvp_call" in str(jax.make_jaxpr(fwd)(x))
+
+
+def test_path_is_selected_by_backend_at_trace_time(key, monkeypatch):
+    """The custom-JVP convolution is an XLA:CPU workaround: conv2d traces it on the CPU
+    backend only.  With another backend standing in (the CI has no GPU), the traced
+    program holds no custom_jvp_call, i.e. plain lax.conv_general_dilated."""
+    x, w, _ = _data(3, key)
+    assert conv_path("cpu") == "custom_jvp"
+    assert conv_path("gpu") == conv_path("cuda") == conv_path("tpu") == "xla"
+    assert conv_path() == "custom_jvp" and _has_custom_jvp(x, w)  # the tests run on CPU
+    for backend in ("gpu", "tpu"):
+        monkeypatch.setattr(conv_module, "_backend", lambda b=backend: b)
+        assert conv_path() == "xla"
+        assert not _has_custom_jvp(x, w)
+    with force_conv_path("custom_jvp"):  # the override wins over the backend
+        assert _has_custom_jvp(x, w)
+    with pytest.raises(ValueError, match="unknown path 'cudnn'"):
+        with force_conv_path("cudnn"):
+            pass
+
+
+@pytest.mark.parametrize("k,s,p", CASES[:2])  # 3x3 same and 4x4 stride 2
+def test_both_paths_agree(k, s, p, key):
+    """In float32 the two paths give the same outputs and input / weight gradients
+    (batched by vmap, as the models call conv2d)."""
+    x, w, _ = _data(k, key, c=3, o=4, h=8)
+
+    def value_and_grads(path):
+        with force_conv_path(path):
+            def loss(x_, w_):
+                y = jax.vmap(lambda xi: conv2d(xi, w_, s, p))(x_)
+                return jnp.sum(jnp.tanh(y) * jnp.cos(y)), y
+
+            (_, y), g = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(x, w)
+        return y, g
+
+    y1, (gx1, gw1) = value_and_grads("custom_jvp")
+    y2, (gx2, gw2) = value_and_grads("xla")
+    np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gx1, gx2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gw1, gw2, rtol=1e-5, atol=1e-6)

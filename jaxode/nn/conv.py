@@ -29,11 +29,21 @@ convention, one ``(C, H, W)`` example per call -- is applied *before*
 linearisation and transposition: the weight gradient is one convolution that
 contracts over the whole batch, not a per-example gradient summed afterwards.
 The residual kept for the backward pass is the input itself (no image patches).
+
+The custom-JVP rule is a workaround for XLA:CPU and is not imposed elsewhere: `conv2d`
+asks `conv_path` *at trace time* which path to take -- ``"custom_jvp"`` when JAX's
+default backend is the CPU, ``"xla"`` (plain ``lax.conv_general_dilated`` in NCHW /
+OIHW, differentiated by JAX and laid out by XLA's GPU / TPU layout assignment, which
+chooses cuDNN's or the TPU's preferred layouts itself) on any other backend.  Both
+paths compute the same function (`tests/test_conv.py`).  `force_conv_path` overrides
+the choice for the functions traced inside it (a jitted function already traced keeps
+its path: the choice is part of the trace, not of the jit cache key).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from functools import partial
 
 import jax
@@ -41,7 +51,10 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-__all__ = ["conv2d", "reference_conv2d"]
+__all__ = ["conv2d", "reference_conv2d", "conv_path", "force_conv_path", "CONV_PATHS"]
+
+CONV_PATHS = ("custom_jvp", "xla")
+_FORCED: list[str] = []  # stack of force_conv_path choices, innermost last
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
@@ -129,6 +142,38 @@ def _conv_jvp(stride, padding, primals, tangents):
 _conv.defjvp(_conv_jvp, symbolic_zeros=True)
 
 
+def _backend() -> str:
+    """The backend a computation traced now will run on by default (a function of its
+    own so that tests can stand in another backend)."""
+    return jax.default_backend()
+
+
+def conv_path(backend: str | None = None) -> str:
+    """The convolution path `conv2d` takes when traced now: the innermost
+    `force_conv_path` if any, else ``"custom_jvp"`` on the CPU backend and ``"xla"``
+    on every other (``"gpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``, ...).
+
+    **Arguments:** `backend`: a backend name to decide for (default: JAX's default
+    backend now).
+    """
+    if _FORCED:
+        return _FORCED[-1]
+    return "custom_jvp" if (backend or _backend()) == "cpu" else "xla"
+
+
+@contextlib.contextmanager
+def force_conv_path(path: str) -> Iterator[None]:
+    """Within the block, `conv2d` traces the given path (one of `CONV_PATHS`) whatever
+    the backend: for tests and for comparing the two paths on one device."""
+    if path not in CONV_PATHS:
+        raise ValueError(f"force_conv_path: unknown path {path!r}; choose one of {CONV_PATHS}.")
+    _FORCED.append(path)
+    try:
+        yield
+    finally:
+        _FORCED.pop()
+
+
 def conv2d(x, weight, stride=1, padding=0):
     """2-D cross-correlation of one example, fast to differentiate in XLA:CPU loops.
 
@@ -142,7 +187,9 @@ def conv2d(x, weight, stride=1, padding=0):
     - `padding`: int, pair, or pair of (low, high) pairs (zero padding).
 
     **Returns:** ``(O, H_out, W_out)``; values and gradients equal those of
-    ``lax.conv_general_dilated`` in NCHW / OIHW layout (`reference_conv2d`).
+    ``lax.conv_general_dilated`` in NCHW / OIHW layout (`reference_conv2d`).  The
+    custom-JVP path is taken on the CPU backend only (`conv_path`, decided at trace
+    time); elsewhere this *is* `reference_conv2d`.
     """
     if x.ndim != 3:
         raise ValueError(f"conv2d expects one example of shape (C, H, W), got {x.shape}; vmap over a batch.")
@@ -151,7 +198,10 @@ def conv2d(x, weight, stride=1, padding=0):
             f"conv2d: weight of shape {weight.shape} does not fit an input with "
             f"{x.shape[0]} channels; expected (O, {x.shape[0]}, kh, kw)."
         )
-    return _conv(x, weight, _pair(stride, "stride"), _padding(padding))
+    stride, padding = _pair(stride, "stride"), _padding(padding)
+    if conv_path() == "xla":
+        return reference_conv2d(x, weight, stride, padding)
+    return _conv(x, weight, stride, padding)
 
 
 def reference_conv2d(x, weight, stride=1, padding=0):
