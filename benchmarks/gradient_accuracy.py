@@ -27,15 +27,15 @@ import os
 
 import numpy as np
 
-MODES = {
-    "backsolve": dict(adjoint="backsolve"),
-    "backsolve-mixed": dict(adjoint="backsolve-mixed"),
-    "backsolve-seminorm": dict(adjoint="backsolve", seminorm=True),
-    "checkpoint": dict(adjoint="checkpoint"),
-    "diffrax_backsolve": dict(adjoint="diffrax_backsolve"),
-    "direct": dict(adjoint="direct"),
+MODES = {  # explicit norms, so that a row means the same whatever the default is
+    "backsolve-rms": dict(seminorm=False, norm="rms"),
+    "backsolve-mixed": dict(seminorm=False, norm="mixed"),
+    "backsolve-seminorm": dict(seminorm=True, norm="rms"),
+    "checkpoint": "checkpoint",
+    "diffrax_backsolve": "diffrax_backsolve",
+    "direct": "direct",
 }
-DEFAULT_MODES = "backsolve,backsolve-mixed,backsolve-seminorm,checkpoint,diffrax_backsolve"
+DEFAULT_MODES = "backsolve-rms,backsolve-mixed,checkpoint,diffrax_backsolve,backsolve-seminorm"
 SCALES = ("sum", "mean")
 
 
@@ -79,10 +79,8 @@ def parse_args(argv=None):
 def _strategy(mode):
     from jaxode.ode import Backsolve
 
-    spec = dict(MODES[mode])
-    if spec["adjoint"] == "backsolve-mixed":
-        return dict(adjoint=Backsolve(norm="mixed"))
-    return spec
+    spec = MODES[mode]
+    return dict(adjoint=spec if isinstance(spec, str) else Backsolve(**spec))
 
 
 def _weights(field):
@@ -178,23 +176,17 @@ def run(args):
     dW_true, dz0_true, truth_nfe = truth(field, z0, R, args.truth_tol)
     print(f"truth: float64, tol {args.truth_tol:g}, forward NFE {truth_nfe}", flush=True)
 
-    step = make_step()
     rows = []
-    for mode in args.modes:
-        for tol in args.tols:
-            block = ODEBlock(field, 0.0, 1.0, SolveConfig(rtol=tol, atol=tol, **_strategy(mode)))
-            for scale_name in SCALES:
-                scale = 1.0 if scale_name == "sum" else 1.0 / args.batch
-                timing, out = common.time_jax(step, block, z0, R * scale, repeats=args.repeats)
-                _, nfe, bnfe, g_field, g_z0 = out
-                rows.append(dict(
-                    impl="jaxode", mode=mode, tol=tol, loss=scale_name,
-                    nfe_forward=int(nfe), nfe_backward=int(bnfe), time_s=timing.median,
-                    err_dW=_rel(_weights(g_field) / scale, dW_true),
-                    err_dz0=_rel(np.asarray(g_z0) / scale, dz0_true),
-                ))
-                print(_line(rows[-1]), flush=True)
-    if not args.no_torch:
+    tag = common.machine_tag(info)
+
+    def record(row):
+        rows.append(row)
+        print(_line(row), flush=True)
+        _add_ratios(rows)
+        results = {"config": vars(args), "machine": info, "truth_nfe_forward": truth_nfe, "rows": rows}
+        common.write_results(args.out, f"gradient-accuracy-{tag}", results, _markdown(results))
+
+    if not args.no_torch:  # first: every row's ratio needs it
         import torch
 
         torch.set_num_threads(common.cpu_count())
@@ -203,19 +195,28 @@ def run(args):
                 scale = 1.0 if scale_name == "sum" else 1.0 / args.batch
                 timing, (fwd, bwd, dW, dz0) = common.time_torch(
                     torch_step(field, z0, R, tol, scale), repeats=args.repeats)
-                rows.append(dict(
+                record(dict(
                     impl="torchdiffeq", mode="odeint_adjoint", tol=tol, loss=scale_name,
                     nfe_forward=fwd, nfe_backward=bwd, time_s=timing.median,
                     err_dW=_rel(dW / scale, dW_true), err_dz0=_rel(dz0 / scale, dz0_true),
                 ))
-                print(_line(rows[-1]), flush=True)
-    _add_ratios(rows)
-    results = {"config": vars(args), "machine": info, "truth_nfe_forward": truth_nfe, "rows": rows}
-    md = _markdown(results)
-    tag = common.machine_tag(info)
-    common.write_results(args.out, f"gradient-accuracy-{tag}", results, md)
-    print(md)
-    return results
+    step = make_step()
+    for mode in args.modes:
+        for tol in args.tols:
+            block = ODEBlock(field, 0.0, 1.0, SolveConfig(rtol=tol, atol=tol, **_strategy(mode)))
+            for scale_name in SCALES:
+                scale = 1.0 if scale_name == "sum" else 1.0 / args.batch
+                timing, out = common.time_jax(step, block, z0, R * scale, repeats=args.repeats)
+                _, nfe, bnfe, g_field, g_z0 = out
+                record(dict(
+                    impl="jaxode", mode=mode, tol=tol, loss=scale_name,
+                    nfe_forward=int(nfe), nfe_backward=int(bnfe), time_s=timing.median,
+                    err_dW=_rel(_weights(g_field) / scale, dW_true),
+                    err_dz0=_rel(np.asarray(g_z0) / scale, dz0_true),
+                ))
+    print(_markdown({"config": vars(args), "machine": info, "truth_nfe_forward": truth_nfe,
+                     "rows": rows}))
+    return rows
 
 
 def _add_ratios(rows):

@@ -121,14 +121,16 @@ class Backsolve(AbstractAdjoint):
     - `seminorm`: measure the backward error on (z, a_z) alone, skipping the
       parameter adjoint (Kidger et al. 2021): fewer backward steps.
     - `norm`: how the backward error of the parts is combined: ``"mixed"`` (the
-      maximum of each array's RMS norm, as torchdiffeq's adjoint does) or ``"rms"``
-      (one RMS over all parts, the default).  See docs/results/ode_core.md for how
-      the two trade gradient accuracy for backward steps.
+      default: the maximum of each array's RMS norm, as torchdiffeq's adjoint does)
+      or ``"rms"`` (one RMS over all parts: fewer backward steps, but the gradient's
+      error then grows as the loss is scaled down, e.g. by a batch mean, because the
+      small adjoint is drowned in the pooled norm).  Measured in
+      docs/results/ode_core.md (benchmarks/gradient_accuracy.py).
     """
 
     name: ClassVar[str] = "backsolve"
     seminorm: bool = eqx.field(static=True, default=False)
-    norm: str = eqx.field(static=True, default="rms")
+    norm: str = eqx.field(static=True, default="mixed")
 
     def __check_init__(self):
         if self.norm not in _NORMS:
