@@ -83,17 +83,26 @@ def main(argv=None):
     phases = parse_schedule(args.schedule)
     epochs = total_epochs(phases)
 
+    from experiments._cli import data_errors_exit, stop
     from jaxode.data import load_dataset
 
-    train = load_dataset(args.dataset, "train", root=args.data_root)
-    test = load_dataset(args.dataset, "test", root=args.data_root)
+    with data_errors_exit():
+        train = load_dataset(args.dataset, "train", root=args.data_root)
+        test = load_dataset(args.dataset, "test", root=args.data_root)
     train = train.subset(slice(0, args.train_limit)) if args.train_limit else train
     test = test.subset(slice(0, args.test_limit)) if args.test_limit else test
+    if len(train) < args.batch_size or len(test) == 0:
+        stop(f"{train.name!r} has {len(train)} training and {len(test)} test images; a run "
+             f"needs at least --batch-size ({args.batch_size}) training images and one test "
+             "image: lower --batch-size or raise --train-limit / --test-limit.")
+    if train.image_shape[-1] != test.image_shape[-1]:
+        stop(f"the training images have {train.image_shape[-1]} channel(s) and the test "
+             f"images {test.image_shape[-1]}; use a dataset whose splits agree.")
     os.makedirs(args.out, exist_ok=True)
     task = ClassificationTask()
     key = jax.random.PRNGKey(args.seed)
     solve = SolveConfig(rtol=args.tol, atol=args.tol)
-    in_channels = 1  # MNIST and digits are grey
+    in_channels = train.image_shape[-1]  # 1 for MNIST and digits
     builders = {
         "node-ew": lambda: node_ew_mnist(in_channels=in_channels, dynamics=args.dynamics,
                                          solve=solve, key=key),

@@ -262,36 +262,40 @@ def test_run_folder_rules(capsys, tmp_path, monkeypatch):
 # -------------------------------------------------------------- data that cannot train
 
 
-def _stopped(main, argv) -> str:
-    """`main(argv)` must end with a SystemExit carrying a message (no traceback)."""
+def _stopped(main, argv, capsys) -> str:
+    """`main(argv)` must end with exit status 2 and one line ``error: ...`` on stderr
+    (no traceback); returns that line."""
     before = len(_COMPILES)
+    capsys.readouterr()
     with pytest.raises(SystemExit) as info:
         main(argv)
-    assert isinstance(info.value.code, str), info.value.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2, info.value.code
+    assert len(err) == 1 and err[0].startswith("error: "), err
     assert len(_COMPILES) == before, "compiled a JAX program before the data check"
-    return info.value.code
+    return err[0]
 
 
-def test_dcn_data_that_cannot_train(tmp_path, make_image_folder):
+def test_dcn_data_that_cannot_train(tmp_path, make_image_folder, capsys):
     from experiments.dcn import main
 
-    msg = _stopped(main, ["classify", "--run", "new"])  # $JAXODE_DATA holds nothing
+    msg = _stopped(capsys=capsys, main=main, argv=["classify", "--run", "new"])  # $JAXODE_DATA holds nothing
     assert "'cifar10' not found" in msg and os.environ["JAXODE_DATA"] in msg
     make_image_folder(tmp_path / "few", {"cat": 2, "dog": 2})
-    msg = _stopped(main, ["classify", "--data-root", "few", "--batch-size", "16", "--run", "new"])
+    msg = _stopped(capsys=capsys, main=main, argv=["classify", "--data-root", "few", "--batch-size", "16", "--run", "new"])
     assert "--batch-size 16" in msg and "(4 images)" in msg
     make_image_folder(tmp_path / "one", {"cat": 20})
-    msg = _stopped(main, ["classify", "--data-root", "one", "--batch-size", "16", "--run", "new"])
+    msg = _stopped(capsys=capsys, main=main, argv=["classify", "--data-root", "one", "--batch-size", "16", "--run", "new"])
     assert "1 class" in msg and "at least two" in msg
     make_image_folder(tmp_path / "grey", {"0": 10, "1": 10}, size=(28, 28), mode="L")
-    msg = _stopped(main, ["classify", "--data-root", "grey", "--batch-size", "16", "--run", "new"])
+    msg = _stopped(capsys=capsys, main=main, argv=["classify", "--data-root", "grey", "--batch-size", "16", "--run", "new"])
     assert "(28, 28, 1)" in msg and "RGB" in msg
     with zipfile.ZipFile(tmp_path / "few.zip", "w") as z:
         for name in sorted(_files(tmp_path / "few")):
             z.write(tmp_path / "few" / name, f"few/{name}")
     data = (tmp_path / "few.zip").read_bytes()
     (tmp_path / "cut.zip").write_bytes(data[: len(data) // 2])
-    msg = _stopped(main, ["classify", "--data-root", "cut.zip", "--run", "new"])
+    msg = _stopped(capsys=capsys, main=main, argv=["classify", "--data-root", "cut.zip", "--run", "new"])
     assert "cut.zip" in msg
     assert not (tmp_path / "new").exists() and not (tmp_path / "runs").exists()
 
@@ -332,12 +336,12 @@ def test_valid_segment_arguments_reach_training(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "ok" / "config.json").exists()
 
 
-def test_segment_data_that_cannot_train(tmp_path):
+def test_segment_data_that_cannot_train(tmp_path, capsys):
     from experiments.segment import main
 
-    msg = _stopped(main, ["--config", "camvid-small"])  # $JAXODE_DATA holds nothing
+    msg = _stopped(capsys=capsys, main=main, argv=["--config", "camvid-small"])  # $JAXODE_DATA holds nothing
     assert "camvid-segnet.zip" in msg and "does not exist" in msg
-    msg = _stopped(main, ["--batch-size", "100"])  # the synthetic set has 64 images
+    msg = _stopped(capsys=capsys, main=main, argv=["--batch-size", "100"])  # the synthetic set has 64 images
     assert "--batch-size 100" in msg and "(64 images)" in msg
     assert not (tmp_path / "runs").exists()
 
