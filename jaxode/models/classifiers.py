@@ -123,7 +123,8 @@ def _relu(x):
 
 
 def _check_input(name, x, channels):
-    if x.ndim == 4 and x.shape[1] in (1, 3) and channels in (1, 3) and x.shape[-1] != channels:
+    if (x.ndim == 4 and x.shape[1] != channels and x.shape[1] in (1, 3) and channels in (1, 3)
+            and x.shape[-1] != channels):
         raise ValueError(
             f"{name} was built for {channels}-channel images but got {x.shape[1]}-channel "
             f"ones (batch {x.shape}): a model trained on {'grey' if channels == 1 else 'RGB'} "
