@@ -24,15 +24,36 @@ width the model could not normalise is refused before the model is built.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import os
 import sys
 from typing import Callable, Iterable, Mapping, NoReturn
 
-__all__ = ["check_args", "check_numbers", "check_list", "check_existing",
+__all__ = ["ArgumentParser", "check_args", "check_numbers", "check_list", "check_existing",
            "check_new_run_dir", "check_new_file", "check_widths", "data_errors_exit",
            "dataset_spec", "flag_name", "new_numbered_run_dir", "split_list", "stop"]
+
+
+_ADVICE = (("invalid int value", "pass a whole number"),
+           ("invalid float value", "pass a number, e.g. 0.1 or 1e-3"),
+           ("expected one argument", "give the flag a value"),
+           ("expected at least one argument", "give the flag one or more values"),
+           ("unrecognized arguments", "see --help for the flags"),
+           ("the following arguments are required", "add them (see --help)"))
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """`argparse.ArgumentParser` whose own errors also say what to do (``invalid int
+    value: 'two'; pass a whole number``); the experiments' command lines use it."""
+
+    def error(self, message: str):
+        for cause, advice in _ADVICE:
+            if cause in message and advice not in message:
+                message = f"{message}; {advice}."
+                break
+        super().error(message)
 
 
 def flag_name(dest: str) -> str:

@@ -278,7 +278,7 @@ def _report(s: dict, path: str, log) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _cli.ArgumentParser(
         prog="python -m experiments.classify",
         description=(
             "Train an image classifier (ODE-Net or ResNet) and evaluate it: test error, "
@@ -548,9 +548,9 @@ def main(argv=None) -> int:
         return 0
     check_args(parser, args)
     cfg = config_from_args(args)
-    check_config(parser, cfg)
     if args.resume:
         check_resume(parser, cfg)
+    check_config(parser, cfg)
     cfg, created = choose_run_folder(parser, args, cfg)
     from jaxode.train.rundir import release_run_dir
 

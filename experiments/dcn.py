@@ -827,7 +827,7 @@ def check_args(parser, args) -> None:
 def main(argv=None):
     from jaxode.models.dcn import MODEL_NAMES
 
-    p = argparse.ArgumentParser(prog="python -m experiments.dcn", description=__doc__.split("\n")[0])
+    p = _cli.ArgumentParser(prog="python -m experiments.dcn", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def common(q):

@@ -47,7 +47,9 @@ def _summarise(history, phases):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from experiments._cli import ArgumentParser
+
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/node_ew_mnist")
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--data-root", default=None, help="default: $JAXODE_DATA")

@@ -585,7 +585,7 @@ SWEEPS = ("trajectory", "tol", "t1")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
+    p = _cli.ArgumentParser(
         prog="python -m experiments.segment",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train and evaluate SegNode and the residual HRNet baseline (Khoshsirat & "

@@ -33,7 +33,9 @@ import numpy as np
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m experiments.transfer", description=__doc__,
+    from experiments._cli import ArgumentParser
+
+    p = ArgumentParser(prog="python -m experiments.transfer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=RUN_DIR",
                    help="a trained classification run folder (repeatable)")
@@ -126,7 +128,7 @@ def _check_args(parser, args):
                      "but 0; pass a spacing in (0, 1], e.g. 0.05.")
     if args.finetune_t is not None and not 0.0 <= args.finetune_t <= 1.0:
         parser.error(f"argument --finetune-t: {args.finetune_t!r} is outside [0, 1]; feature "
-                     "times run from 0 (block input) to 1 (block output).")
+                     "times run from 0 (block input) to 1 (block output); pass e.g. 0.5.")
     check_list(parser, "Cs", args.Cs, kind=float, minimum=1e-12)
     for spec in args.checkpoint:
         name, sep, run_dir = spec.partition("=")
@@ -329,11 +331,6 @@ def main(argv=None, log=print):
     from jaxode import transfer as tr
 
     out = os.path.join(args.runs_dir, args.name)
-    os.makedirs(out, exist_ok=True)
-    _keep_previous_results(out, log)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(vars(args), f, indent=2)
-
     data = None
     if not args.train_only:  # the target data first: a missing set stops before training
         with data_errors_exit():
@@ -358,6 +355,10 @@ def main(argv=None, log=print):
             for nm, entry in models.items():
                 log(f"trained {nm}: --checkpoint {nm}={entry['source']}")
             return {"trained": {nm: e["source"] for nm, e in models.items()}}
+    os.makedirs(out, exist_ok=True)  # only now: a command that stops early writes nothing
+    _keep_previous_results(out, log)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(vars(args), f, indent=2)
 
     log(f"Tiny-ImageNet-200 val: {len(data)} images, resized 64 -> {args.image_size} "
         f"(Pillow bilinear, antialiased; --image-size)")
