@@ -498,9 +498,10 @@ def check_config(parser, cfg: ClassifyConfig) -> None:
     if extra:
         suits = [m for m in MODELS
                  if all(k in inspect.signature(MODELS[m]).parameters for k, _ in cfg.model_kwargs)]
+        models = " or ".join(suits) or "of the config"
         parser.error(f"argument --model: config {cfg.name!r} sets {', '.join(extra)}, which "
-                     f"{cfg.model} does not take; use --model {' or '.join(suits) or 'of the config'} "
-                     "with this config, or a --config made for that model (see --list).")
+                     f"{cfg.model} does not take; use --model {models} with this config, or "
+                     "a --config made for that model (see --list).")
 
 
 def choose_run_folder(parser, args, cfg: ClassifyConfig, log=print):

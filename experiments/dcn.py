@@ -44,7 +44,6 @@ A layer whose r(sigma) outgrows its grid is truncated there and listed in
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os

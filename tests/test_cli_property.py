@@ -112,7 +112,6 @@ def stderr_capture(monkeypatch, tmp_path):
     test, not per example; the factory itself holds no state between examples)."""
     import contextlib
     import io
-    import sys
 
     monkeypatch.setenv("JAXODE_DATA", str(tmp_path / "nodata"))
     monkeypatch.setenv("JAXODE_CACHE", str(tmp_path / "cache"))
