@@ -140,6 +140,12 @@ def test_resume_without_latest_json_scans_and_never_deletes(tmp_path):
         assert (ck / name).exists()
 
 
+def test_resume_before_the_first_checkpoint_starts_fresh(tmp_path):
+    """Found by benchmarks/kill_resume.py: a run killed before its first checkpoint has
+    no checkpoints/ folder; its --resume must start from scratch, not crash."""
+    assert load_newest_intact(str(tmp_path / "no" / "checkpoints"), lambda e: None) is None
+
+
 def test_unreadable_checkpoints_are_refused_not_deleted(tmp_path):
     run = RunDir(str(tmp_path / "run"), {"x": 1}, tensorboard=False)
     _fit(run, 1)

@@ -113,7 +113,7 @@ def load_newest_intact(folder: str, template_at, log=print):
         if errors:
             log(f"{errors[0]} Falling back to checkpoint {epoch}.")
         return epoch, tree, meta
-    if not errors and not saved_epochs(folder):
+    if not errors and not (os.path.isdir(folder) and saved_epochs(folder)):
         return None
     raise ValueError(
         f"no checkpoint in {folder} could be read ({'; '.join(errors) or 'no complete pair'}"
