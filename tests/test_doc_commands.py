@@ -6,8 +6,9 @@ covered without editing this test.  Running all of them for real would take hour
 (paper-scale trainings), so this test:
 
 - parses every collected ``python -m experiments.X ...`` / ``python -m benchmarks.X
-  ...`` command with that program's own parser (`argparse` stops right after parsing:
-  a flag the program no longer has, a bad choice or a bad number fails here);
+  ...`` command with that program's own parser (`argparse.parse_known_args` is made to
+  stop right after parsing: a flag the program no longer has, a bad choice or a bad
+  number fails here, and nothing runs);
 - runs ``--help`` of every program named in the docs, for real, in this process;
 - runs ``python -m experiments.classify --list`` for real.
 
@@ -85,19 +86,22 @@ def test_the_docs_hold_commands():
 @pytest.mark.parametrize("doc, module, argv", COMMANDS,
                          ids=[f"{m} {' '.join(a)}"[:80] for _, m, a in COMMANDS])
 def test_documented_command_parses(doc, module, argv, monkeypatch, capsys):
-    original = argparse.ArgumentParser.parse_args
+    # parse_args and subcommands both go through parse_known_args: stop right after it
+    original = argparse.ArgumentParser.parse_known_args
 
     def parse_then_stop(self, args=None, namespace=None):
         raise _Parsed(original(self, args, namespace))
 
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", parse_then_stop)
     main = importlib.import_module(module).main
-    with pytest.raises(_Parsed):
+    with pytest.raises(_Parsed) as parsed:
         try:
             main(argv)
         except SystemExit as e:
             pytest.fail(f"{doc}: `python -m {module} {' '.join(argv)}` does not parse: "
                         f"{capsys.readouterr().err.strip()[-300:]} (exit {e.code})")
+    _, extras = parsed.value.args[0]
+    assert not extras, f"{doc}: `python -m {module}` has no arguments {extras}"
 
 
 @pytest.mark.parametrize("module", sorted({m for _, m, _ in COMMANDS}))
