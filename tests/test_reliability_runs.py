@@ -340,13 +340,12 @@ def test_model_that_does_not_suit_the_config(capsys):
 def test_channel_mismatch_names_the_channels():
     """Before: a grey-trained model given RGB images advised converting uint8 NHWC
     images, which they already were."""
-    from jaxode.models import make_model
+    from jaxode.models.classifiers import _check_input  # what every classifier calls first
 
-    model = make_model("carrara-resnet", num_classes=10, channels=8, in_channels=1,
-                       key=jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="built for 1-channel images but got 3-channel"):
-        eqx.filter_eval_shape(model, jax.ShapeDtypeStruct((2, 3, 16, 16), np.float32),
-                              key=jax.random.PRNGKey(0), inference=True)
+        _check_input("ODENetClassifier", jax.ShapeDtypeStruct((2, 3, 16, 16), np.float32), 1)
+    with pytest.raises(ValueError, match="to_model_input"):  # NHWC: the layout advice
+        _check_input("ODENetClassifier", jax.ShapeDtypeStruct((2, 16, 16, 1), np.float32), 1)
 
 
 def test_data_errors_are_one_line_with_exit_2(tmp_path, capsys):
