@@ -9,6 +9,7 @@
     loss.png acc.png nfe.png lr.png   curves of the matching metric columns
     summary.json       final numbers
     checkpoints/       see `jaxode.train.checkpoint`
+    .run-claim         the pid of the run that claimed the folder (`claim_run_dir`)
 """
 
 from __future__ import annotations
