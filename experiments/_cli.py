@@ -24,14 +24,36 @@ width the model could not normalise is refused before the model is built.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import os
-from typing import Callable, Iterable, Mapping
+import sys
+from typing import Callable, Iterable, Mapping, NoReturn
 
-__all__ = ["check_args", "check_numbers", "check_list", "check_existing",
+__all__ = ["ArgumentParser", "check_args", "check_numbers", "check_list", "check_existing",
            "check_new_run_dir", "check_new_file", "check_widths", "data_errors_exit",
-           "dataset_spec", "flag_name", "new_numbered_run_dir", "split_list"]
+           "dataset_spec", "flag_name", "new_numbered_run_dir", "split_list", "stop"]
+
+
+_ADVICE = (("invalid int value", "pass a whole number"),
+           ("invalid float value", "pass a number, e.g. 0.1 or 1e-3"),
+           ("expected one argument", "give the flag a value"),
+           ("expected at least one argument", "give the flag one or more values"),
+           ("unrecognized arguments", "see --help for the flags"),
+           ("the following arguments are required", "add them (see --help)"))
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """`argparse.ArgumentParser` whose own errors also say what to do (``invalid int
+    value: 'two'; pass a whole number``); the experiments' command lines use it."""
+
+    def error(self, message: str):
+        for cause, advice in _ADVICE:
+            if cause in message and advice not in message:
+                message = f"{message}; {advice}."
+                break
+        super().error(message)
 
 
 def flag_name(dest: str) -> str:
@@ -120,9 +142,23 @@ def _check_parent_writable(parser, flag: str, path: str) -> None:
     if not os.path.isdir(parent):
         parser.error(f"argument {flag}: cannot create {path!r} because {parent!r} is a "
                      "file, not a folder; pass another path.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        parser.error(f"argument {flag}: cannot write under {parent!r} (permission denied); "
-                     "pass a path in a writable folder.")
+    if not os.access(parent, os.W_OK | os.X_OK) or not _can_create_in(parent):
+        parser.error(f"argument {flag}: cannot write under {parent!r} (permission denied "
+                     "or not a writable file system); pass a path in a writable folder.")
+
+
+def _can_create_in(folder: str) -> bool:
+    """Whether a file can really be created in `folder` (``os.access`` says yes for root
+    everywhere, /proc and read-only mounts included): create and remove a probe file."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".jaxode-probe-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.remove(probe)
+    return True
 
 
 def check_new_run_dir(parser, flag: str, path: str, *, also: str = "") -> None:
@@ -143,20 +179,19 @@ def check_new_run_dir(parser, flag: str, path: str, *, also: str = "") -> None:
 
 
 def new_numbered_run_dir(path: str, limit: int = 10_000) -> str:
-    """Create and return the first of ``path``, ``path-2``, ``path-3``, ... that does not
-    exist yet (`os.mkdir`, so two runs started together never share a folder).  For a
-    default run name: a second run of the same command goes next to the first one and
-    never touches its files.  The parent folders are created as needed."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
+    """Claim and return the first of ``path``, ``path-2``, ``path-3``, ... that is missing
+    or empty (`jaxode.train.rundir.claim_run_dir`: an exclusive create, so two runs
+    started together never share a folder).  For a default run name: a second run of
+    the same command goes next to the first one and never touches its files."""
+    from jaxode.train.rundir import claim_run_dir
+
     for n in range(1, limit + 1):
         candidate = path if n == 1 else f"{path}-{n}"
-        try:
-            os.mkdir(candidate)
-        except FileExistsError:
+        if os.path.exists(candidate) and not os.path.isdir(candidate):
             continue
-        return candidate
-    raise FileExistsError(f"{path!r} and {path}-2 ... {path}-{limit} all exist; pass a "
+        if claim_run_dir(candidate):
+            return candidate
+    raise FileExistsError(f"{path!r} and {path}-2 ... {path}-{limit} all hold runs; pass a "
                           "run name of your own.")
 
 
@@ -203,15 +238,23 @@ def dataset_spec(text: str) -> str:
     raise ValueError(f"unknown dataset {text!r}; use one of {', '.join(SPECS)}.")
 
 
+def stop(message: str) -> NoReturn:
+    """End the program over input it cannot use (data, a run folder, a checkpoint): one
+    line ``error: MESSAGE`` on stderr, no traceback, exit status 2 (as `parser.error`).
+    The message says what was wrong and what to do."""
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    raise SystemExit(2)
+
+
 @contextlib.contextmanager
 def data_errors_exit():
     """Inside this block, a dataset that cannot be found or read (the loaders'
     FileNotFoundError / OSError / ValueError, which name the path and how to fix it)
-    ends the program with that message and exit status 1 instead of a traceback."""
+    ends the program through `stop`: that message on one line, exit status 2."""
     try:
         yield
     except (OSError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from e
+        stop(str(e))
 
 
 def check_args(parser, args, *, positive: Iterable[str] = (), non_negative: Iterable[str] = (),

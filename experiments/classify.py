@@ -140,27 +140,35 @@ def tolerance_sweep(model, task, test_batches, tols, *, batch_size, path=None, m
     evaluation step.  Returns a list of dicts; draws a PNG at `path`."""
     from jaxode.train import evaluate, with_tolerance
 
+    import equinox as eqx
+
     rows = []
     for tol in tols:
         t = time.perf_counter()
-        r = evaluate(with_tolerance(model, tol), task, test_batches(), batch_size=batch_size,
-                     mesh=mesh)
+        try:
+            r = evaluate(with_tolerance(model, tol), task, test_batches(),
+                         batch_size=batch_size, mesh=mesh)
+        except eqx.EquinoxRuntimeError as e:  # e.g. max_steps at a tolerance too tight
+            why = next((ln for ln in str(e).splitlines() if "ODEBlock" in ln), str(e))
+            rows.append({"tol": float(tol), "error": why.split("EquinoxRuntimeError: ")[-1]})
+            continue
         rows.append({"tol": float(tol), "acc": float(np.mean(r["acc"])),
                      "nfe_mean": float(np.mean(r["nfe"])), "nfe_std": float(np.std(r["nfe"])),
                      "steps_mean": float(np.mean(r["steps"])), "time_s": time.perf_counter() - t})
-    if path is not None and rows:
+    plotted = [r for r in rows if "error" not in r]
+    if path is not None and plotted:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         fig, ax1 = plt.subplots(figsize=(5, 3.5))
-        tol_axis = [r["tol"] for r in rows]
-        ax1.semilogx(tol_axis, [100 * r["acc"] for r in rows], "o-", color="C0")
+        tol_axis = [r["tol"] for r in plotted]
+        ax1.semilogx(tol_axis, [100 * r["acc"] for r in plotted], "o-", color="C0")
         ax1.set_xlabel("inference tolerance (rtol = atol)")
         ax1.set_ylabel("test accuracy (%)", color="C0")
         ax2 = ax1.twinx()
-        ax2.errorbar(tol_axis, [r["nfe_mean"] for r in rows], [r["nfe_std"] for r in rows],
+        ax2.errorbar(tol_axis, [r["nfe_mean"] for r in plotted], [r["nfe_std"] for r in plotted],
                      fmt="s--", color="C1", capsize=3)
         ax2.set_ylabel("NFE per image", color="C1")
         fig.tight_layout()
@@ -172,20 +180,26 @@ def tolerance_sweep(model, task, test_batches, tols, *, batch_size, path=None, m
 # --------------------------------------------------------------------------- main
 
 
-def run(cfg: ClassifyConfig, *, resume: bool = False, progress: bool = True, log=print) -> dict:
-    """Train and evaluate per `cfg`; returns the summary (also in summary.json)."""
+def run(cfg: ClassifyConfig, *, resume: bool = False, progress: bool = True, log=print,
+        data=None, claimed: bool = False) -> dict:
+    """Train and evaluate per `cfg`; returns the summary (also in summary.json).
+
+    `data`: ``(train, test)`` already loaded (default: `load_data(cfg)`).  `claimed`:
+    the caller holds the run folder (`jaxode.train.rundir.claim_run_dir`); otherwise a
+    fresh run claims it here and refuses one that holds an earlier run."""
     from jaxode.train import (RunDir, count_params, dataset_batches, evaluate, fit,
                               ode_blocks, with_batch_mode)
     from jaxode.train.parallel import data_mesh
+    from jaxode.train.rundir import claim_run_dir
 
     t_start = time.perf_counter()
     path = os.path.join(cfg.runs_dir, cfg.name)
-    if not resume and os.path.isdir(path) and os.listdir(path):
+    if not resume and not claimed and not claim_run_dir(path):
         raise FileExistsError(
-            f"run folder {path!r} already holds an earlier run, which a fresh run would "
-            "overwrite (and whose checkpoints it would delete); pass resume=True to "
-            "continue it or choose another cfg.name / cfg.runs_dir.")
-    train, test = load_data(cfg)
+            f"run folder {path!r} already holds an earlier run (or another run claimed it), "
+            "which a fresh run would overwrite; pass resume=True to continue it or choose "
+            "another cfg.name / cfg.runs_dir.")
+    train, test = load_data(cfg) if data is None else data
     h, w, c = train.image_shape
     log(f"data: {train!r}, {test!r}")
     model = build_model(cfg, train.num_classes, c, jax.random.PRNGKey(cfg.seed))
@@ -252,7 +266,10 @@ def _report(s: dict, path: str, log) -> None:
             f"{s['steps_std']:.2f} (min {s['steps_min']}, max {s['steps_max']}); "
             f"NFE {s['nfe_mean']:.1f} +- {s['nfe_std']:.1f}")
     for r in s.get("tol_sweep", []):
-        log(f"  tol {r['tol']:.0e}: acc {100 * r['acc']:.2f}%  NFE {r['nfe_mean']:.1f}")
+        if "error" in r:
+            log(f"  tol {r['tol']:.0e}: failed ({r['error']})")
+        else:
+            log(f"  tol {r['tol']:.0e}: acc {100 * r['acc']:.2f}%  NFE {r['nfe_mean']:.1f}")
     log(f"time: {s['total_time_s']:.0f} s")
     log(f"run folder: {path}")
 
@@ -261,7 +278,7 @@ def _report(s: dict, path: str, log) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _cli.ArgumentParser(
         prog="python -m experiments.classify",
         description=(
             "Train an image classifier (ODE-Net or ResNet) and evaluate it: test error, "
@@ -294,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--milestones", help="epochs of the step schedule, e.g. 60,100,140")
     a("--ema", type=float, dest="ema_decay", help="EMA decay of the weights used to evaluate")
     a("--solver", help="dopri5, tsit5, bosh3 (adaptive) or euler, midpoint, rk4")
-    a("--tol", type=float, help="rtol = atol of the adaptive solver in training")
+    a("--tol", type=float, help="rtol = atol of the adaptive solver in training (>= 1e-6)")
+    a("--max-steps", type=int, help="step budget of one ODE solve (default 4096)")
     a("--adjoint", choices=("backsolve", "checkpoint", "direct"),
       help="gradient of the ODE block: continuous adjoint (default) or backprop")
     a("--schedule", dest="phases",
@@ -311,8 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
            "holds a run is refused: pass another --name, or --resume")
     a("--runs-dir", help="parent folder of run folders (default: runs)")
     a("--resume", action="store_true",
-      help="continue the run in RUNS_DIR/NAME from its last checkpoint (NAME: --name or "
-           "the config's; a numbered run needs --name NAME-2 etc.)")
+      help="continue the run in RUNS_DIR/NAME from its newest intact checkpoint (NAME: "
+           "--name or the config's; a numbered run needs --name NAME-2 etc.).  Pass the "
+           "run's original flags: only more --epochs, --tol-sweep, --no-per-sample and "
+           "--no-progress may change; other differences are refused and listed")
     a("--no-data-parallel", action="store_true", help="use one device only")
     a("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -349,17 +369,69 @@ def parse_milestones(text: str) -> tuple[int, ...]:
     return out
 
 
+# The solves run in float32 (machine epsilon 1.2e-7): a tighter tolerance cannot be
+# met, and the solver spends all its max_steps trying (e.g. --tol-sweep 1e-12).
+MIN_TOL = 1e-6
+
+
 def parse_tolerances(text: str) -> tuple[float, ...]:
-    """``"1e-1,1e-2"`` -> ``(0.1, 0.01)``; ``""`` -> no sweep.  Each must be finite > 0."""
+    """``"1e-1,1e-2"`` -> ``(0.1, 0.01)``; ``""`` -> no sweep.  Each must be finite and
+    at least `MIN_TOL`."""
     try:
         out = tuple(float(t) for t in _cli.split_list(text))
     except ValueError:
         raise ValueError(f"{text!r} is not a comma-separated list of tolerances; write "
                          "e.g. 1e-1,1e-2,1e-3 (or '' for no sweep).") from None
-    if not all(0 < t < float("inf") for t in out):
-        raise ValueError(f"{text!r}: every tolerance must be a finite number > 0, e.g. "
-                         "1e-1,1e-2,1e-3.")
+    if not all(MIN_TOL <= t < float("inf") for t in out):
+        raise ValueError(f"{text!r}: every tolerance must be a finite number >= {MIN_TOL:g} "
+                         "(float32 solves cannot meet a tighter one), e.g. 1e-1,1e-2,1e-3.")
     return out
+
+
+# Flags a --resume may change: more epochs, and what only the final evaluation uses.
+# (--no-progress is not part of the run's config at all.)
+SAFE_ON_RESUME = ("epochs", "tol_sweep", "per_sample_eval", "fig_examples")
+
+
+def resume_differences(saved: dict, cfg: ClassifyConfig) -> list[str]:
+    """``field: saved -> now`` for every setting of `cfg` that differs from the run's
+    saved ``config.json["classify"]``, except `SAFE_ON_RESUME` (and fewer epochs than
+    saved, which is a difference)."""
+    from jaxode.train.rundir import _jsonable
+
+    now = _jsonable(cfg.to_dict())
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        old, new = saved.get(key), now.get(key)
+        if old == new or (key in SAFE_ON_RESUME and key != "epochs"):
+            continue
+        if key == "epochs" and isinstance(old, int) and isinstance(new, int) and new >= old:
+            continue
+        out.append(f"{key}: {old!r} -> {new!r}")
+    return out
+
+
+def check_resume(parser, cfg: ClassifyConfig) -> None:
+    """A --resume must find its run (config.json) and use that run's settings: refuse,
+    listing the differences, a resume with changed flags (`SAFE_ON_RESUME` excepted)."""
+    import json
+
+    path = os.path.join(cfg.runs_dir, cfg.name)
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            saved = json.load(f)["classify"]
+    except FileNotFoundError:
+        parser.error(f"argument --resume: {path!r} holds no run (no config.json); pass the "
+                     "--name of an earlier run, or drop --resume.")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        parser.error(f"argument --resume: {path}/config.json cannot be read ({e}); restore "
+                     "it from a backup, or start a new run without --resume.")
+    diff = resume_differences(saved, cfg)
+    if diff:
+        parser.error(f"argument --resume: these settings differ from the run in {path!r}: "
+                     f"{'; '.join(diff)}. Pass the original flags (only more --epochs, "
+                     "--tol-sweep, --no-per-sample and --no-progress may change), or start a "
+                     "new run with --name.")
 
 
 def check_args(parser, args) -> None:
@@ -372,7 +444,7 @@ def check_args(parser, args) -> None:
 
     _cli.check_args(parser, args,
                     positive=("channels", "epochs", "batch_size", "eval_batch_size", "lr",
-                              "tol", "euler_steps", "max_train_batches"),
+                              "tol", "euler_steps", "max_train_batches", "max_steps"),
                     non_negative=("dropout", "weight_decay", "train_limit", "test_limit",
                                   "seed"),
                     parsers={"milestones": parse_milestones, "tol_sweep": parse_tolerances})
@@ -391,6 +463,45 @@ def check_args(parser, args) -> None:
             parse_schedule(args.phases)
         except ValueError as e:
             parser.error(f"argument --schedule: {e}")
+    if args.tol is not None and args.tol < MIN_TOL:
+        parser.error(f"argument --tol: {args.tol!r} is below {MIN_TOL:g}, which float32 "
+                     f"solves cannot meet; pass e.g. --tol 1e-3.")
+    if args.config not in names():
+        parser.error(f"argument --config: unknown config {args.config!r}; choose one of "
+                     f"{', '.join(names())} (see --list).")
+    from jaxode.models import MODELS
+
+    if args.model is not None and args.model not in MODELS:
+        parser.error(f"argument --model: unknown model {args.model!r}; choose one of "
+                     f"{', '.join(MODELS)}.")
+    if args.dataset is not None:
+        try:
+            _cli.dataset_spec(args.dataset)
+        except ValueError as e:
+            parser.error(f"argument --dataset: {e}")
+    for dest in ("data_root",):
+        _cli.check_existing(parser, dest, getattr(args, dest))
+
+
+def check_config(parser, cfg: ClassifyConfig) -> None:
+    """Checks of the resolved config (a --config with overriding flags): the config's
+    model settings must suit the chosen model (smoke-digits' 3x3 stem is made for the
+    ODE nets; carrara-resnet has no stem_kernel)."""
+    import inspect
+
+    from jaxode.models import MODELS
+
+    accepted = inspect.signature(MODELS[cfg.model]).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        return
+    extra = [k for k, _ in cfg.model_kwargs if k not in accepted]
+    if extra:
+        suits = [m for m in MODELS
+                 if all(k in inspect.signature(MODELS[m]).parameters for k, _ in cfg.model_kwargs)]
+        models = " or ".join(suits) or "of the config"
+        parser.error(f"argument --model: config {cfg.name!r} sets {', '.join(extra)}, which "
+                     f"{cfg.model} does not take; use --model {models} with this config, or "
+                     "a --config made for that model (see --list).")
 
 
 def choose_run_folder(parser, args, cfg: ClassifyConfig, log=print):
@@ -400,19 +511,23 @@ def choose_run_folder(parser, args, cfg: ClassifyConfig, log=print):
     - an explicit ``--name``: its folder must be missing or empty, else exit status 2
       advising another ``--name`` or ``--resume``.
     - the default name: an empty or missing folder is used; one that holds a run is
-      kept, and this run goes to NAME-2 (NAME-3, ...), created at once.
+      kept, and this run goes to NAME-2 (NAME-3, ...).
 
-    Returns ``(cfg, created)``: `cfg` with the chosen name and the folder this call
-    created (None if none), which `main` removes again if the run stops before writing
-    anything into it."""
+    The folder is claimed at once (`jaxode.train.rundir.claim_run_dir`, an exclusive
+    create), so two runs started together never share it.  Returns ``(cfg, created)``:
+    `cfg` with the chosen name and the folder this call claimed (None on --resume),
+    which `main` releases again if the run stops before writing anything into it."""
     path = os.path.join(cfg.runs_dir, cfg.name)
     if args.resume:
         return cfg, None
     if args.name is not None:
         _cli.check_new_run_dir(parser, "--name", path, also=", or pass --resume to continue it")
-        return cfg, None
-    if os.path.isdir(path) and not os.listdir(path):
-        return cfg, None
+        from jaxode.train.rundir import claim_run_dir
+
+        if not claim_run_dir(path):
+            parser.error(f"argument --name: another run claimed {path!r} a moment ago; pass "
+                         "another --name.")
+        return cfg, path
     try:
         created = _cli.new_numbered_run_dir(path)
     except OSError as e:
@@ -434,15 +549,19 @@ def main(argv=None) -> int:
         return 0
     check_args(parser, args)
     cfg = config_from_args(args)
+    if args.resume:
+        check_resume(parser, cfg)
+    check_config(parser, cfg)
     cfg, created = choose_run_folder(parser, args, cfg)
+    from jaxode.train.rundir import release_run_dir
+
     try:
-        run(cfg, resume=args.resume, progress=not args.no_progress)
+        with _cli.data_errors_exit():
+            data = load_data(cfg)
+        run(cfg, resume=args.resume, progress=not args.no_progress, data=data, claimed=True)
     except BaseException:
         if created is not None:
-            try:
-                os.rmdir(created)  # only if the run wrote nothing there
-            except OSError:
-                pass
+            release_run_dir(created)  # only if the run wrote nothing there
         raise
     return 0
 

@@ -179,7 +179,9 @@ def _plot_losses(path, log):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from experiments._cli import ArgumentParser
+
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/curve", help="run folder (must be new or empty)")
     p.add_argument("--hidden", type=int, default=1000,
                    help="units per layer of the two-layer ReLU field (paper: 1000; on a "

@@ -44,7 +44,6 @@ A layer whose r(sigma) outgrows its grid is truncated there and listed in
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -200,18 +199,18 @@ def _check_train_set(cfg, train, test) -> None:
     before a run folder is made or a model built)."""
     n, classes = len(train), len(np.unique(train.labels))
     if n < cfg["batch_size"]:
-        raise SystemExit(f"error: --batch-size {cfg['batch_size']} is larger than the "
+        _cli.stop(f"--batch-size {cfg['batch_size']} is larger than the "
                          f"training set ({n} images); pass --batch-size {max(n, 1)} or less, "
                          "or use more training images (--train-limit, --per-class).")
     if classes < 2:
-        raise SystemExit(f"error: the training set {train.name!r} has {classes} class; a "
+        _cli.stop(f"the training set {train.name!r} has {classes} class; a "
                          "classifier needs at least two (check --data-root).")
     if len(test) == 0:
-        raise SystemExit(f"error: the test set {test.name!r} is empty; check --data-root and "
+        _cli.stop(f"the test set {test.name!r} is empty; check --data-root and "
                          "--test-limit.")
     for ds in (train, test):  # the models are built for CIFAR-10: RGB, 10 classes
         if ds.image_shape[-1] != 3 or ds.num_classes > 10:
-            raise SystemExit(f"error: {ds.name!r} has images {ds.image_shape} and "
+            _cli.stop(f"{ds.name!r} has images {ds.image_shape} and "
                              f"{ds.num_classes} classes; these models take RGB (H, W, 3) "
                              "images of at most 10 classes (CIFAR-10 layout).")
 
@@ -432,7 +431,7 @@ def _load_probe_inputs(args):
                 label, k = f"{cfg['model']}-{k}", k + 1
             models[label] = (model, run_dir, cfg)
     if len(test) == 0:
-        raise SystemExit("error: the test set is empty; check --data-root and --test-limit.")
+        _cli.stop("the test set is empty; check --data-root and --test-limit.")
     return models, test
 
 
@@ -841,7 +840,7 @@ def check_args(parser, args) -> None:
 def main(argv=None):
     from jaxode.models.dcn import MODEL_NAMES
 
-    p = argparse.ArgumentParser(prog="python -m experiments.dcn", description=__doc__.split("\n")[0])
+    p = _cli.ArgumentParser(prog="python -m experiments.dcn", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def common(q):

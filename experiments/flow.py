@@ -142,7 +142,9 @@ def _grid(half, n):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from experiments._cli import ArgumentParser
+
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/flow", help="run folder (must be new or empty)")
     p.add_argument("--densities", default=",".join(DENSITIES),
                    help=f"comma-separated, from {', '.join(DENSITIES)} (default: all)")

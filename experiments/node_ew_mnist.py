@@ -13,7 +13,16 @@ The paper trains 160 epochs (80 + 80) on all of MNIST on a GPU; on a CPU use a s
 
     python -m experiments.node_ew_mnist --train-limit 1024 --test-limit 1000 \\
         --schedule euler:2,adjoint:2 --out runs/node_ew_mnist
-    python -m experiments.node_ew_mnist --smoke          # digits 8x8, seconds
+    python -m experiments.node_ew_mnist --smoke          # digits, 24x24, minutes
+
+The smoke run repeats every pixel of the 8x8 digits 3x3 times (24x24 images), so that
+Chen's down-sampling leaves 5x5 feature maps, like MNIST's 6x6.  On the 8x8 images it
+leaves 1x1 maps: GroupNorm then normalises 2 values per group, which makes the field
+a near step function of z (slope up to 1/sqrt(eps)), and the pure-adjoint backward
+solve, which integrates that field backwards in time, ran out of its 4,096 steps at
+the first gradient (fixed-weight ODE-Net and NODE-EW alike).  Images that leave maps
+smaller than `MIN_MAP` are refused (1x1 was measured to fail; 2x2 and 3x3 were not
+tried; 5x5 and 6x6 train).
 """
 
 from __future__ import annotations
@@ -29,6 +38,26 @@ from jaxode.ode import SolveConfig
 from jaxode.train import ClassificationTask, RunDir, TrainConfig, dataset_batches, fit
 from jaxode.train.phases import parse_schedule, total_epochs
 from jaxode.train.utils import count_params
+
+
+MIN_MAP = 4  # smallest feature-map side accepted (see the module docstring)
+
+
+def chen_map_size(side: int) -> int:
+    """Side of the maps Chen's down-sampling leaves from `side` x `side` images (conv3x3
+    valid, then two conv4x4 / stride 2 / padding 1: 28 -> 26 -> 13 -> 6)."""
+    side -= 2
+    for _ in range(2):
+        side = (side - 2) // 2 + 1
+    return side
+
+
+def upsample(ds, k: int):
+    """`ds` with every pixel repeated k x k times (nearest-neighbour, exact)."""
+    from jaxode.data import Dataset
+
+    images = ds.images.repeat(k, axis=1).repeat(k, axis=2)
+    return Dataset(images, ds.labels, ds.num_classes, ds.class_names, f"{ds.name}x{k}")
 
 
 def _summarise(history, phases):
@@ -47,7 +76,9 @@ def _summarise(history, phases):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from experiments._cli import ArgumentParser
+
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/node_ew_mnist")
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--data-root", default=None, help="default: $JAXODE_DATA")
@@ -83,17 +114,34 @@ def main(argv=None):
     phases = parse_schedule(args.schedule)
     epochs = total_epochs(phases)
 
+    from experiments._cli import data_errors_exit, stop
     from jaxode.data import load_dataset
 
-    train = load_dataset(args.dataset, "train", root=args.data_root)
-    test = load_dataset(args.dataset, "test", root=args.data_root)
+    with data_errors_exit():
+        train = load_dataset(args.dataset, "train", root=args.data_root)
+        test = load_dataset(args.dataset, "test", root=args.data_root)
     train = train.subset(slice(0, args.train_limit)) if args.train_limit else train
     test = test.subset(slice(0, args.test_limit)) if args.test_limit else test
+    if len(train) < args.batch_size or len(test) == 0:
+        stop(f"{train.name!r} has {len(train)} training and {len(test)} test images; a run "
+             f"needs at least --batch-size ({args.batch_size}) training images and one test "
+             "image: lower --batch-size or raise --train-limit / --test-limit.")
+    if args.smoke:
+        train, test = upsample(train, 3), upsample(test, 3)
+    side = min(train.image_shape[:2])
+    if chen_map_size(side) < MIN_MAP:
+        stop(f"{train.name!r} has {side}x{side} images, which Chen's down-sampling turns into "
+             f"{max(chen_map_size(side), 0)}x{max(chen_map_size(side), 0)} feature maps; "
+             f"under {MIN_MAP}x{MIN_MAP} (at 1x1 the adjoint solve runs out of steps). "
+             "Use images of at least 20x20 (e.g. --dataset mnist), or --smoke for digits.")
+    if train.image_shape[-1] != test.image_shape[-1]:
+        stop(f"the training images have {train.image_shape[-1]} channel(s) and the test "
+             f"images {test.image_shape[-1]}; use a dataset whose splits agree.")
     os.makedirs(args.out, exist_ok=True)
     task = ClassificationTask()
     key = jax.random.PRNGKey(args.seed)
     solve = SolveConfig(rtol=args.tol, atol=args.tol)
-    in_channels = 1  # MNIST and digits are grey
+    in_channels = train.image_shape[-1]  # 1 for MNIST and digits
     builders = {
         "node-ew": lambda: node_ew_mnist(in_channels=in_channels, dynamics=args.dynamics,
                                          solve=solve, key=key),

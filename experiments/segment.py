@@ -48,7 +48,8 @@ from jaxode.nn.hrnet import STEM_CHANNELS
 from jaxode.models.segnode import (BaselineConfig, SegNodeConfig, build_model, count_params,
                                    with_solve)
 from jaxode.ode import backward_nfe, trainable
-from jaxode.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from jaxode.train.checkpoint import (latest_checkpoint, load_checkpoint, load_newest_intact,
+                                     save_checkpoint)
 from jaxode.train.rundir import RunDir, write_json
 from jaxode.train.seg_metrics import (cross_entropy, iou_from_confusion, median_time, miou,
                                       pixel_accuracy, split_confusion)
@@ -305,11 +306,11 @@ def load_trained(run_path: str, name: str = "segnode"):
     opt, _ = make_optimizer(name, cfg, 1)
     opt_state = opt.init(eqx.filter(model, trainable(model)))
     folder = os.path.join(run_path, "checkpoints", name)
-    last = latest_checkpoint(folder) if os.path.isdir(folder) else None
-    if last is None:
+    found = load_newest_intact(folder, lambda _: (model, opt_state))
+    if found is None:
         raise FileNotFoundError(f"{run_path!r} holds no {name} checkpoint ({folder}); train "
                                 f"it first (python -m experiments.segment --models {name}).")
-    (model, _), _ = load_checkpoint(folder, last, (model, opt_state))
+    last, (model, _), _ = found  # a damaged newest checkpoint falls back to an older one
     return model, cfg, data, last
 
 
@@ -454,7 +455,7 @@ def analyse(args):
     out = RunDir(_analysis_path(args), dict(settings, sweep=kinds), tensorboard=False)
     results = dict(settings=settings)
     if args.times and max(args.times) > t1:
-        raise SystemExit(f"error: --times {','.join(map(str, args.times))} goes past the run's "
+        _cli.stop(f"--times {','.join(map(str, args.times))} goes past the run's "
                          f"end time t1 = {t1:g}; give times in [0, {t1:g}].")
     if "trajectory" in kinds:
         ts = args.times or list(np.linspace(0.0, t1, 11))
@@ -584,7 +585,7 @@ SWEEPS = ("trajectory", "tol", "t1")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
+    p = _cli.ArgumentParser(
         prog="python -m experiments.segment",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train and evaluate SegNode and the residual HRNet baseline (Khoshsirat & "
@@ -687,6 +688,16 @@ def _check_analysis_args(parser, args) -> None:
     if not os.path.isfile(cfg_path):
         parser.error(f"argument --checkpoint: {args.checkpoint!r} is not a training run folder "
                      f"(no config.json); pass a folder written by python -m experiments.segment.")
+    try:
+        with open(cfg_path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        parser.error(f"argument --checkpoint: {cfg_path} cannot be read ({e}); pass a folder "
+                     "written by python -m experiments.segment.")
+    if not isinstance(saved, dict) or "data" not in saved:
+        parser.error(f"argument --checkpoint: {args.checkpoint!r} is not a segmentation run (its "
+                     "config.json has no 'data' entry; e.g. a classify run); pass a "
+                     "folder written by python -m experiments.segment.")
     _cli.check_list(parser, "sweep", args.sweep, choices=SWEEPS)
     for dest in ("tols", "t1s", "times"):
         vals = _cli.check_list(parser, dest, getattr(args, dest), kind=float, minimum=0.0)
@@ -805,7 +816,7 @@ def main(argv=None):
         splits, num_classes, ignore_label, palette = load_data(cfg)
     n_train = len(splits["train"].images)
     if n_train < cfg["batch_size"]:  # before the run folder exists: a fixed re-run can use it
-        raise SystemExit(f"error: --batch-size {cfg['batch_size']} is larger than the training "
+        _cli.stop(f"--batch-size {cfg['batch_size']} is larger than the training "
                          f"set ({n_train} images); pass --batch-size {max(n_train, 1)} or less.")
     run = open_run()
     key = jax.random.PRNGKey(cfg["seed"])

@@ -33,7 +33,9 @@ import numpy as np
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m experiments.transfer", description=__doc__,
+    from experiments._cli import ArgumentParser
+
+    p = ArgumentParser(prog="python -m experiments.transfer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=RUN_DIR",
                    help="a trained classification run folder (repeatable)")
@@ -112,12 +114,21 @@ def _check_args(parser, args):
                at_least={"folds": 2},
                choices={"quick_models": tuple(QUICK_MODELS)},
                existing=("data_root",))
+    # Tiny-ImageNet-200's validation split: 200 classes of 50 images (the data are
+    # read after training, so these limits are checked here, before any work).
+    if args.classes is not None and args.classes > TINY_CLASSES:
+        parser.error(f"argument --classes: {args.classes} is more than the {TINY_CLASSES} "
+                     f"classes of Tiny-ImageNet-200; pass --classes {TINY_CLASSES} or fewer.")
+    if args.per_class is not None and args.per_class > TINY_PER_CLASS:
+        parser.error(f"argument --per-class: {args.per_class} is more than the "
+                     f"{TINY_PER_CLASS} validation images per class of Tiny-ImageNet-200; "
+                     f"pass --per-class {TINY_PER_CLASS} or fewer.")
     if args.time_step > 1:
         parser.error(f"argument --time-step: {args.time_step!r} leaves no time inside [0, 1] "
                      "but 0; pass a spacing in (0, 1], e.g. 0.05.")
     if args.finetune_t is not None and not 0.0 <= args.finetune_t <= 1.0:
         parser.error(f"argument --finetune-t: {args.finetune_t!r} is outside [0, 1]; feature "
-                     "times run from 0 (block input) to 1 (block output).")
+                     "times run from 0 (block input) to 1 (block output); pass e.g. 0.5.")
     check_list(parser, "Cs", args.Cs, kind=float, minimum=1e-12)
     for spec in args.checkpoint:
         name, sep, run_dir = spec.partition("=")
@@ -128,6 +139,12 @@ def _check_args(parser, args):
             parser.error(f"argument --checkpoint: {run_dir!r} is not a run folder (no "
                          "config.json there); pass a folder written by experiments.classify "
                          "or by --quick-train.")
+    if args.quick_train:  # fit() never deletes an earlier run's checkpoints
+        from experiments._cli import check_new_run_dir, split_list
+
+        for kind in split_list(args.quick_models):
+            check_new_run_dir(parser, "--name",
+                              os.path.join(args.runs_dir, f"{args.name}-quick-{kind}"))
     if args.train_only and not args.quick_train:
         parser.error("argument --train-only: only meaningful with --quick-train.")
     if not args.checkpoint and not args.quick_train:
@@ -137,6 +154,7 @@ def _check_args(parser, args):
 # ----------------------------------------------------------------------------- models
 
 
+TINY_CLASSES, TINY_PER_CLASS = 200, 50
 QUICK_MODELS = {"resnet": "carrara-resnet", "resode": "carrara-resode",
                 "odeonly": "carrara-odeonly"}
 
@@ -160,8 +178,11 @@ def quick_train(args, log=print):
     from jaxode.train import ClassificationTask, RunDir, TrainConfig, dataset_batches, fit
     from jaxode.transfer import stratified_subset
 
-    train = load_dataset("cifar10", "train", root=args.data_root, cache_dir=args.cache_dir)
-    test = load_dataset("cifar10", "test", root=args.data_root, cache_dir=args.cache_dir)
+    from experiments._cli import data_errors_exit
+
+    with data_errors_exit():
+        train = load_dataset("cifar10", "train", root=args.data_root, cache_dir=args.cache_dir)
+        test = load_dataset("cifar10", "test", root=args.data_root, cache_dir=args.cache_dir)
     idx = stratified_subset(train.labels, classes=None,
                             per_class=args.quick_train_size // 10, seed=args.seed)
     train = train.subset(idx, name=f"cifar10/train[{len(idx)}]")
@@ -211,7 +232,7 @@ def load_run(run_dir: str):
     import jax
 
     from jaxode.models.classifiers import make_model
-    from jaxode.train import latest_checkpoint
+    from jaxode.ode import trainable
 
     with open(os.path.join(run_dir, "config.json")) as f:
         cfg = json.load(f)
@@ -242,33 +263,55 @@ def load_run(run_dir: str):
         if task.get("mean") is not None:
             norm = (tuple(task["mean"]), tuple(task["std"]))
     ckpt = os.path.join(run_dir, "checkpoints")
-    epoch = latest_checkpoint(ckpt)
-    if epoch is None:
+    epochs = _epochs_newest_first(ckpt)
+    if not epochs:
         raise FileNotFoundError(f"no checkpoint in {ckpt}; train the model first.")
-    path = os.path.join(ckpt, f"ckpt-{epoch:04d}.eqx")
-    with open(os.path.join(ckpt, f"ckpt-{epoch:04d}.json")) as f:
-        meta = json.load(f)
-    has_ema = (meta.get("config") or {}).get("ema_decay") is not None
-    # Leaves are stored in PyTree order of {"ema", "model", "opt_state"}: read the EMA
-    # list (when the run kept one) and the model; the optimiser state that follows is
-    # not needed.  The EMA weights are the ones the run evaluated with.
-    ema = None
-    if has_ema:
-        from jaxode.ode import trainable
-
-        ema = jax.tree_util.tree_leaves(eqx.filter(model, trainable(model)))
-    try:
-        state = eqx.tree_deserialise_leaves(path, {"ema": ema, "model": model})
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(
-            f"could not read {path} into a {name!r} model built from config.json ({e})."
-        ) from e
+    errors = []
+    for epoch in epochs:  # a damaged newest checkpoint falls back to an older one
+        try:
+            state, has_ema = _read_weights(ckpt, epoch, model)
+            break
+        except (OSError, ValueError) as e:
+            errors.append(f"checkpoint {epoch}: {str(e)[:200]}")
+    else:
+        raise ValueError(f"no checkpoint in {ckpt} could be read into a {name!r} model built "
+                         f"from config.json ({'; '.join(errors)}); retrain the model.")
+    if errors:
+        print(f"warning: {errors[0]}; using checkpoint {epoch} of {run_dir}.")
     model = state["model"]
     if has_ema:
         params = eqx.filter(model, trainable(model))
         model = eqx.combine(jax.tree_util.tree_unflatten(
             jax.tree_util.tree_structure(params), state["ema"]), model)
     return model, name, norm
+
+
+def _epochs_newest_first(ckpt: str) -> list[int]:
+    from jaxode.train.checkpoint import complete_epochs, latest_checkpoint
+
+    newest = latest_checkpoint(ckpt)
+    rest = [e for e in reversed(complete_epochs(ckpt)) if e != newest]
+    return ([newest] if newest is not None else []) + rest
+
+
+def _read_weights(ckpt: str, epoch: int, model):
+    """``({"ema", "model"}, has_ema)`` of checkpoint `epoch` read into `model`.  Leaves are
+    stored in PyTree order of {"ema", "model", "opt_state"}: the EMA list (when the run
+    kept one) and the model are read; the optimiser state that follows is not needed."""
+    import equinox as eqx
+    import jax
+
+    from jaxode.ode import trainable
+
+    with open(os.path.join(ckpt, f"ckpt-{epoch:04d}.json")) as f:
+        meta = json.load(f)
+    has_ema = (meta.get("config") or {}).get("ema_decay") is not None
+    ema = jax.tree_util.tree_leaves(eqx.filter(model, trainable(model))) if has_ema else None
+    path = os.path.join(ckpt, f"ckpt-{epoch:04d}.eqx")
+    try:
+        return eqx.tree_deserialise_leaves(path, {"ema": ema, "model": model}), has_ema
+    except Exception as e:  # noqa: BLE001 - truncated file, wrong shapes, ...
+        raise ValueError(f"could not read {path} ({type(e).__name__}: {e})") from e
 
 
 # ----------------------------------------------------------------------------- main
@@ -282,22 +325,29 @@ def main(argv=None, log=print):
     import matplotlib.pyplot as plt
     from tqdm.auto import tqdm
 
-    from experiments._cli import data_errors_exit
+    from experiments._cli import data_errors_exit, stop
     from jaxode.data.load import resolve_path
     from jaxode.data.tiny_imagenet import load_tiny_imagenet_val
     from jaxode import transfer as tr
 
     out = os.path.join(args.runs_dir, args.name)
-    os.makedirs(out, exist_ok=True)
-    _keep_previous_results(out, log)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(vars(args), f, indent=2)
-
+    data = None
+    if not args.train_only:  # the target data first: a missing set stops before training
+        with data_errors_exit():
+            path = resolve_path("tiny-imagenet", args.data_root,
+                                ("tiny-imagenet-200-val.zip", "tiny-imagenet-200"))
+            data = load_tiny_imagenet_val(path, image_size=args.image_size,
+                                          cache_dir=args.cache_dir)
     models = {}
     for spec in args.checkpoint:
         nm, run_dir = spec.split("=", 1)
         with data_errors_exit():
             model, kind, norm = load_run(run_dir)
+        channels = getattr(model, "in_channels", 3)
+        if channels != 3:
+            stop(f"--checkpoint {nm}={run_dir}: that model was trained on {channels}-channel "
+                 "(grey) images, but Tiny-ImageNet is RGB; pass a run trained on RGB images "
+                 "(e.g. CIFAR-10, --config carrara-cifar10-*) or use --quick-train.")
         models[nm] = {"model": model, "cifar_acc": None, "source": run_dir, "norm": norm}
     if args.quick_train:
         models.update(quick_train(args, log))
@@ -305,11 +355,11 @@ def main(argv=None, log=print):
             for nm, entry in models.items():
                 log(f"trained {nm}: --checkpoint {nm}={entry['source']}")
             return {"trained": {nm: e["source"] for nm, e in models.items()}}
+    os.makedirs(out, exist_ok=True)  # only now: a command that stops early writes nothing
+    _keep_previous_results(out, log)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(vars(args), f, indent=2)
 
-    with data_errors_exit():
-        path = resolve_path("tiny-imagenet", args.data_root,
-                            ("tiny-imagenet-200-val.zip", "tiny-imagenet-200"))
-        data = load_tiny_imagenet_val(path, image_size=args.image_size, cache_dir=args.cache_dir)
     log(f"Tiny-ImageNet-200 val: {len(data)} images, resized 64 -> {args.image_size} "
         f"(Pillow bilinear, antialiased; --image-size)")
     idx = tr.stratified_subset(data.labels, classes=args.classes, per_class=args.per_class,

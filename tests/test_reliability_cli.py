@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import math
 import os
 import traceback
@@ -262,36 +263,40 @@ def test_run_folder_rules(capsys, tmp_path, monkeypatch):
 # -------------------------------------------------------------- data that cannot train
 
 
-def _stopped(main, argv) -> str:
-    """`main(argv)` must end with a SystemExit carrying a message (no traceback)."""
+def _stopped(main, argv, capsys) -> str:
+    """`main(argv)` must end with exit status 2 and, as the last line on stderr (after
+    any progress bar), one line ``error: ...`` (no traceback); returns that line."""
     before = len(_COMPILES)
+    capsys.readouterr()
     with pytest.raises(SystemExit) as info:
         main(argv)
-    assert isinstance(info.value.code, str), info.value.code
+    err = capsys.readouterr().err
+    assert info.value.code == 2, info.value.code
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: "), err
     assert len(_COMPILES) == before, "compiled a JAX program before the data check"
-    return info.value.code
+    return err.strip().splitlines()[-1]
 
 
-def test_dcn_data_that_cannot_train(tmp_path, make_image_folder):
+def test_dcn_data_that_cannot_train(tmp_path, make_image_folder, capsys):
     from experiments.dcn import main
 
-    msg = _stopped(main, ["classify", "--run", "new"])  # $JAXODE_DATA holds nothing
+    msg = _stopped(capsys=capsys, main=main, argv=["classify", "--run", "new"])  # $JAXODE_DATA holds nothing
     assert "'cifar10' not found" in msg and os.environ["JAXODE_DATA"] in msg
     make_image_folder(tmp_path / "few", {"cat": 2, "dog": 2})
-    msg = _stopped(main, ["classify", "--data-root", "few", "--batch-size", "16", "--run", "new"])
+    msg = _stopped(capsys=capsys, main=main, argv=["classify", "--data-root", "few", "--batch-size", "16", "--run", "new"])
     assert "--batch-size 16" in msg and "(4 images)" in msg
     make_image_folder(tmp_path / "one", {"cat": 20})
-    msg = _stopped(main, ["classify", "--data-root", "one", "--batch-size", "16", "--run", "new"])
+    msg = _stopped(capsys=capsys, main=main, argv=["classify", "--data-root", "one", "--batch-size", "16", "--run", "new"])
     assert "1 class" in msg and "at least two" in msg
     make_image_folder(tmp_path / "grey", {"0": 10, "1": 10}, size=(28, 28), mode="L")
-    msg = _stopped(main, ["classify", "--data-root", "grey", "--batch-size", "16", "--run", "new"])
+    msg = _stopped(capsys=capsys, main=main, argv=["classify", "--data-root", "grey", "--batch-size", "16", "--run", "new"])
     assert "(28, 28, 1)" in msg and "RGB" in msg
     with zipfile.ZipFile(tmp_path / "few.zip", "w") as z:
         for name in sorted(_files(tmp_path / "few")):
             z.write(tmp_path / "few" / name, f"few/{name}")
     data = (tmp_path / "few.zip").read_bytes()
     (tmp_path / "cut.zip").write_bytes(data[: len(data) // 2])
-    msg = _stopped(main, ["classify", "--data-root", "cut.zip", "--run", "new"])
+    msg = _stopped(capsys=capsys, main=main, argv=["classify", "--data-root", "cut.zip", "--run", "new"])
     assert "cut.zip" in msg
     assert not (tmp_path / "new").exists() and not (tmp_path / "runs").exists()
 
@@ -332,24 +337,21 @@ def test_valid_segment_arguments_reach_training(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "ok" / "config.json").exists()
 
 
-def test_segment_data_that_cannot_train(tmp_path):
+def test_segment_data_that_cannot_train(tmp_path, capsys):
     from experiments.segment import main
 
-    msg = _stopped(main, ["--config", "camvid-small"])  # $JAXODE_DATA holds nothing
+    msg = _stopped(capsys=capsys, main=main, argv=["--config", "camvid-small"])  # $JAXODE_DATA holds nothing
     assert "camvid-segnet.zip" in msg and "does not exist" in msg
-    msg = _stopped(main, ["--batch-size", "100"])  # the synthetic set has 64 images
+    msg = _stopped(capsys=capsys, main=main, argv=["--batch-size", "100"])  # the synthetic set has 64 images
     assert "--batch-size 100" in msg and "(64 images)" in msg
     assert not (tmp_path / "runs").exists()
 
 
-def test_node_ew_missing_data_is_named_before_anything_is_written(tmp_path):
+def test_node_ew_missing_data_is_named_before_anything_is_written(tmp_path, capsys):
     from experiments.node_ew_mnist import main
 
-    with pytest.raises(FileNotFoundError) as info:
-        main(["--out", "new"])
-    assert os.environ["JAXODE_DATA"] in str(info.value) and "mnist" in str(info.value)
-    frame = traceback.extract_tb(info.value.__traceback__)[-1].filename
-    assert f"{os.sep}jaxode{os.sep}" in frame
+    msg = _stopped(main, ["--out", "new"], capsys)  # one line, exit 2 (issue 18)
+    assert os.environ["JAXODE_DATA"] in msg and "mnist" in msg
     assert not (tmp_path / "new").exists()
 
 
@@ -495,7 +497,7 @@ CLASSIFY_BAD_ARGS = [
     (["--solver", "rk45"], ["--solver", "'rk45'", "dopri5"]),
     (["--schedule", "euler:0"], ["--schedule", "'euler:0'"]),
     (["--tol-sweep", "1e-2,x"], ["--tol-sweep", "'1e-2,x'", "e.g. 1e-1,1e-2,1e-3"]),
-    (["--tol-sweep", "1e-2,0"], ["--tol-sweep", "finite number > 0"]),
+    (["--tol-sweep", "1e-2,0"], ["--tol-sweep", "finite number >= 1e-06"]),
     (["--milestones", "60,x"], ["--milestones", "'60,x'"]),
     (["--milestones", "100,60"], ["--milestones", "increasing order"]),
 ]
@@ -562,7 +564,10 @@ def test_segment_widths_are_not_bound_to_32_groups(tmp_path, monkeypatch):
 def _earlier_run(folder) -> None:
     """What a finished run leaves: config, metrics, summary and checkpoints."""
     (folder / "checkpoints").mkdir(parents=True)
-    (folder / "config.json").write_text('{"epochs": 3}')
+    from experiments.configs import get_config
+
+    cfg = get_config("smoke-digits").replace(name=folder.name)
+    (folder / "config.json").write_text(json.dumps({"classify": cfg.to_dict()}))
     (folder / "metrics.csv").write_text("epoch,loss\n1,2.3\n")
     (folder / "summary.json").write_text('{"acc": 0.5}')
     (folder / "checkpoints" / "ckpt-0003.eqx").write_bytes(os.urandom(64))
@@ -578,7 +583,7 @@ def test_classify_rerun_keeps_the_earlier_run(tmp_path, monkeypatch, capsys):
 
     calls = []
 
-    def fake_run(cfg, *, resume=False, progress=True, log=print):
+    def fake_run(cfg, *, resume=False, progress=True, log=print, **_):
         path = os.path.join(cfg.runs_dir, cfg.name)
         calls.append((cfg.name, resume, sorted(os.listdir(path)) if os.path.isdir(path)
                        else None))
@@ -598,7 +603,8 @@ def test_classify_rerun_keeps_the_earlier_run(tmp_path, monkeypatch, capsys):
         assert frag in out, f"{frag!r} not in: {out}"
     assert classify.main(["--config", "smoke-digits"]) == 0
     assert "smoke-digits-3" in capsys.readouterr().out
-    assert calls == [("smoke-digits-2", False, []), ("smoke-digits-3", False, [])]
+    claim = [".run-claim"]  # the exclusive claim made before the data were read
+    assert calls == [("smoke-digits-2", False, claim), ("smoke-digits-3", False, claim)]
     assert _files(tmp_path / "runs" / "smoke-digits") == earlier
     assert (tmp_path / "runs" / "smoke-digits-2" / "config.json").read_text() == "smoke-digits-2"
 
@@ -609,10 +615,10 @@ def test_classify_rerun_keeps_the_earlier_run(tmp_path, monkeypatch, capsys):
     assert classify.main(["--resume"]) == 0  # the config's own folder, files intact
     assert calls[-1] == ("smoke-digits", True,
                          ["checkpoints", "config.json", "metrics.csv", "summary.json"])
-    assert classify.main(["--name", "fresh"]) == 0  # a new name: made by the run itself
-    assert calls[-1] == ("fresh", False, None)
+    assert classify.main(["--name", "fresh"]) == 0  # a new name: claimed before the run
+    assert calls[-1] == ("fresh", False, claim)
     (tmp_path / "runs" / "empty").mkdir()  # an empty folder may be used by name
-    assert classify.main(["--name", "empty"]) == 0 and calls[-1] == ("empty", False, [])
+    assert classify.main(["--name", "empty"]) == 0 and calls[-1] == ("empty", False, claim)
 
 
 def test_classify_failed_run_leaves_no_folder_and_run_refuses_overwrite(tmp_path, capsys):
@@ -623,13 +629,12 @@ def test_classify_failed_run_leaves_no_folder_and_run_refuses_overwrite(tmp_path
     from experiments import classify
     from experiments.configs import get_config
 
-    with pytest.raises((OSError, ValueError), match="nowhere"):
-        classify.main(["--dataset", "folder:nowhere"])
+    assert "nowhere" in _refused("classify", ["--dataset", "folder:nowhere"], capsys)
     assert os.listdir(tmp_path / "runs") == []
     _earlier_run(tmp_path / "runs" / "smoke-digits")
     earlier = _files(tmp_path)
-    with pytest.raises((OSError, ValueError), match="nowhere"):
-        classify.main(["--dataset", "folder:nowhere"])  # tried smoke-digits-2
+    # tried smoke-digits-2:
+    assert "nowhere" in _refused("classify", ["--dataset", "folder:nowhere"], capsys)
     assert _files(tmp_path) == earlier
     assert sorted(os.listdir(tmp_path / "runs")) == ["smoke-digits"]
     before = len(_COMPILES)

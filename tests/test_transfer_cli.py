@@ -134,6 +134,8 @@ def test_transfer_cli_bad_paths(tiny_root, run_dir, tmp_path, capsys):
     # A data folder without the Tiny-ImageNet files: one message naming where it looked.
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(SystemExit, match="tiny-imagenet"):
+    with pytest.raises(SystemExit) as e:  # exit 2, one line (issue 18)
         cli.main(["--checkpoint", f"x={run_dir}", "--data-root", str(empty),
                   "--runs-dir", str(tmp_path / "runs")], log=lambda s: None)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "tiny-imagenet" in err and "Traceback" not in err

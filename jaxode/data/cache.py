@@ -25,7 +25,7 @@ from jaxode.data.dataset import Dataset
 __all__ = ["default_cache_dir", "source_fingerprint", "cached"]
 
 # Bump when a reader's output for the same file would change.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: folder splits share one channel count
 
 
 def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> str:
@@ -110,6 +110,19 @@ def cached(
             # A damaged entry (e.g. disk full on another machine): rebuild it.
             pass
     ds = make()
+    try:
+        _store(ds, folder, path)
+    except OSError as e:  # read-only, full or missing cache folder: run without the cache
+        import warnings
+
+        warnings.warn(f"cannot write the dataset cache {folder} ({e.strerror or e}); "
+                      "continuing without it (set JAXODE_CACHE to a writable folder to "
+                      "keep the decoded images).", RuntimeWarning, stacklevel=2)
+    return ds
+
+
+def _store(ds: Dataset, folder: str, path: str) -> None:
+    """Write `ds` to `path` through a temporary file in `folder` (atomic)."""
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
     try:
@@ -127,4 +140,3 @@ def cached(
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return ds

@@ -55,24 +55,36 @@ class Source:
         if self.is_zip:
             try:
                 with zipfile.ZipFile(self.path) as zf:
-                    self._names = [n for n in zf.namelist() if not n.endswith("/")]
+                    listed = zf.namelist()
+                    self._names = [n for n in listed if not n.endswith("/")]
+                    self._dirs = {n.rstrip("/") for n in listed if n.endswith("/")}
             except (zipfile.BadZipFile, OSError, EOFError) as e:
                 raise ValueError(
                     f"{self.path} is not a readable zip file ({e}); it may be truncated or "
                     f"corrupt: download or copy it again."
                 ) from e
         else:
-            names = []
+            names, dirs = [], set()
             for dirpath, dirnames, filenames in os.walk(self.path):
                 dirnames.sort()
+                for d in dirnames:
+                    dirs.add(os.path.relpath(os.path.join(dirpath, d), self.path).replace(os.sep, "/"))
                 for fn in filenames:
                     rel = os.path.relpath(os.path.join(dirpath, fn), self.path)
                     names.append(rel.replace(os.sep, "/"))
             self._names = names
+            self._dirs = dirs
         self._names = sorted(n for n in self._names if not _is_hidden(n))
+        # folders, including those implied by the file paths (zips may omit folder entries)
+        implied = {"/".join(n.split("/")[:k]) for n in self._names for k in range(1, n.count("/") + 1)}
+        self._dirs = {d for d in self._dirs | implied if not _is_hidden(d)}
 
     def names(self) -> list[str]:
         return self._names
+
+    def folders(self) -> set[str]:
+        """Every folder inside the source (relative posix paths), empty ones included."""
+        return self._dirs
 
     def describe(self, rel: str) -> str:
         """A human-readable location: ``zip::member`` or a filesystem path."""
@@ -102,14 +114,32 @@ def _read_bytes(path: str, is_zip: bool, rel: str) -> bytes:
         return f.read()
 
 
+def _is_grey(im) -> bool:
+    return im.mode in _GREY_MODES or (
+        im.mode == "P" and im.palette is not None and im.palette.mode == "L"
+    )
+
+
+def _any_colour(source: "Source", names: Sequence[str]) -> bool:
+    """Whether any of `names` is a colour image (reads the headers only)."""
+    from PIL import Image
+
+    for rel in names:
+        try:
+            with Image.open(io.BytesIO(source.read_bytes(rel))) as im:
+                if not _is_grey(im):
+                    return True
+        except Exception:  # noqa: BLE001 - a damaged file is reported when its split is read
+            continue
+    return False
+
+
 def _decode_one(data: bytes, where: str, size: tuple[int, int] | None):
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            grey = im.mode in _GREY_MODES or (
-                im.mode == "P" and im.palette is not None and im.palette.mode == "L"
-            )
+            grey = _is_grey(im)
             im = im.convert("RGB")
             if size is not None and im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.BILINEAR)
@@ -137,7 +167,9 @@ def _decode_chunk(path: str, is_zip: bool, names: Sequence[str], size):
         elif arr.shape != out.shape[1:]:
             raise ValueError(
                 f"Image {where} has size {arr.shape[1]}x{arr.shape[0]} but {first} has "
-                f"{out.shape[2]}x{out.shape[1]}; pass image_size= to resize all images."
+                f"{out.shape[2]}x{out.shape[1]}; "
+                "resize the images to one size first (or, in Python, pass image_size= to "
+                "read_image_folder)."
             )
         out[i] = arr
         all_grey &= grey
@@ -210,7 +242,9 @@ def decode_images(
         if arr.shape[1:] != shape:
             raise ValueError(
                 f"Image {first} has size {arr.shape[2]}x{arr.shape[1]} but {results[0][2]} "
-                f"has {shape[1]}x{shape[0]}; pass image_size= to resize all images."
+                f"has {shape[1]}x{shape[0]}; "
+                "resize the images to one size first (or, in Python, pass image_size= to "
+                "read_image_folder)."
             )
     images = np.concatenate([r[0] for r in results], axis=0)
     if all(r[1] for r in results):
@@ -244,6 +278,15 @@ def find_split_layout(source: Source, split: str) -> tuple[str, list[str]]:
         parts = n[len(prefix) :].split("/")
         if len(parts) == 3 and parts[0] in {split, "train", "test"}:
             classes.add(parts[1])
+    base = prefix + split + "/"
+    empty = sorted(d[len(base):] for d in source.folders()
+                   if d.startswith(base) and "/" not in d[len(base):]
+                   and not any(n.startswith(d + "/") for n in source.names()
+                               if n.lower().endswith(IMAGE_EXTENSIONS)))
+    if empty:
+        raise ValueError(
+            f"class folder(s) {', '.join(empty)} in {source.describe(base)} hold no images "
+            f"({', '.join(IMAGE_EXTENSIONS)}); add images to them or remove them.")
     return prefix, sorted(classes)
 
 
@@ -267,7 +310,10 @@ def read_image_folder(
     - `workers`: decoding processes (default: CPU count).
     - `name`: the dataset's name (default ``<folder>/<split>``).
 
-    Files are taken in sorted path order, so the order is reproducible.
+    Files are taken in sorted path order, so the order is reproducible.  Images are
+    grey (C = 1) only when every image of every split is grey; otherwise every split is
+    RGB (grey images replicated), so train and test always agree.  An empty class
+    folder is refused.
     """
     source = Source(path)
     prefix, classes = find_split_layout(source, split)
@@ -288,6 +334,12 @@ def read_image_folder(
         source, files, image_size=image_size, workers=workers, desc=f"decoding {name}",
         progress=progress,
     )
+    if images.shape[-1] == 1:  # one channel count for every split of the dataset
+        others = [n for n in source.names() if n.startswith(prefix) and not n.startswith(base)
+                  and n.lower().endswith(IMAGE_EXTENSIONS)
+                  and len(n[len(prefix):].split("/")) == 3]
+        if _any_colour(source, others):
+            images = np.repeat(images, 3, axis=-1)
     return Dataset(
         images=images,
         labels=np.asarray(labels, dtype=np.int32),

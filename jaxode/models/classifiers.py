@@ -141,6 +141,14 @@ class Head(eqx.Module):
 
 
 def _check_input(name, x, channels):
+    if (x.ndim == 4 and x.shape[1] != channels and x.shape[1] in (1, 3) and channels in (1, 3)
+            and x.shape[-1] != channels):
+        raise ValueError(
+            f"{name} was built for {channels}-channel images but got {x.shape[1]}-channel "
+            f"ones (batch {x.shape}): a model trained on {'grey' if channels == 1 else 'RGB'} "
+            f"images cannot read {'grey' if x.shape[1] == 1 else 'RGB'} ones; use data with "
+            f"{channels} channel(s), or a model trained on such data."
+        )
     if x.ndim != 4 or x.shape[1] != channels:
         raise ValueError(
             f"{name} expects a float batch of shape (N, {channels}, H, W), got {x.shape}; "

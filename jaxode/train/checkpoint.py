@@ -70,17 +70,55 @@ def _saved_epochs(folder):
 
 
 def latest_checkpoint(folder: str) -> int | None:
-    """The epoch of the newest complete checkpoint in `folder`, or None."""
-    path = os.path.join(folder, "latest.json")
-    if not os.path.exists(path):
+    """The epoch of the newest complete checkpoint in `folder`, or None.
+
+    ``latest.json`` names it; when that file is missing or unreadable (a kill between
+    the checkpoint and its pointer, a damaged disk), the newest complete
+    ``ckpt-NNNN.eqx`` / ``.json`` pair found by scanning the folder is used instead."""
+    if not os.path.isdir(folder):
         return None
     try:
-        with open(path) as f:
+        with open(os.path.join(folder, "latest.json")) as f:
             return int(json.load(f)["epoch"])
-    except (ValueError, KeyError, TypeError, OSError):  # damaged: newest complete pair
-        done = [e for e in saved_epochs(folder)
-                if os.path.exists(os.path.join(folder, f"ckpt-{e:04d}.json"))]
-        return max(done) if done else None
+    except (ValueError, KeyError, TypeError, OSError):  # missing or damaged: scan
+        done = complete_epochs(folder)
+        return done[-1] if done else None
+
+
+def complete_epochs(folder: str) -> list[int]:
+    """The epochs with both ``ckpt-NNNN.eqx`` and ``ckpt-NNNN.json`` in `folder`, ascending."""
+    if not os.path.isdir(folder):
+        return []
+    return [e for e in saved_epochs(folder)
+            if os.path.exists(os.path.join(folder, f"ckpt-{e:04d}.json"))]
+
+
+def load_newest_intact(folder: str, template_at, log=print):
+    """Load the newest checkpoint of `folder` that reads back, trying older ones when the
+    newest is damaged.  `template_at(epoch)` builds the template for checkpoint `epoch`.
+    Returns ``(epoch, tree, meta)``, or None when the folder holds no checkpoint at all.
+    Nothing is ever deleted; a ValueError lists every damaged file when none reads."""
+    newest = latest_checkpoint(folder)
+    candidates = sorted(set(complete_epochs(folder)) | ({newest} if newest else set()),
+                        reverse=True)
+    if newest is not None:  # the pointer's epoch first, then everything older
+        candidates = [newest] + [e for e in candidates if e < newest]
+    errors = []
+    for epoch in candidates:
+        try:
+            tree, meta = load_checkpoint(folder, epoch, template_at(epoch))
+        except (ValueError, FileNotFoundError) as e:
+            errors.append(str(e))
+            continue
+        if errors:
+            log(f"{errors[0]} Falling back to checkpoint {epoch}.")
+        return epoch, tree, meta
+    if not errors and not (os.path.isdir(folder) and saved_epochs(folder)):
+        return None
+    raise ValueError(
+        f"no checkpoint in {folder} could be read ({'; '.join(errors) or 'no complete pair'}"
+        "); nothing was deleted. Move the folder away and start a new run, or pass the "
+        "flags of the original run.")
 
 
 def load_checkpoint(folder: str, epoch: int, template):

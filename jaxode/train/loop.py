@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -25,12 +24,7 @@ import numpy as np
 import optax
 
 from jaxode.ode import backward_nfe, differentiated, trainable
-from jaxode.train.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    saved_epochs,
-)
+from jaxode.train.checkpoint import load_newest_intact, save_checkpoint, saved_epochs
 from jaxode.train.config import TrainConfig
 from jaxode.train.parallel import data_mesh, replicate, shard_batch
 from jaxode.train.phases import apply_phase, parse_schedule, phase_at
@@ -228,28 +222,25 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
     train_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x7A1)
     ckpt_dir = run.checkpoints if run is not None else None
 
-    if resume and run is not None and latest_checkpoint(ckpt_dir) is not None:
-        done = latest_checkpoint(ckpt_dir)
-        template = {"model": phase_model(model, done - 1), "opt_state": opt_state, "ema": ema}
-        try:
-            state, meta = load_checkpoint(ckpt_dir, done, template)
-        except ValueError as e:  # a damaged newest checkpoint: use the one before it
-            older = [k for k in saved_epochs(ckpt_dir) if k < done]
-            if not older:
-                raise
-            log(f"{e} Falling back to checkpoint {max(older)}.")
-            done = max(older)
-            template["model"] = phase_model(model, done - 1)
-            state, meta = load_checkpoint(ckpt_dir, done, template)
-        model, opt_state, ema = state["model"], state["opt_state"], state["ema"]
-        history = meta["history"]
-        plateau = PlateauState.from_dict(meta["plateau"])
-        start_epoch = int(meta["epoch"])
-        log(f"resuming {run.path} after epoch {start_epoch}")
-    elif resume:
-        log("--resume: no checkpoint found; starting from scratch")
-    if start_epoch == 0 and ckpt_dir is not None and os.path.isdir(ckpt_dir):
-        shutil.rmtree(ckpt_dir)  # a fresh run must not mix with an old run's files
+    if resume and run is not None:
+        def template_at(done):
+            return {"model": phase_model(model, done - 1), "opt_state": opt_state, "ema": ema}
+
+        found = load_newest_intact(ckpt_dir, template_at, log=log)
+        if found is None:
+            log("--resume: no checkpoint found; starting from scratch")
+        else:
+            _, state, meta = found
+            model, opt_state, ema = state["model"], state["opt_state"], state["ema"]
+            history = meta["history"]
+            plateau = PlateauState.from_dict(meta["plateau"])
+            start_epoch = int(meta["epoch"])
+            log(f"resuming {run.path} after epoch {start_epoch}")
+    elif ckpt_dir is not None and os.path.isdir(ckpt_dir) and saved_epochs(ckpt_dir):
+        raise FileExistsError(
+            f"{ckpt_dir} holds the checkpoints of an earlier run, which a fresh run would "
+            "mix with its own; pass resume=True (--resume) to continue it, or use another "
+            "run folder. Nothing was deleted.")
 
     model, opt_state, ema = replicate((model, opt_state, ema), mesh)
     last_good = None if start_epoch == 0 else os.path.join(ckpt_dir, f"ckpt-{start_epoch:04d}.eqx")
@@ -294,7 +285,8 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
                     f"Training stopped; the last good checkpoint "
                     f"({last_good or 'none yet: no epoch finished'}) is intact. Try a lower "
                     f"learning rate (now {lr:g}; e.g. --lr {lr / 10:g}), a looser or tighter "
-                    "solver tolerance (--tol), or a larger max_steps.") from e
+                    "solver tolerance (--tol), or a larger step budget (--max-steps of "
+                    "experiments.classify; SolveConfig.max_steps in Python).") from e
             if not finite:
                 if bar is not None:
                     bar.close()
@@ -303,7 +295,7 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
                     f"{epoch + 1}, step {i + 1}; training stopped. The last good checkpoint "
                     f"({last_good or 'none yet: no epoch finished'}) is intact. Try a lower "
                     f"learning rate (now {lr:g}; e.g. --lr {lr / 10:g}), a tighter solver "
-                    "tolerance (--tol), or gradient clipping (grad_clip)."
+                    "tolerance (--tol), or gradient clipping (TrainConfig.grad_clip in Python)."
                 )
             model, opt_state, ema = new_model, new_opt, new_ema
             metrics = jax.device_get(metrics)

@@ -9,6 +9,7 @@
     loss.png acc.png nfe.png lr.png   curves of the matching metric columns
     summary.json       final numbers
     checkpoints/       see `jaxode.train.checkpoint`
+    .run-claim         the pid of the run that claimed the folder (`claim_run_dir`)
 """
 
 from __future__ import annotations
@@ -18,6 +19,38 @@ import json
 import math
 import os
 from typing import Any
+
+CLAIM = ".run-claim"
+
+
+def claim_run_dir(path: str) -> bool:
+    """Claim the run folder `path` for one run, atomically: create it if needed, then
+    create ``path/.run-claim`` with ``O_EXCL`` (of two runs started together exactly one
+    succeeds).  False when another run holds the claim or the folder already holds
+    anything else.  The claim file stays (it names the process that made the run)."""
+    if os.path.isdir(path) and os.listdir(path):
+        return False
+    os.makedirs(path, exist_ok=True)
+    try:
+        fd = os.open(os.path.join(path, CLAIM), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    if set(os.listdir(path)) - {CLAIM}:  # an earlier run's files: not ours to reuse
+        os.remove(os.path.join(path, CLAIM))
+        return False
+    return True
+
+
+def release_run_dir(path: str) -> None:
+    """Undo `claim_run_dir` when the run wrote nothing else: the folder is removed."""
+    try:
+        if set(os.listdir(path)) == {CLAIM}:
+            os.remove(os.path.join(path, CLAIM))
+            os.rmdir(path)
+    except OSError:
+        pass
 
 
 def _jsonable(x):
@@ -34,16 +67,28 @@ def _jsonable(x):
     return x
 
 
-def write_json(path: str, obj) -> None:
+def write_json(path: str, obj, *, exclusive: bool = False) -> bool:
+    """Write `obj` to `path` atomically (a temporary file moved into place).  With
+    `exclusive`, an existing `path` is kept as it is (`os.link` fails on it, so of two
+    writers exactly one wins) and False is returned."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    if not exclusive:
+        os.replace(tmp, path)
+        return True
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.remove(tmp)
 
 
 class RunDir:
     """A run folder.  ``RunDir(path, config)`` creates it and writes ``config.json``
-    (`config` is any JSON-able dict).  `log_epoch` records metrics, `summary` writes
+    (`config` is any JSON-able dict) once: a resumed run keeps the original file.  `log_epoch` records metrics, `summary` writes
     ``summary.json``; `checkpoints` is the checkpoint folder."""
 
     def __init__(self, path: str, config: dict | None = None, *, tensorboard: bool = True):
@@ -51,7 +96,7 @@ class RunDir:
         os.makedirs(self.path, exist_ok=True)
         self.checkpoints = os.path.join(self.path, "checkpoints")
         if config is not None:
-            write_json(os.path.join(self.path, "config.json"), config)
+            write_json(os.path.join(self.path, "config.json"), config, exclusive=True)
         self._tb = self._open_tensorboard() if tensorboard else None
 
     def _open_tensorboard(self):
