@@ -7,13 +7,11 @@ the same weights, and the SRF layer against scipy's Gaussian derivatives in floa
 
 from __future__ import annotations
 
+import argparse
 import math
 
-import jax
-
-jax.config.update("jax_enable_x64", True)
-
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
@@ -62,12 +60,20 @@ def srf_vs_scipy(sigmas=(0.5, 0.8, 1.3, 2.0, 3.2, 5.0, 8.0)):
     return worst
 
 
-def main():
-    model = build_model("dcn_full", key=jax.random.PRNGKey(0))
-    print(f"dcn_full parameters: {count_params(model):,}")
-    peak, diff, groups = field_difference()
-    print(f"DCN field, width 64: max |f| {peak:.3g}; max |f(64 groups) - f({groups} groups)| {diff:.3g}")
-    print(f"SRF layer vs scipy gaussian_filter (float64): max relative difference {srf_vs_scipy():.2g}")
+def main(argv=None):
+    argparse.ArgumentParser(
+        prog="python -m benchmarks.fidelity",
+        description="The numbers of docs/models.md: DCN-full's parameter count, the effect of "
+        "its GroupNorm(d, d) normalisation, and the SRF layer against scipy (float64).",
+    ).parse_args(argv)
+    with jax.enable_x64(True):  # float64 here only, not for whoever imports this module
+        model = build_model("dcn_full", key=jax.random.PRNGKey(0))
+        print(f"dcn_full parameters: {count_params(model):,}")
+        peak, diff, groups = field_difference()
+        print(f"DCN field, width 64: max |f| {peak:.3g}; "
+              f"max |f(64 groups) - f({groups} groups)| {diff:.3g}")
+        print(f"SRF layer vs scipy gaussian_filter (float64): max relative difference "
+              f"{srf_vs_scipy():.2g}")
 
 
 if __name__ == "__main__":
