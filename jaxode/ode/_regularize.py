@@ -170,3 +170,9 @@ def report(zs, joint_batch: bool) -> dict:
             value = jnp.mean(value)
         out[name] = value
     return out
+
+
+def regularizer_stats(stats) -> dict:
+    """The requested regularisers of a `SolveStats`, ``{name: value}`` (empty when
+    none was requested): what a model puts in its ``aux`` for the trainer."""
+    return {n: getattr(stats, n) for n in REGULARIZERS if getattr(stats, n) is not None}
