@@ -10,12 +10,13 @@ loss (requested with ``SolveConfig(regularizers=...)``, reported in `SolveStats`
   E[eps eps^T] = I (Rademacher or Gaussian).  One probe is drawn per solve and kept
   for its whole interval; it is exact for a 1-D state with a Rademacher probe.
 - ``local_error``: E = sum over accepted steps j of |h_j| * rms(err_j), the solver's
-  own local error estimates (the embedded pair's difference, not divided by the
-  tolerance) weighted by the step: the error-estimate regulariser of Pal et al.,
-  "Opening the blackbox: accelerating neural differential equations by regularizing
-  internal solver heuristics", ICML 2021.  The estimate is *not* divided by
+  own local error estimates (the embedded pair's difference) weighted by the step,
+  after the error-estimate regulariser of Pal et al., "Opening the blackbox:
+  accelerating neural differential equations by regularizing internal solver
+  heuristics", ICML 2021 (the paper is not among the project's copies; the |h_j|
+  weighting is this module's choice).  The estimate is *not* divided by
   atol + rtol |z|: that scaled norm is what the controller keeps near 1, so it would
-  not fall when the solve becomes easier.
+  not fall as the dynamics become easier to integrate.
 
 K and J are integrated as extra state, ``Augmented(z, RegState(...))``, so every
 adjoint strategy differentiates them (`Backsolve` carries their adjoints backwards

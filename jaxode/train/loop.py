@@ -87,9 +87,12 @@ def lr_scales(model, g_lr_scale: float) -> tuple[float, ...]:
     return tuple(float(g_lr_scale) if m else 1.0 for m in jtu.tree_leaves(mask))
 
 
+_NO_REGULARIZATION = Regularization()
+
+
 @eqx.filter_jit
 def _train_step(model, opt_state, ema, batch, key, lr, task, optim: _Optim, ema_decay,
-                scales: tuple[float, ...], reg: Regularization = Regularization()):
+                scales: tuple[float, ...], reg: Regularization = _NO_REGULARIZATION):
     spec = trainable(model)
     # Differentiate only what is trained (and the NFE probes): gradients of the block
     # times would cost field evaluations that nobody uses.
