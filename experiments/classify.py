@@ -99,7 +99,8 @@ def train_config(cfg: ClassifyConfig):
         milestones=cfg.milestones, gamma=cfg.gamma, plateau_metric=cfg.plateau_metric,
         plateau_patience=cfg.plateau_patience, ema_decay=cfg.ema_decay, phases=cfg.phases,
         euler_steps=cfg.euler_steps, seed=cfg.seed, data_parallel=cfg.data_parallel,
-        max_train_batches=cfg.max_train_batches,
+        max_train_batches=cfg.max_train_batches, regularizers=dict(cfg.regularizers),
+        steer=cfg.steer,
     )
 
 
@@ -318,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--schedule", dest="phases",
       help="solver phases per epoch, e.g. euler:5,adjoint:10 (NODE-EW style)")
     a("--euler-steps", type=int, help="steps of the fixed-step phase/solver")
+    a("--regularizers", "--reg", dest="regularizers",
+      help="regularisers of the dynamics and their loss weights, e.g. kinetic=0.01,"
+           "jacobian=0.01 (kinetic, jacobian, local_error; local_error needs --adjoint "
+           "checkpoint or direct)")
+    a("--steer", type=float,
+      help="STEER: draw the ODE block's end time from U(t1 - B, t1 + B) at each training step")
     a("--tol-sweep", help="inference tolerances, e.g. 1e-1,1e-2,1e-3 ('' = none)")
     a("--no-per-sample", action="store_true",
       help="final evaluation with one joint solve per batch (faster, no per-image steps)")
@@ -347,6 +354,8 @@ def config_from_args(args) -> ClassifyConfig:
             changes[f.name] = v
     if args.milestones is not None:
         changes["milestones"] = parse_milestones(args.milestones)
+    if args.regularizers is not None:
+        changes["regularizers"] = parse_regularizers(args.regularizers)
     if args.tol_sweep is not None:
         changes["tol_sweep"] = parse_tolerances(args.tol_sweep)
     if args.no_per_sample:
@@ -434,6 +443,24 @@ def check_resume(parser, cfg: ClassifyConfig) -> None:
                      "new run with --name.")
 
 
+def parse_regularizers(text: str) -> tuple[tuple[str, float], ...]:
+    """``"kinetic=0.01,jacobian=0.01"`` -> ``(("kinetic", 0.01), ("jacobian", 0.01))``
+    ('' = none); a ValueError names the bad item."""
+    from jaxode.train.regularize import check_weights
+
+    out = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, eq, weight = item.partition("=")
+        try:
+            out.append((name.strip(), float(weight)))
+        except ValueError:
+            raise ValueError(f"expected NAME=WEIGHT, e.g. kinetic=0.01, got {item!r}") from None
+        if not eq:
+            raise ValueError(f"expected NAME=WEIGHT, e.g. kinetic=0.01, got {item!r}")
+    check_weights(dict(out))
+    return tuple(out)
+
+
 def check_args(parser, args) -> None:
     """Refuse bad flag values before any data is read or anything is compiled
     (`experiments._cli`: usage + one sentence, exit status 2).  Names that the pipeline
@@ -447,7 +474,10 @@ def check_args(parser, args) -> None:
                               "tol", "euler_steps", "max_train_batches", "max_steps"),
                     non_negative=("dropout", "weight_decay", "train_limit", "test_limit",
                                   "seed"),
-                    parsers={"milestones": parse_milestones, "tol_sweep": parse_tolerances})
+                    parsers={"milestones": parse_milestones, "tol_sweep": parse_tolerances,
+                             "regularizers": parse_regularizers})
+    if args.steer is not None and not 0 < args.steer < float("inf"):
+        parser.error(f"argument --steer: expected a positive number, got {args.steer!r}.")
     _cli.check_widths(parser, "channels", args.channels)
     if args.dropout is not None and not args.dropout < 1:
         parser.error(f"argument --dropout: expected a probability in [0, 1), got "

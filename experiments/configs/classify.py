@@ -27,6 +27,9 @@ class ClassifyConfig:
     - optimisation: `epochs`, `batch_size`, `eval_batch_size`, `lr`, `momentum`,
       `weight_decay`, `lr_schedule`, `milestones`, `gamma`, `plateau_metric`,
       `plateau_patience`, `ema_decay`, `max_train_batches`.
+    - regularisation of the dynamics (training only, `jaxode.train.regularize`):
+      `regularizers` (``((name, weight), ...)``, e.g. ``(("kinetic", 0.01),)``),
+      `steer` (STEER's b, None = off).
     - evaluation: `per_sample_eval` (final test pass with one adaptive solve per
       image: steps per image mean +- std, Fig. 1), `tol_sweep` (inference-time
       tolerances), `fig_examples` (images per side in Fig. 1).
@@ -66,6 +69,8 @@ class ClassifyConfig:
     plateau_patience: int = 10
     ema_decay: float | None = None
     max_train_batches: int | None = None
+    regularizers: tuple[tuple[str, float], ...] = ()
+    steer: float | None = None
     per_sample_eval: bool = True
     tol_sweep: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4)
     fig_examples: int = 5

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from jaxode.fields.conv_odefunc import ConvODEFunc
 from jaxode.nn.layers import MIN32, GroupRule
-from jaxode.ode import ODEBlock, SolveConfig
+from jaxode.ode import ODEBlock, SolveConfig, regularizer_stats
 
 #: GroupNorm rule per layer kind, as the released code builds each family:
 #: ``norm(dim) = nn.GroupNorm(min(32, dim), dim)`` in Carrara et al.'s model.py (stem
@@ -204,6 +204,8 @@ class ODENetClassifier(eqx.Module):
             "steps": jnp.broadcast_to(stats.steps.astype(jnp.float32), (n,)),
             "max_steps_reached": jnp.broadcast_to(stats.max_steps_reached, (n,)),
         }
+        for name, value in regularizer_stats(stats).items():  # for the trainer's loss
+            aux[name] = jnp.broadcast_to(value, (n,))
         return self.head(z1, key=key, inference=inference), aux
 
     def features(self, x, ts, *, through_head: bool = False):

@@ -52,7 +52,7 @@ from jaxode.fields.conv_odefunc import ConvODEFunc
 from jaxode.fields.dcn import DCNField
 from jaxode.nn.layers import MIN32, PER_CHANNEL, GroupRule
 from jaxode.nn.srf import SRFConv2d, refresh_support
-from jaxode.ode import ODEBlock, SolveConfig
+from jaxode.ode import ODEBlock, SolveConfig, regularizer_stats
 from jaxode.train.utils import count_params  # noqa: F401  (re-exported)
 
 __all__ = [
@@ -293,6 +293,8 @@ def stats_aux(stats, n: int) -> dict:
         aux["steps"] = aux["steps"] + per(s.steps)
         aux[f"nfe_block{i + 1}"] = per(s.nfe)
         aux["max_steps_reached"] = aux["max_steps_reached"] | per(s.max_steps_reached, bool)
+        for name, value in regularizer_stats(s).items():  # summed over blocks
+            aux[name] = aux.get(name, 0.0) + per(value)
     return aux
 
 

@@ -15,6 +15,8 @@ system.
 - `ODEBlock` (`_block.py`): the block; gradients in z0, theta, args and the times.
 - Adjoint strategies (`_adjoint.py`): `Backsolve` (default, counted backward solve),
   `RecursiveCheckpoint`, `Direct`, `DiffraxBacksolve`.
+- Regularisers of the dynamics (`_regularize.py`): kinetic energy, Jacobian norm,
+  the solver's local error, computed during the forward solve.
 - One Diffrax solve (`_solve.py`): step control that stops on NaN/inf, the starting
   step, statistics; the solvers and `SolveStats` (`_solvers.py`).
 """
@@ -29,6 +31,7 @@ from jaxode.ode._adjoint import (
 )
 from jaxode.ode._block import ODEBlock, backward_nfe, differentiated, trainable
 from jaxode.ode._config import SolveConfig
+from jaxode.ode._regularize import REGULARIZERS, regularizer_stats
 from jaxode.ode._solvers import (
     ADAPTIVE_SOLVERS,
     RK4,
@@ -40,6 +43,7 @@ from jaxode.ode._solvers import (
 __all__ = [
     "ADAPTIVE_SOLVERS",
     "ADJOINTS",
+    "REGULARIZERS",
     "RK4",
     "SOLVERS",
     "AbstractAdjoint",
@@ -53,5 +57,6 @@ __all__ = [
     "SolveStats",
     "backward_nfe",
     "differentiated",
+    "regularizer_stats",
     "trainable",
 ]

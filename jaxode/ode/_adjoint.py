@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import optimistix as optx
 
+from jaxode.ode._regularize import fill_cotangent as _fill_cotangent
+from jaxode.ode._regularize import strip
 from jaxode.ode._solve import controller, diffeqsolve, initial_step
 from jaxode.ode._solvers import SOLVERS, count_nfe
 
@@ -138,6 +140,7 @@ class Backsolve(AbstractAdjoint):
 
     def error_norm(self, state):
         z, a_z, a_theta, _ = state
+        z, a_z = strip(z), strip(a_z)  # a regulariser's running value steers no step
         parts = (z, a_z) if self.seminorm else (z, a_z, a_theta)
         return _NORMS[self.norm](parts)
 
@@ -182,7 +185,7 @@ def _backsolve_bwd(zs, grad_out, perturbed, diff, nondiff, t0, ts):
     theta, z0, _ = diff
     vf, static, config, strategy, name = nondiff
     g_zs = jtu.tree_map(
-        lambda z, g: jnp.zeros_like(z) if g is None else g, zs, grad_out[0], is_leaf=lambda x: x is None
+        _fill_cotangent, zs, grad_out[0], is_leaf=lambda x: x is None
     )
     dynamics = _adjoint_dynamics(vf, static)
     norm = strategy.error_norm

@@ -3,6 +3,7 @@ every input, with failures that name their cause."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import equinox as eqx
@@ -11,7 +12,9 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
+from jaxode.ode import _regularize as reg
 from jaxode.ode._config import SolveConfig
+from jaxode.ode._regularize import fill_cotangent as _fill_cotangent
 from jaxode.ode._solve import all_finite, vector_field
 from jaxode.ode._solvers import SolveStats, as_real
 
@@ -103,7 +106,7 @@ def _solve_bwd(residuals, grad_out, perturbed, diff, nondiff):
     vf, static, _, _ = nondiff
     p_t0, p_ts, *_ = perturbed
     g_zs = jtu.tree_map(
-        lambda z, g: jnp.zeros_like(z) if g is None else g, zs, grad_out[0], is_leaf=lambda x: x is None
+        _fill_cotangent, zs, grad_out[0], is_leaf=lambda x: x is None
     )
     g_zs = jtu.tree_map(lambda g: jnp.where(failed, 0, g), g_zs)
     d_z0, d_theta, d_probe = vjp_fn(g_zs)
@@ -190,6 +193,13 @@ class ODEBlock(eqx.Module):
     one solve; ``block(z0, args=args)`` passes `args` to a three-argument field.
     ``block.batched(z0s, ts, args)`` does the same for a batch along axis 0.
 
+    **Regularisers** (`SolveConfig.regularizers`) come back in the `SolveStats`
+    fields ``kinetic``, ``jacobian``, ``local_error``.  The ``jacobian`` probe is
+    drawn from a key given explicitly: ``block(z0, key=key)`` (``batched`` splits it
+    per example in ``per_sample`` mode), or else the block's `probe_key` field (the
+    trainer sets a fresh one on every block at each step); with neither, the call
+    raises.
+
     **Gradients** (reverse mode, every adjoint strategy, both time directions, joint
     and per-sample): with respect to z0, the field's parameters theta, the inexact
     leaves of `args`, `t0`, `t1` and `ts`.  The time gradients are the adjoint
@@ -209,8 +219,10 @@ class ODEBlock(eqx.Module):
     config: SolveConfig
     nfe_probe: jax.Array
     name: str = eqx.field(static=True)
+    probe_key: jax.Array | None
 
-    def __init__(self, field, t0=0.0, t1=1.0, config: SolveConfig | None = None, *, name="ode"):
+    def __init__(self, field, t0=0.0, t1=1.0, config: SolveConfig | None = None, *, name="ode",
+                 probe_key=None):
         for t_name, t in (("t0", t0), ("t1", t1)):
             if not isinstance(t, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(t))):
                 raise ValueError(f"ODEBlock {name!r}: {t_name} must be finite, got {t!r}.")
@@ -220,14 +232,16 @@ class ODEBlock(eqx.Module):
         self.config = SolveConfig() if config is None else config
         self.nfe_probe = jnp.zeros((), jnp.float32)
         self.name = name
+        self.probe_key = probe_key
 
     # -- public API --------------------------------------------------------------
 
-    def __call__(self, z0, ts=None, args=None):
-        """Integrate one example.  Returns ``(z_t1, stats)`` or ``(z_ts, stats)``."""
-        return self._solve(z0, ts, args, joint_batch=False, args_batched=False)
+    def __call__(self, z0, ts=None, args=None, *, key=None):
+        """Integrate one example.  Returns ``(z_t1, stats)`` or ``(z_ts, stats)``.
+        `key`: the Hutchinson probe's key (``jacobian`` regulariser only)."""
+        return self._solve(z0, ts, args, self._key(key), joint_batch=False, args_batched=False)
 
-    def batched(self, z0s, ts=None, args=None, *, args_batched: bool = True):
+    def batched(self, z0s, ts=None, args=None, *, args_batched: bool = True, key=None):
         """Integrate a batch (leading axis) in the configured `batch_mode`.
 
         ``joint``: one adaptive solve over the whole batch; stats are scalars.
@@ -238,20 +252,32 @@ class ODEBlock(eqx.Module):
         (one conditioning input per example), or is shared by the whole batch with
         ``args_batched=False``.
         """
+        key = self._key(key)
         if self.config.batch_mode == "joint":
-            zs, stats = self._solve(z0s, ts, args, joint_batch=True, args_batched=args_batched)
+            zs, stats = self._solve(z0s, ts, args, key, joint_batch=True, args_batched=args_batched)
             if ts is not None:
                 zs = jtu.tree_map(lambda z: jnp.swapaxes(z, 0, 1), zs)
             return zs, stats
-        in_axes = (0, 0 if args_batched else None)
+        in_axes = (0, 0 if args_batched else None, None if key is None else 0)
+        keys = None if key is None else jax.random.split(key, jtu.tree_leaves(z0s)[0].shape[0])
         zs, stats = jax.vmap(
-            lambda z, a: self._solve(z, ts, a, joint_batch=False, args_batched=False),
+            lambda z, a, k: self._solve(z, ts, a, k, joint_batch=False, args_batched=False),
             in_axes=in_axes,
-        )(z0s, args)
+        )(z0s, args, keys)
         spent = jnp.broadcast_to(jnp.max(stats.nfe), stats.nfe.shape)
         return zs, eqx.tree_at(lambda s: s.nfe_spent, stats, spent)
 
     # -- internals ---------------------------------------------------------------
+
+    def _key(self, key):
+        """The probe key: the call's, else `probe_key`; required for ``jacobian``."""
+        key = self.probe_key if key is None else key
+        if key is None and "jacobian" in self.config.regularizers:
+            raise ValueError(
+                f"ODEBlock {self.name!r}: the jacobian regulariser needs a key for its "
+                "Hutchinson probe: pass key= to the call or set the block's probe_key."
+            )
+        return key
 
     def _times(self, ts, dtype):
         """(t0, ts) in the state's precision; without `ts`, ts = [t1]."""
@@ -274,7 +300,7 @@ class ODEBlock(eqx.Module):
         )
         return t0, ts, True
 
-    def _solve(self, z0, ts, args, joint_batch, args_batched):
+    def _solve(self, z0, ts, args, key, joint_batch, args_batched):
         _check_state(self.name, z0)
         takes_args = _takes_args(self.field)
         if args is not None and not takes_args:
@@ -291,10 +317,21 @@ class ODEBlock(eqx.Module):
         params, static = eqx.partition(self.field, eqx.is_inexact_array)
         a_diff, a_static = eqx.partition(args, eqx.is_inexact_array)
         vf = vector_field(joint_batch, takes_args, args_batched)
+        state, static = z0, (static, a_static)
+        names = config.regularizers
+        if names:  # integrate Augmented(z, RegState) instead (jaxode.ode._regularize)
+            eps = None
+            if "jacobian" in names:
+                eps = reg.probe_noise(jax.lax.stop_gradient(key), z0, config.jacobian_probe)
+            state, static = reg.initial_state(z0, names, joint_batch), (static, eps)
+            vf = reg.augmented_field(vf, names, joint_batch)
         zs, stats, t_reached = _solve(
-            (t0, ts_, z0, (params, a_diff), self.nfe_probe),
-            (vf, (static, a_static), config, self.name),
+            (t0, ts_, state, (params, a_diff), self.nfe_probe),
+            (vf, static, config, self.name),
         )
+        if names:
+            stats = dataclasses.replace(stats, **reg.report(zs, joint_batch))
+            zs = zs.z
         if config.on_max_steps == "raise":
             zs = _raise_on_failure(self.name, config, zs, stats, z0, t0, ts_[-1], t_reached)
         if not keep_all:

@@ -6,7 +6,8 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from jaxode.ode._adjoint import ADJOINTS, AbstractAdjoint, Backsolve
+from jaxode.ode._adjoint import ADJOINTS, AbstractAdjoint, Backsolve, Direct, RecursiveCheckpoint
+from jaxode.ode._regularize import JACOBIAN_PROBES, REGULARIZERS
 from jaxode.ode._solvers import _BATCH_MODES, ADAPTIVE_SOLVERS, SOLVERS, as_real
 
 
@@ -72,6 +73,8 @@ class SolveConfig(eqx.Module):
     dt: float | None = eqx.field(static=True)
     batch_mode: str = eqx.field(static=True)
     on_max_steps: str = eqx.field(static=True)
+    regularizers: tuple[str, ...] = eqx.field(static=True)
+    jacobian_probe: str = eqx.field(static=True)
 
     def __init__(
         self,
@@ -85,6 +88,8 @@ class SolveConfig(eqx.Module):
         dt: float | None = None,
         batch_mode: str = "joint",
         on_max_steps: str = "raise",
+        regularizers: tuple[str, ...] = (),
+        jacobian_probe: str = "rademacher",
     ):
         self.solver = solver
         self.rtol = as_real(rtol)
@@ -95,6 +100,13 @@ class SolveConfig(eqx.Module):
         self.dt = dt
         self.batch_mode = batch_mode
         self.on_max_steps = on_max_steps
+        if isinstance(regularizers, str) or not all(isinstance(r, str) for r in regularizers):
+            raise TypeError(
+                "SolveConfig: regularizers must be a tuple of names "
+                f"(of {', '.join(REGULARIZERS)}), got {regularizers!r}."
+            )
+        self.regularizers = tuple(regularizers)
+        self.jacobian_probe = jacobian_probe
 
     def __check_init__(self):
         def bad(name, value, allowed):
@@ -131,6 +143,7 @@ class SolveConfig(eqx.Module):
                 )
             if self.dt is not None and not self.dt > 0:
                 raise ValueError(f"SolveConfig: dt must be positive, got {self.dt!r}.")
+        self._check_regularizers(bad)
         for tol_name, zero_ok in (("rtol", False), ("atol", True)):
             value = getattr(self, tol_name)
             if isinstance(value, jax.core.Tracer):
@@ -141,6 +154,27 @@ class SolveConfig(eqx.Module):
                 raise ValueError(
                     f"SolveConfig: {tol_name} must be a finite number "
                     f"{'>= 0' if zero_ok else '> 0'}, got {value!r}."
+                )
+
+    def _check_regularizers(self, bad):
+        for name in self.regularizers:
+            if name not in REGULARIZERS:
+                bad("regularizer", name, REGULARIZERS)
+        if len(set(self.regularizers)) != len(self.regularizers):
+            raise ValueError(f"SolveConfig: regularizers repeat a name: {self.regularizers!r}.")
+        if self.jacobian_probe not in JACOBIAN_PROBES:
+            bad("jacobian_probe", self.jacobian_probe, JACOBIAN_PROBES)
+        if "local_error" in self.regularizers:
+            if not self.adaptive:
+                raise ValueError(
+                    f"SolveConfig: the local_error regulariser needs an adaptive solver "
+                    f"(dopri5, tsit5, bosh3); {self.solver!r} makes no error estimate."
+                )
+            if not isinstance(self.adjoint, (RecursiveCheckpoint, Direct)):
+                raise ValueError(
+                    "SolveConfig: the local_error regulariser is differentiable only through "
+                    f"the discrete solve: use adjoint='checkpoint' or 'direct', not "
+                    f"{self.adjoint.name!r}."
                 )
 
     @property
@@ -154,7 +188,7 @@ class SolveConfig(eqx.Module):
     def replace(self, **changes) -> SolveConfig:
         """A copy with some settings changed, e.g. ``cfg.replace(rtol=1e-5)``."""
         names = ("solver", "rtol", "atol", "adjoint", "max_steps", "num_steps", "dt",
-                 "batch_mode", "on_max_steps")
+                 "batch_mode", "on_max_steps", "regularizers", "jacobian_probe")
         fields = {k: getattr(self, k) for k in names}
         fields.update(changes)
         return SolveConfig(**fields)

@@ -10,8 +10,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-import optimistix as optx
 
+from jaxode.ode._regularize import state_norm, step_error, with_local_error
 from jaxode.ode._solvers import SOLVERS, SolveStats, count_nfe
 
 # A step whose error estimate or candidate state is NaN/inf is rejected and the step
@@ -66,11 +66,16 @@ class GuardedPIDController(diffrax.AbstractAdaptiveStepSizeController):
     that does not say NaN.  This controller counts the steps whose error
     estimate or candidate state is not finite and ends the solve with
     ``RESULTS.nonfinite`` after `NONFINITE_PATIENCE` of them.
+
+    With `track_error`, its state also accumulates the ``local_error`` regulariser,
+    sum over accepted steps of |h| * rms(error estimate) (`jaxode.ode._regularize`),
+    differentiably: Diffrax's own controller stops gradients through the error.
     """
 
     rtol: jax.Array
     atol: jax.Array
-    norm: object = eqx.field(static=True, default=optx.rms_norm)
+    norm: object = eqx.field(static=True, default=state_norm)
+    track_error: bool = eqx.field(static=True, default=False)
 
     def _pid(self):
         return diffrax.PIDController(rtol=self.rtol, atol=self.atol, norm=self.norm)
@@ -80,10 +85,11 @@ class GuardedPIDController(diffrax.AbstractAdaptiveStepSizeController):
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         tnext, inner = self._pid().init(terms, t0, t1, y0, dt0, args, func, error_order)
-        return tnext, (inner, jnp.asarray(0, jnp.int32))
+        total = jnp.zeros((), jnp.result_type(*jtu.tree_leaves(y0))) if self.track_error else None
+        return tnext, (inner, jnp.asarray(0, jnp.int32), total)
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, state):
-        inner, bad_steps = state
+        inner, bad_steps, total = state
         keep, next_t0, next_t1, jump, inner, result = self._pid().adapt_step_size(
             t0, t1, y0, y1_candidate, args, y_error, error_order, inner
         )
@@ -91,14 +97,18 @@ class GuardedPIDController(diffrax.AbstractAdaptiveStepSizeController):
         result = diffrax.RESULTS.where(
             bad_steps >= NONFINITE_PATIENCE, diffrax.RESULTS.nonfinite, result
         )
-        return keep, next_t0, next_t1, jump, (inner, bad_steps), result
+        if total is not None:
+            total = total + jnp.where(keep, step_error(y_error, t1 - t0), 0).astype(total.dtype)
+        return keep, next_t0, next_t1, jump, (inner, bad_steps, total), result
 
 
-def controller(config, norm=optx.rms_norm):
+def controller(config, norm=state_norm, track_error=False):
     """Step-size control: the guarded PI controller on `norm` of the scaled error for
-    the adaptive solvers, constant steps for the others."""
+    the adaptive solvers (by default the RMS norm of the model's state, never of a
+    regulariser's running value), constant steps for the others."""
     if config.adaptive:
-        return GuardedPIDController(rtol=config.rtol, atol=config.atol, norm=norm)
+        return GuardedPIDController(rtol=config.rtol, atol=config.atol, norm=norm,
+                                    track_error=track_error)
     return diffrax.ConstantStepSize()
 
 
@@ -112,7 +122,7 @@ def fixed_step(config, t0, t1, span=None):
     return jnp.sign(t1 - t0) * config.dt
 
 
-def initial_step(vf, config, t0, t1, z0, args, norm=optx.rms_norm, span=None):
+def initial_step(vf, config, t0, t1, z0, args, norm=state_norm, span=None):
     """The first step: constant for fixed-step solvers; for adaptive ones the
     starting-step algorithm of Hairer, Norsett & Wanner (Solving ODEs I, Sec. II.4),
     from two field evaluations:
@@ -150,21 +160,25 @@ def initial_step(vf, config, t0, t1, z0, args, norm=optx.rms_norm, span=None):
     return jax.lax.stop_gradient(direction * h).astype(jnp.result_type(t0))
 
 
-def save_spec(ts, step_times=True):
+def save_spec(ts, step_times=True, controller_state=False):
     """Save z at `ts` (dense output, by interpolation, no extra solves) and, with
     `step_times`, the time of every step (a scalar per step), which tells how far a
-    failed solve got."""
+    failed solve got; with `controller_state`, the controller's final state."""
     if not step_times:
-        return diffrax.SaveAt(ts=ts)
+        return diffrax.SaveAt(ts=ts, controller_state=controller_state)
     return diffrax.SaveAt(
-        subs=(diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(steps=True, fn=lambda t, y, args: t))
+        subs=(diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(steps=True, fn=lambda t, y, args: t)),
+        controller_state=controller_state,
     )
 
 
 def diffeqsolve(vf, config, t0, ts, z0, args, adjoint, step_times=True):
     """Integrate from t0 to ts[-1], saving at `ts`; Diffrax differentiates the solve
-    with `adjoint` (a `diffrax.AbstractAdjoint`).  Returns (zs, stats, t_reached)."""
+    with `adjoint` (a `diffrax.AbstractAdjoint`).  Returns (zs, stats, t_reached).
+    With the ``local_error`` regulariser, the controller's accumulated error is put
+    into the state's ``local_error`` slot of `zs`."""
     t1 = ts[-1]
+    local_error = "local_error" in config.regularizers
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(vf),
         SOLVERS[config.solver](),
@@ -173,14 +187,16 @@ def diffeqsolve(vf, config, t0, ts, z0, args, adjoint, step_times=True):
         dt0=initial_step(vf, config, t0, t1, z0, args),
         y0=z0,
         args=args,
-        saveat=save_spec(ts, step_times),
-        stepsize_controller=controller(config),
+        saveat=save_spec(ts, step_times, controller_state=local_error),
+        stepsize_controller=controller(config, track_error=local_error),
         adjoint=adjoint,
         max_steps=config.max_steps,
         throw=False,
     )
     zs = sol.ys[0] if step_times else sol.ys
     step_ts = sol.ys[1] if step_times else None
+    if local_error:
+        zs = with_local_error(zs, sol.controller_state[2])
     stats, t_reached = solve_stats(config, sol, t0, t1, zs, step_ts)
     return zs, stats, t_reached
 

@@ -91,6 +91,9 @@ class SolveStats(eqx.Module):
       maximum of `nfe`; elsewhere it equals `nfe`.
     - `max_steps_reached`: the solve ran out of steps before its end time.
     - `nonfinite`: the state or the field became NaN or inf (or z0 was not finite).
+    - `kinetic`, `jacobian`, `local_error`: the regularisers requested with
+      `SolveConfig.regularizers` (None otherwise), differentiable (see
+      `jaxode.ode._regularize`); batch means in a joint solve.
 
     In both failure cases the outputs not reached are ``inf`` (see
     `SolveConfig.on_max_steps`).
@@ -103,6 +106,9 @@ class SolveStats(eqx.Module):
     max_steps_reached: jax.Array
     nonfinite: jax.Array | None = None
     nfe_spent: jax.Array | None = None
+    kinetic: jax.Array | None = None
+    jacobian: jax.Array | None = None
+    local_error: jax.Array | None = None
 
     @property
     def failed(self) -> jax.Array:

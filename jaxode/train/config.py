@@ -37,6 +37,12 @@ class TrainConfig:
     dynamics g, i.e. every array under an `EvolvingField.g`; 1 = one rate for all),
     `data_parallel`, `keep_checkpoints`, `progress` (tqdm bar), `max_train_batches`
     (cap per epoch, for smoke runs; ``None`` = all).
+
+    **Regularisation of the dynamics** (training steps only, `jaxode.train.regularize`):
+    `regularizers` maps a regulariser name (``kinetic``, ``jacobian``,
+    ``local_error``) to its weight in the loss, e.g. ``{"kinetic": 0.01}``; the
+    values are logged as training metrics of the same names.  `steer` = b draws
+    every block's end time from U(t1 - b, t1 + b) at each step (STEER; ``None`` = off).
     """
 
     epochs: int = 1
@@ -64,6 +70,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     progress: bool = True
     max_train_batches: int | None = None
+    regularizers: dict[str, float] = dataclasses.field(default_factory=dict)
+    steer: float | None = None
 
     def __post_init__(self):
         def bad(msg):
@@ -90,6 +98,12 @@ class TrainConfig:
             parse_schedule(self.phases)  # raises a clear ValueError
         if not self.g_lr_scale >= 0:
             bad(f"g_lr_scale must be >= 0, got {self.g_lr_scale!r}.")
+        from jaxode.train.regularize import check_weights
+
+        check_weights(self.regularizers)
+        object.__setattr__(self, "regularizers", dict(self.regularizers))
+        if self.steer is not None and not 0 < self.steer < float("inf"):
+            bad(f"steer must be a positive number or None, got {self.steer!r}.")
         if self.keep_checkpoints < 1:
             bad(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}.")
 

@@ -28,6 +28,7 @@ from jaxode.train.checkpoint import load_newest_intact, save_checkpoint, saved_e
 from jaxode.train.config import TrainConfig
 from jaxode.train.parallel import data_mesh, replicate, shard_batch
 from jaxode.train.phases import apply_phase, parse_schedule, phase_at
+from jaxode.train.regularize import Regularization, add_to_loss, for_training
 from jaxode.train.rundir import RunDir
 from jaxode.train.schedules import PlateauState, learning_rate
 from jaxode.train.utils import ode_blocks, tree_is_finite
@@ -80,16 +81,22 @@ def lr_scales(model, g_lr_scale: float) -> tuple[float, ...]:
     return tuple(float(g_lr_scale) if m else 1.0 for m in jtu.tree_leaves(mask))
 
 
+_NO_REGULARIZATION = Regularization()
+
+
 @eqx.filter_jit
 def _train_step(model, opt_state, ema, batch, key, lr, task, optim: _Optim, ema_decay,
-                scales: tuple[float, ...]):
+                scales: tuple[float, ...], reg: Regularization = _NO_REGULARIZATION):
     spec = trainable(model)
     # Differentiate only what is trained (and the NFE probes): gradients of the block
     # times would cost field evaluations that nobody uses.
     diff, static = eqx.partition(model, differentiated(model))
 
     def loss_fn(d):
-        return task.train_loss(eqx.combine(d, static), batch, key)
+        # Regularisers and STEER act on this step's integration only (`regularize`).
+        m = for_training(eqx.combine(d, static), reg, jax.random.fold_in(key, 0x4E6))
+        loss, metrics = task.train_loss(m, batch, key)
+        return add_to_loss(loss, metrics, reg), metrics
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(diff)
     metrics = dict(metrics)
@@ -204,6 +211,7 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
     mesh = data_mesh(config.data_parallel)
     optim = _Optim.from_config(config)
     scales = lr_scales(model, config.g_lr_scale)
+    reg = Regularization.from_config(config)
     phases = parse_schedule(config.phases) if config.phases else None
     blocks = ode_blocks(model)
     base_solve = blocks[0].config if blocks else None
@@ -272,7 +280,7 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
             try:
                 new = _train_step(model, opt_state, ema, b, jax.random.fold_in(ekey, i),
                                   jnp.asarray(lr, jnp.float32), task, optim, config.ema_decay,
-                                  scales)
+                                  scales, reg)
                 new_model, new_opt, new_ema, loss, metrics, finite = new
                 finite = bool(finite)
             except eqx.EquinoxRuntimeError as e:  # e.g. the ODE solver ran out of steps

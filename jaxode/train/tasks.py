@@ -17,6 +17,7 @@ import optax
 
 from jaxode.data import augment as aug
 from jaxode.data import iterate_batches
+from jaxode.ode import REGULARIZERS
 
 
 def _per_example(aux, name, n):
@@ -42,7 +43,8 @@ class ClassificationTask:
     - `label_smoothing`: 0 for the papers.
 
     Training metrics (batch means): ``loss``, ``acc``, ``nfe`` and ``steps`` (forward
-    solver statistics summed over ODE blocks, from the model's ``aux``).  Evaluation
+    solver statistics summed over ODE blocks, from the model's ``aux``), and any
+    regulariser the model reports (``kinetic``, ``jacobian``, ``local_error``).  Evaluation
     metrics are per example: ``loss``, ``acc`` (0 or 1), ``pred``, ``nfe``, ``steps``.
     """
 
@@ -92,6 +94,9 @@ class ClassificationTask:
             "nfe": jnp.mean(_per_example(aux, "nfe", n)),
             "steps": jnp.mean(_per_example(aux, "steps", n)),
         }
+        for name in REGULARIZERS:  # differentiable: the trainer adds them to the loss
+            if isinstance(aux, dict) and name in aux:
+                metrics[name] = jnp.mean(aux[name])
         return loss, metrics
 
     def eval_metrics(self, model, batch, key):
