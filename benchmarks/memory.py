@@ -172,17 +172,16 @@ def _classifier_problem(args, mode, t1):
 def measure_point(args, target: str, mode: str, t1: float) -> dict:
     """Compile one gradient step, read its memory, run it once for NFE (and on a
     GPU the peak bytes in use)."""
-    import equinox as eqx
     import jax
 
     from benchmarks.common import compile_with_memory
-    from jaxode.ode import backward_nfe
+    from jaxode.ode import backward_nfe, train_value_and_grad
 
     make = _block_problem if target == "block" else _classifier_problem
     loss, model, x = make(args, mode, t1)
 
     def grad_step(m, inp):
-        (value, nfe), grads = eqx.filter_value_and_grad(loss, has_aux=True)(m, inp)
+        (value, nfe), grads = train_value_and_grad(loss, has_aux=True)(m, inp)
         return value, nfe, backward_nfe(grads), grads
 
     t = time.perf_counter()

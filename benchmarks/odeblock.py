@@ -107,7 +107,7 @@ def make_step():
     import equinox as eqx
     import jax.numpy as jnp
 
-    from jaxode.ode import backward_nfe
+    from jaxode.ode import backward_nfe, train_value_and_grad
 
     @eqx.filter_jit
     def step(block, z0):
@@ -115,7 +115,7 @@ def make_step():
             z1, stats = b.batched(z0)
             return jnp.mean(z1**2), stats
 
-        (loss, stats), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(block)
+        (loss, stats), grads = train_value_and_grad(loss_fn, has_aux=True)(block)
         return loss, stats.nfe, backward_nfe(grads), grads.field
 
     return step

@@ -144,7 +144,7 @@ def worker(args, n: int) -> dict:
     import jax.numpy as jnp
 
     from benchmarks import common
-    from jaxode.ode import backward_nfe, trainable
+    from jaxode.ode import backward_nfe, train_value_and_grad, trainable
     from jaxode.train import data_mesh, replicate, shard_batch, with_tolerance
     from jaxode.train.loop import _train_step
 
@@ -159,7 +159,7 @@ def worker(args, n: int) -> dict:
     # 1. The sharded loss and gradients equal the single-device ones.
     @eqx.filter_jit
     def loss_and_grads(m, batch, k):
-        (loss, metrics), grads = eqx.filter_value_and_grad(task.train_loss, has_aux=True)(
+        (loss, metrics), grads = train_value_and_grad(task.train_loss, has_aux=True)(
             m, batch, k)
         return loss, metrics["nfe"], eqx.filter(grads, trainable(m)), backward_nfe(grads)
 

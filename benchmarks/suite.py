@@ -138,14 +138,11 @@ def jax_steps(case, model):
     """(train, infer) `Jitted` functions.  train: loss, forward NFE, backward NFE and
     the gradients of the trainable arrays; infer: output and forward NFE."""
     import equinox as eqx
-    import jax
 
-    from jaxode.ode import backward_nfe, trainable
+    from jaxode.ode import backward_nfe, train_value_and_grad, trainable
 
     def train(model, *batch):
-        diff, static = eqx.partition(model, eqx.is_inexact_array)
-        (loss, nfe), grads = jax.value_and_grad(
-            lambda d: case.loss(eqx.combine(d, static), *batch), has_aux=True)(diff)
+        (loss, nfe), grads = train_value_and_grad(case.loss, has_aux=True)(model, *batch)
         return loss, nfe, backward_nfe(grads), eqx.filter(grads, trainable(model))
 
     def infer(model, *batch):
@@ -369,7 +366,7 @@ def run_model(name, args, use_torch, say):
         jt, ji = timings["jax train"]["median"], timings["jax infer"]["median"]
         row["ratio_train"] = jt / tr["median"]
         row["ratio_infer"] = ji / ti["median"]
-        jn, tn = max(nf + nb, 1), max(tnf + tnb, 1)
+        jn, tn = max(int(nf) + int(nb), 1), max(tnf + tnb, 1)
         row["ratio_train_per_nfe"] = (jt / jn) / (tr["median"] / tn)
         row["loss_rel_diff"] = abs(float(loss) - tloss) / max(abs(tloss), 1e-30)
         row["target_met"] = bool(row["ratio_train"] <= 1.0)

@@ -50,7 +50,7 @@ from tqdm import tqdm
 from jaxode.data.densities import density_names, sample_density
 from jaxode.fields.cnf import CNF, PROBES, TRACES, CNFField, ConcatMLP
 from jaxode.fields.evolving import EvolvingODE, num_params, theta1_mask
-from jaxode.ode import ODEBlock, SolveConfig, backward_nfe, trainable
+from jaxode.ode import ODEBlock, SolveConfig, backward_nfe, train_value_and_grad, trainable
 
 DENSITIES = density_names()
 MODELS = ("fixed", "evolving")
@@ -96,11 +96,9 @@ def nll(flow, xs, key=None):
 
 @eqx.filter_jit
 def _step(flow, opt_state, xs, key, tx):
-    # differentiate all arrays (the ODE blocks' nfe_probe carries the backward NFE),
-    # then update only the trainable ones; `key` draws the Hutchinson probes (if any)
-    diff, static = eqx.partition(flow, eqx.is_inexact_array)
-    (loss, stats), grads = jax.value_and_grad(
-        lambda d: nll(eqx.combine(d, static), xs, key), has_aux=True)(diff)
+    # differentiate the trainable arrays and the ODE blocks' nfe_probe (which carries
+    # the backward NFE); `key` draws the Hutchinson probes (if any)
+    (loss, stats), grads = train_value_and_grad(nll, has_aux=True)(flow, xs, key)
     nfe_b = backward_nfe(grads)
     grads = eqx.filter(grads, trainable(flow))
     params = eqx.filter(flow, trainable(flow))

@@ -47,7 +47,7 @@ from jaxode.data import camvid, synthetic_seg
 from jaxode.nn.hrnet import STEM_CHANNELS
 from jaxode.models.segnode import (BaselineConfig, SegNodeConfig, build_model, count_params,
                                    with_solve)
-from jaxode.ode import backward_nfe, trainable
+from jaxode.ode import backward_nfe, train_value_and_grad, trainable
 from jaxode.train.checkpoint import (latest_checkpoint, load_checkpoint, load_newest_intact,
                                      save_checkpoint)
 from jaxode.train.rundir import RunDir, write_json
@@ -151,7 +151,7 @@ def make_train_step(opt, crop, scale, ignore_label):
             logits, stats = m.batched(x)
             return cross_entropy(logits, y, ignore_label), stats
 
-        (loss, stats), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model)
+        (loss, stats), grads = train_value_and_grad(loss_fn, has_aux=True)(model)
         spec = trainable(model)
         updates, opt_state = opt.update(eqx.filter(grads, spec), opt_state,
                                         eqx.filter(model, spec))

@@ -29,7 +29,13 @@ from jaxode.ode._adjoint import (
     Direct,
     RecursiveCheckpoint,
 )
-from jaxode.ode._block import ODEBlock, backward_nfe, differentiated, trainable
+from jaxode.ode._block import (
+    ODEBlock,
+    backward_nfe,
+    differentiated,
+    train_value_and_grad,
+    trainable,
+)
 from jaxode.ode._config import SolveConfig
 from jaxode.ode._regularize import REGULARIZERS, regularizer_stats
 from jaxode.ode._solvers import (
@@ -58,5 +64,6 @@ __all__ = [
     "backward_nfe",
     "differentiated",
     "regularizer_stats",
+    "train_value_and_grad",
     "trainable",
 ]

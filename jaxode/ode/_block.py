@@ -397,3 +397,17 @@ def differentiated(model, *, times: bool = False):
     spec = trainable(model, times=times)
     probe = lambda s: eqx.tree_at(lambda b: b.nfe_probe, s, True) if _is_block(s) else s
     return jtu.tree_map(probe, spec, is_leaf=_is_block)
+
+
+def train_value_and_grad(fn, *, has_aux: bool = False, times: bool = False):
+    """Like `eqx.filter_value_and_grad`, but differentiating only the leaves of the
+    first argument that a training step needs (`differentiated`: the trainable arrays
+    and the NFE probes).  Differentiating a whole model would also differentiate every
+    block's t0 and t1, which costs one field evaluation each per block and step."""
+
+    def value_and_grad(model, *args, **kwargs):
+        diff, static = eqx.partition(model, differentiated(model, times=times))
+        return jax.value_and_grad(
+            lambda d: fn(eqx.combine(d, static), *args, **kwargs), has_aux=has_aux)(diff)
+
+    return value_and_grad
