@@ -334,3 +334,28 @@ def test_backward_nfe_counts_time_gradient_evaluations():
     diff, static = eqx.partition(block, spec)
     g = eqx.filter_jit(jax.grad(lambda d: loss(eqx.combine(d, static), ts)))(diff)
     assert float(backward_nfe(g)) == 0
+
+
+def test_field_signatures_without_args():
+    """f(t, z), a forwarding wrapper f(t, z, *rest), and f(t, z, args) all integrate
+    without args (the last one receives args=None); args given to a two-argument field
+    are refused with advice."""
+
+    class Wrapper(eqx.Module):
+        inner: Decay
+
+        def __call__(self, t, z, *rest):
+            return self.inner(t, z, *rest)
+
+    class NeedsArgs(eqx.Module):
+        def __call__(self, t, z, args):
+            assert args is None
+            return -z
+
+    z0 = jnp.ones(2)
+    want = np.exp(-1.0) * np.ones(2)
+    for field in (Decay(jnp.asarray(1.0)), Wrapper(Decay(jnp.asarray(1.0))), NeedsArgs()):
+        z1, _ = ODEBlock(field, 0.0, 1.0, SolveConfig(rtol=1e-7, atol=1e-7))(z0)
+        np.testing.assert_allclose(z1, want, rtol=1e-5)
+    with pytest.raises(ValueError, match="write it f\\(t, z, args\\)"):
+        ODEBlock(Decay(jnp.asarray(1.0)))(z0, args=jnp.ones(2))

@@ -19,15 +19,17 @@ from jaxode.ode._solve import all_finite, vector_field
 from jaxode.ode._solvers import SolveStats, as_real
 
 
-def _takes_args(field) -> bool:
-    """Whether the field is written ``f(t, z, args)`` (Diffrax's convention) rather
-    than ``f(t, z)`` (torchdiffeq's)."""
+def _takes_args(field, args_given: bool) -> bool:
+    """Whether to call the field ``f(t, z, args)`` (Diffrax's convention) rather than
+    ``f(t, z)`` (torchdiffeq's).  Without args, a field that can be called with two
+    arguments (``f(t, z)``, ``f(t, z, args=None)``, a wrapper ``f(t, z, *rest)``) is;
+    one that requires three gets ``args=None``."""
     call = field.__call__ if not inspect.isfunction(field) else field
     params = list(inspect.signature(call).parameters.values())
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        return True
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 3
+    if args_given:
+        return len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in params)
+    return sum(p.default is p.empty for p in positional) >= 3
 
 
 def _time_dtype(z0):
@@ -302,7 +304,7 @@ class ODEBlock(eqx.Module):
 
     def _solve(self, z0, ts, args, key, joint_batch, args_batched):
         _check_state(self.name, z0)
-        takes_args = _takes_args(self.field)
+        takes_args = _takes_args(self.field, args is not None)
         if args is not None and not takes_args:
             raise ValueError(
                 f"ODEBlock {self.name!r}: args were given but the field "
