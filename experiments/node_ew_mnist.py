@@ -100,9 +100,6 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args(argv)
-    if args.smoke:
-        args.dataset, args.train_limit, args.test_limit = "digits", 256, 128
-        args.schedule, args.batch_size = "euler:1,adjoint:1", 64
     from experiments._cli import check_args, dataset_spec  # issue 9: bad arguments stop here
 
     check_args(p, args, positive=("euler_steps", "batch_size", "lr", "tol"),
@@ -111,6 +108,9 @@ def main(argv=None):
                         "strategies": ("euler-then-adjoint", "pure-adjoint")},
                parsers={"schedule": parse_schedule, "dataset": dataset_spec},
                existing=("data_root",), new_run_dirs=("out",))
+    if args.smoke:  # after the checks: a bad value given with --smoke is still refused
+        args.dataset, args.train_limit, args.test_limit = "digits", 256, 128
+        args.schedule, args.batch_size = "euler:1,adjoint:1", 64
     phases = parse_schedule(args.schedule)
     epochs = total_epochs(phases)
 
