@@ -62,21 +62,14 @@ def _run(diff, nondiff):
     def solve(z0_):
         return config.adjoint.solve(vf, config, t0, ts, z0_, (theta, static), probe, name)
 
-    def empty(z0_):  # t0 == ts[-1]: every save time is t0, nothing to integrate
-        zs = jtu.tree_map(lambda z: jnp.broadcast_to(z, ts.shape + z.shape), z0_)
-        zero, no = jnp.zeros((), jnp.int32), jnp.asarray(False)
-        return zs, SolveStats(zero, zero, zero, zero, no, ~all_finite(z0_), zero), t0
-
-    def same_types(out):  # both branches of the cond must return the same types
+    def same_types(out):  # int32 counts whatever the solver returns (int64 under x64)
         zs, stats, t_reached = out
-        as_int = lambda x: x.astype(jnp.int32)  # noqa: E731  (int64 under x64)
+        as_int = lambda x: x.astype(jnp.int32)  # noqa: E731
         stats = SolveStats(*(as_int(x) for x in (stats.steps, stats.accepted, stats.rejected, stats.nfe)),
                            stats.max_steps_reached, stats.nonfinite, as_int(stats.nfe_spent))
         return zs, stats, t_reached.astype(t0.dtype)
 
-    zs, stats, t_reached = jax.lax.cond(
-        t0 == ts[-1], lambda z: same_types(empty(z)), lambda z: same_types(solve(z)), z0
-    )
+    zs, stats, t_reached = same_types(solve(z0))
     # One convention for every solver: what a failed solve did not reach is inf
     # (a fixed-step solver would otherwise return the NaN it met).
     zs = jtu.tree_map(lambda z: jnp.where(stats.failed & ~jnp.isfinite(z), jnp.inf, z), zs)

@@ -139,10 +139,17 @@ def initial_step(vf, config, t0, t1, z0, args, norm=state_norm, span=None):
     itself reports the non-finite state."""
     if not config.adaptive:
         return fixed_step(config, t0, t1, span)
+    # An empty interval (t0 == t1) takes no step: spend no evaluation on guessing one.
+    # (Under vmap with per-example times the cond runs both branches.)
+    return jax.lax.cond(t0 == t1, lambda: jnp.zeros((), jnp.result_type(t0)),
+                        lambda: _hairer_step(vf, config, t0, t1, z0, args, norm))
+
+
+def _hairer_step(vf, config, t0, t1, z0, args, norm):
     direction = jnp.sign(t1 - t0)
     z0, args = jax.lax.stop_gradient((z0, args))
     scale = jtu.tree_map(lambda y: config.atol + jnp.abs(y) * config.rtol, z0)
-    divide = lambda a, b: jtu.tree_map(lambda x, y: x / y, a, b)
+    divide = lambda a, b: jtu.tree_map(lambda x, y: x / y, a, b)  # noqa: E731
     f0 = vf(t0, z0, args)
     d0, d1 = norm(divide(z0, scale)), norm(divide(f0, scale))
     tiny = (d0 < 1e-5) | (d1 < 1e-5)
