@@ -43,7 +43,7 @@ def affine_solution(a, c, z0, t0, t):
     return (z0 + c / a) * jnp.exp(a * (t - t0)) - c / a
 
 
-def _rel_close(got, want, what):
+def _assert_rel_close(got, want, what):
     got, want = np.asarray(got), np.asarray(want)
     scale = np.max(np.abs(want))
     assert scale > 1e-3, (what, "degenerate truth")
@@ -95,7 +95,7 @@ def test_every_gradient_matches_closed_form(affine_problem, adjoint, direction, 
     tag = (adjoint, direction, batch_mode)
     got = (g_block.field.a, g_z0, g_c, g_block.t0, g_block.t1, g_ts)
     for g, w, what in zip(got, want, ("dL/da", "dL/dz0", "dL/dargs", "dL/dt0", "dL/dt1", "dL/dts")):
-        _rel_close(g, w, tag + (what,))
+        _assert_rel_close(g, w, tag + (what,))
 
 
 class Logistic(eqx.Module):
@@ -125,7 +125,7 @@ def test_nonlinear_gradients_match_closed_form(x64, adjoint, direction):
     want = jax.grad(truth, argnums=(0, 1, 2, 3))(r, z0, t0, t1)
     for got, exp, what in zip((g_block.field.r, g_z0, g_block.t0, g_block.t1), want,
                               ("dL/dr", "dL/dz0", "dL/dt0", "dL/dt1")):
-        _rel_close(got, exp, (adjoint, direction, what))
+        _assert_rel_close(got, exp, (adjoint, direction, what))
 
 
 def test_time_gradients_match_finite_differences(x64, key):
