@@ -24,22 +24,9 @@ from jaxode.train.rundir import claim_run_dir
 TASK = ClassificationTask()
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Each test runs in an empty folder, with no data and a private cache."""
-    monkeypatch.chdir(tmp_path)
-    (tmp_path.parent / f"{tmp_path.name}-nodata").mkdir()
-    monkeypatch.setenv("JAXODE_DATA", str(tmp_path.parent / f"{tmp_path.name}-nodata"))
-    monkeypatch.setenv("JAXODE_CACHE", str(tmp_path.parent / f"{tmp_path.name}-cache"))
-
-
-def _files(root) -> dict[str, bytes]:
-    out = {}
-    for folder, _, names in os.walk(root):
-        for n in names:
-            with open(os.path.join(folder, n), "rb") as f:
-                out[os.path.relpath(os.path.join(folder, n), root)] = f.read()
-    return out
+# The same isolation (empty folder, no data, private cache) and file snapshot as the CLI
+# reliability tests; importing the autouse fixture applies it to this module too.
+from test_reliability_cli import _files, _isolated  # noqa: E402, F401
 
 
 def _exit2(main, argv, capsys) -> str:
