@@ -43,8 +43,8 @@ def assert_torch_equals_jax(torch_out, jax_out):
 class _Unrolled(ODEBlock):
     """An `ODEBlock` whose solve is `config.num_steps` explicit midpoint steps, written out."""
 
-    def _solve(self, z0, ts, args, joint_batch, args_batched):
-        assert ts is None and args is None
+    def _solve(self, z0, ts, args, key, joint_batch, args_batched):
+        assert ts is None and args is None and key is None
         f = (lambda t, z: jax.vmap(self.field, in_axes=(None, 0))(t, z)) if joint_batch else self.field
         add = lambda a, b, c: jax.tree_util.tree_map(lambda x, y: x + c * y, a, b)  # noqa: E731
         n = self.config.num_steps
@@ -54,8 +54,8 @@ class _Unrolled(ODEBlock):
             z = add(z, f(t + h / 2, add(z, f(t, z), h / 2)), h)
             t = t + h
         steps = jnp.asarray(n, jnp.int32)
-        return z, SolveStats(steps, steps, 0 * steps, 2 * steps, jnp.asarray(False),
-                             jnp.asarray(False), 2 * steps)
+        return z, SolveStats(steps, steps, 0 * steps, 2 * steps, max_steps_reached=jnp.asarray(False),
+                             nonfinite=jnp.asarray(False), nfe_spent=2 * steps)
 
 
 def _unrolled(model):
