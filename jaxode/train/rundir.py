@@ -4,8 +4,9 @@
 
     config.json        the resolved configuration (everything needed to rerun)
     metrics.csv        one row per epoch (rewritten whole each epoch: columns may grow)
-    tb/                TensorBoard events, when `tensorboardX` or `torch.utils.tensorboard`
-                       with `tensorboard` is installed
+    tb/                TensorBoard event files of the same metrics (tensorboardX: no
+                       TensorFlow needed), one scalar per column and epoch; view with
+                       ``tensorboard --logdir runs/<name>/tb``
     loss.png acc.png nfe.png lr.png   curves of the matching metric columns
     summary.json       final numbers
     checkpoints/       see `jaxode.train.checkpoint`
@@ -97,16 +98,21 @@ class RunDir:
         self.checkpoints = os.path.join(self.path, "checkpoints")
         if config is not None:
             write_json(os.path.join(self.path, "config.json"), config, exclusive=True)
-        self._tb = self._open_tensorboard() if tensorboard else None
+        self.tensorboard = tensorboard
+        self._tb = None  # opened at the first metrics: a run that stops early leaves no tb/
 
-    def _open_tensorboard(self):
-        for mod in ("tensorboardX", "torch.utils.tensorboard"):
+    def _writer(self):
+        """The TensorBoard writer of ``tb/`` (tensorboardX, a base dependency)."""
+        if self._tb is None:
             try:
-                module = __import__(mod, fromlist=["SummaryWriter"])
-                return module.SummaryWriter(os.path.join(self.path, "tb"))
-            except Exception:  # noqa: BLE001 - optional dependency
-                continue
-        return None
+                from tensorboardX import SummaryWriter
+            except ImportError as e:
+                raise ImportError(
+                    "RunDir writes TensorBoard events with tensorboardX, which is missing: "
+                    "`pip install tensorboardX` (or reinstall jaxode), or pass "
+                    "RunDir(..., tensorboard=False).") from e
+            self._tb = SummaryWriter(os.path.join(self.path, "tb"), flush_secs=30)
+        return self._tb
 
     # -- metrics ---------------------------------------------------------------
 
@@ -125,13 +131,18 @@ class RunDir:
             for row in history:
                 w.writerow({k: _fmt(row.get(k)) for k in columns})
         os.replace(tmp, path)
-        if history and self._tb is not None:
-            row = history[-1]
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "epoch":
-                    self._tb.add_scalar(k, v, row.get("epoch", len(history)))
-            self._tb.flush()
+        if history and self.tensorboard:
+            self.log_scalars(history[-1], step=history[-1].get("epoch", len(history)))
         self.plot(history)
+
+    def log_scalars(self, values: dict[str, Any], step: int) -> None:
+        """Write the numeric entries of `values` (not ``epoch``) as TensorBoard scalars at
+        `step` and flush them to ``tb/``."""
+        tb = self._writer()
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch":
+                tb.add_scalar(k, float(v), int(step))
+        tb.flush()
 
     def plot(self, history: list[dict[str, Any]]) -> list[str]:
         """Draw ``loss.png``, ``acc.png``, ``nfe.png``, ``lr.png`` from the columns whose
@@ -175,6 +186,7 @@ class RunDir:
     def close(self):
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
 
 
 def _num(v):
