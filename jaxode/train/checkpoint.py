@@ -8,7 +8,8 @@ Layout inside a checkpoint folder::
 
 Each file is written to a temporary name and moved into place with `os.replace`, and
 `latest.json` is replaced last, so a crash (or a NaN stop) at any moment leaves the
-previous checkpoint readable.  Loading needs a *template* PyTree of the same structure
+previous checkpoint readable.  In a multi-process run only process 0 writes (the arrays
+are replicated, so its copy is the whole state); every process reads.  Loading needs a *template* PyTree of the same structure
 (build the model and optimiser state as at the start, then load into them).
 """
 
@@ -18,6 +19,8 @@ import json
 import os
 
 import equinox as eqx
+
+from jaxode.train.parallel import is_writer
 
 
 def _atomic_write(path: str, write) -> None:
@@ -35,9 +38,12 @@ def _json_bytes(obj) -> bytes:
 
 def save_checkpoint(folder: str, epoch: int, tree, meta: dict, keep: int = 2) -> str:
     """Write checkpoint `epoch` (arrays of `tree`, JSON-able `meta`), point
-    ``latest.json`` at it and delete all but the newest `keep`.  Returns its path."""
-    os.makedirs(folder, exist_ok=True)
+    ``latest.json`` at it and delete all but the newest `keep`.  Returns its path
+    (written only by process 0 of a multi-process run)."""
     base = os.path.join(folder, f"ckpt-{epoch:04d}")
+    if not is_writer():
+        return base + ".eqx"
+    os.makedirs(folder, exist_ok=True)
     _atomic_write(base + ".eqx", lambda f: eqx.tree_serialise_leaves(f, tree))
     _atomic_write(base + ".json", lambda f: f.write(_json_bytes(meta)))
     _atomic_write(os.path.join(folder, "latest.json"),

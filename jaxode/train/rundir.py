@@ -11,6 +11,9 @@
     summary.json       final numbers
     checkpoints/       see `jaxode.train.checkpoint`
     .run-claim         the pid of the run that claimed the folder (`claim_run_dir`)
+
+In a multi-process run (`jax.distributed`) only process 0 writes: a `RunDir` of any
+other process creates nothing and its writing methods do nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import json
 import math
 import os
 from typing import Any
+
+from jaxode.train.parallel import is_writer
 
 CLAIM = ".run-claim"
 
@@ -94,9 +99,11 @@ class RunDir:
 
     def __init__(self, path: str, config: dict | None = None, *, tensorboard: bool = True):
         self.path = os.path.abspath(path)
-        os.makedirs(self.path, exist_ok=True)
         self.checkpoints = os.path.join(self.path, "checkpoints")
-        if config is not None:
+        self.writer = is_writer()  # False in processes other than 0 of a distributed run
+        if self.writer:
+            os.makedirs(self.path, exist_ok=True)
+        if config is not None and self.writer:
             write_json(os.path.join(self.path, "config.json"), config, exclusive=True)
         self.tensorboard = tensorboard
         self._tb = None  # opened at the first metrics: a run that stops early leaves no tb/
@@ -118,6 +125,8 @@ class RunDir:
 
     def write_history(self, history: list[dict[str, Any]]) -> None:
         """Rewrite ``metrics.csv`` from the full history and redraw the plots."""
+        if not self.writer:
+            return
         columns: list[str] = []
         for row in history:
             for k in row:
@@ -138,6 +147,8 @@ class RunDir:
     def log_scalars(self, values: dict[str, Any], step: int) -> None:
         """Write the numeric entries of `values` (not ``epoch``) as TensorBoard scalars at
         `step` and flush them to ``tb/``."""
+        if not self.writer:
+            return
         tb = self._writer()
         for k, v in values.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch":
@@ -147,7 +158,7 @@ class RunDir:
     def plot(self, history: list[dict[str, Any]]) -> list[str]:
         """Draw ``loss.png``, ``acc.png``, ``nfe.png``, ``lr.png`` from the columns whose
         names contain those words.  Returns the files written."""
-        if not history:
+        if not history or not self.writer:
             return []
         import matplotlib
 
@@ -180,7 +191,8 @@ class RunDir:
 
     def summary(self, values: dict[str, Any]) -> str:
         path = os.path.join(self.path, "summary.json")
-        write_json(path, values)
+        if self.writer:
+            write_json(path, values)
         return path
 
     def close(self):
