@@ -59,6 +59,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait(procs: dict, folder, timeout: float) -> dict[str, str]:
+    """Wait for every process; when one fails or the time is up, stop the rest (a
+    process whose partner died would wait in a collective forever).  Returns the logs."""
+    import time
+
+    end = time.monotonic() + timeout
+    while any(p.poll() is None for p in procs.values()):
+        if time.monotonic() > end or any(p.poll() not in (None, 0) for p in procs.values()):
+            for p in procs.values():
+                if p.poll() is None:
+                    p.kill()
+            break
+        time.sleep(0.5)
+    logs = {}
+    for name, p in procs.items():
+        p.wait()
+        logs[name] = (folder / f"{name}.log").read_text()
+        if p.returncode and p.returncode < 0:
+            logs[name] += f"\n[stopped: timeout {timeout} s or another process failed]"
+    return logs
+
+
 def test_two_processes_match_one(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     env.pop("XLA_FLAGS", None)  # one CPU device per process
@@ -69,18 +91,10 @@ def test_two_processes_match_one(tmp_path):
     for name, (mode, pid, run) in jobs.items():
         argv = [sys.executable, "-c", _WORKER, mode, coordinator, str(pid),
                 str(tmp_path / f"{name}.json"), str(run)]
-        procs[name] = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True)
-    logs, failed = {}, []
-    for name, proc in procs.items():
-        try:
-            logs[name], _ = proc.communicate(timeout=480)
-        except subprocess.TimeoutExpired:
-            for p in procs.values():
-                p.kill()
-            logs[name] = (proc.communicate()[0] or "") + "\n[killed after 480 s]"
-        if proc.returncode != 0:
-            failed.append(name)
+        with open(tmp_path / f"{name}.log", "w") as log:  # a file: a full pipe cannot block it
+            procs[name] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    logs = _wait(procs, tmp_path, timeout=480)
+    failed = [n for n, p in procs.items() if p.returncode != 0]
     assert not failed, "\n".join(f"--- {n} (exit {procs[n].returncode}):\n{logs[n][-3000:]}"
                                  for n in failed)
     out = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in procs}
