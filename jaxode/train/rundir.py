@@ -94,10 +94,13 @@ def write_json(path: str, obj, *, exclusive: bool = False) -> bool:
 
 class RunDir:
     """A run folder.  ``RunDir(path, config)`` creates it and writes ``config.json``
-    (`config` is any JSON-able dict) once: a resumed run keeps the original file.  `log_epoch` records metrics, `summary` writes
+    (`config` is any JSON-able dict) once: a resumed run keeps the original file.
+    ``checkpoint_format="orbax"`` marks the checkpoint folder for Orbax's
+    CheckpointManager (`jaxode.train.checkpoint_orbax`).  `log_epoch` records metrics, `summary` writes
     ``summary.json``; `checkpoints` is the checkpoint folder."""
 
-    def __init__(self, path: str, config: dict | None = None, *, tensorboard: bool = True):
+    def __init__(self, path: str, config: dict | None = None, *, tensorboard: bool = True,
+                 checkpoint_format: str = "eqx"):
         self.path = os.path.abspath(path)
         self.checkpoints = os.path.join(self.path, "checkpoints")
         self.writer = is_writer()  # False in processes other than 0 of a distributed run
@@ -106,6 +109,12 @@ class RunDir:
         if config is not None and self.writer:
             write_json(os.path.join(self.path, "config.json"), config, exclusive=True)
         self.tensorboard = tensorboard
+        if checkpoint_format not in ("eqx", "orbax"):
+            raise ValueError(f"checkpoint_format must be 'eqx' or 'orbax', got {checkpoint_format!r}.")
+        if checkpoint_format == "orbax" and self.writer:
+            from jaxode.train.checkpoint_orbax import use_orbax
+
+            use_orbax(self.checkpoints)
         self._tb = None  # opened at the first metrics: a run that stops early leaves no tb/
 
     def _writer(self):
