@@ -25,7 +25,8 @@ def read_scalars(folder) -> dict[str, dict[int, float]]:
     out: dict[str, dict[int, float]] = {}
     files = sorted(glob.glob(f"{folder}/**/events.out.tfevents.*", recursive=True))
     for path in files:
-        data = open(path, "rb").read()
+        with open(path, "rb") as f:
+            data = f.read()
         pos = 0
         while pos < len(data):
             header = data[pos:pos + 8]

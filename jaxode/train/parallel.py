@@ -31,7 +31,8 @@ import equinox as eqx
 import jax
 import jax.tree_util as jtu
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 
@@ -150,5 +151,5 @@ class process_shard:
                 raise ValueError(
                     f"a batch of {size} examples cannot be split over {self.count} "
                     f"processes; use a batch size divisible by {self.count}.")
-            n = size // self.count
-            yield jtu.tree_map(lambda x: x[self.index * n:(self.index + 1) * n], batch)
+            rows = slice(self.index * (size // self.count), (self.index + 1) * (size // self.count))
+            yield jtu.tree_map(lambda x, rows=rows: x[rows], batch)
