@@ -8,7 +8,10 @@ Layout inside a checkpoint folder::
 
 Each file is written to a temporary name and moved into place with `os.replace`, and
 `latest.json` is replaced last, so a crash (or a NaN stop) at any moment leaves the
-previous checkpoint readable.  Loading needs a *template* PyTree of the same structure
+previous checkpoint readable.  A folder marked for Orbax (`jaxode.train.checkpoint_orbax`)
+is read and written by Orbax's CheckpointManager instead, by the same functions.
+In a multi-process run only process 0 writes (the arrays
+are replicated, so its copy is the whole state); every process reads.  Loading needs a *template* PyTree of the same structure
 (build the model and optimiser state as at the start, then load into them).
 """
 
@@ -18,6 +21,9 @@ import json
 import os
 
 import equinox as eqx
+
+from jaxode.train import checkpoint_orbax as orbax_format
+from jaxode.train.parallel import is_writer
 
 
 def _atomic_write(path: str, write) -> None:
@@ -35,9 +41,14 @@ def _json_bytes(obj) -> bytes:
 
 def save_checkpoint(folder: str, epoch: int, tree, meta: dict, keep: int = 2) -> str:
     """Write checkpoint `epoch` (arrays of `tree`, JSON-able `meta`), point
-    ``latest.json`` at it and delete all but the newest `keep`.  Returns its path."""
-    os.makedirs(folder, exist_ok=True)
+    ``latest.json`` at it and delete all but the newest `keep`.  Returns its path
+    (written only by process 0 of a multi-process run)."""
+    if orbax_format.is_orbax(folder):  # every process takes part
+        return orbax_format.save(folder, epoch, tree, meta, keep=keep)
     base = os.path.join(folder, f"ckpt-{epoch:04d}")
+    if not is_writer():
+        return base + ".eqx"
+    os.makedirs(folder, exist_ok=True)
     _atomic_write(base + ".eqx", lambda f: eqx.tree_serialise_leaves(f, tree))
     _atomic_write(base + ".json", lambda f: f.write(_json_bytes(meta)))
     _atomic_write(os.path.join(folder, "latest.json"),
@@ -77,6 +88,9 @@ def latest_checkpoint(folder: str) -> int | None:
     ``ckpt-NNNN.eqx`` / ``.json`` pair found by scanning the folder is used instead."""
     if not os.path.isdir(folder):
         return None
+    if orbax_format.is_orbax(folder):
+        done = orbax_format.saved_epochs(folder)
+        return done[-1] if done else None
     try:
         with open(os.path.join(folder, "latest.json")) as f:
             return int(json.load(f)["epoch"])
@@ -89,6 +103,8 @@ def complete_epochs(folder: str) -> list[int]:
     """The epochs with both ``ckpt-NNNN.eqx`` and ``ckpt-NNNN.json`` in `folder`, ascending."""
     if not os.path.isdir(folder):
         return []
+    if orbax_format.is_orbax(folder):
+        return orbax_format.saved_epochs(folder)
     return [e for e in saved_epochs(folder)
             if os.path.exists(os.path.join(folder, f"ckpt-{e:04d}.json"))]
 
@@ -123,6 +139,8 @@ def load_newest_intact(folder: str, template_at, log=print):
 
 def load_checkpoint(folder: str, epoch: int, template):
     """Read checkpoint `epoch` into `template`; returns ``(tree, meta)``."""
+    if orbax_format.is_orbax(folder):
+        return orbax_format.load(folder, epoch, template)
     base = os.path.join(folder, f"ckpt-{epoch:04d}")
     if not os.path.exists(base + ".eqx"):
         raise FileNotFoundError(
@@ -143,5 +161,7 @@ def load_checkpoint(folder: str, epoch: int, template):
 
 
 def saved_epochs(folder: str) -> list[int]:
-    """The epochs with a ``ckpt-NNNN.eqx`` file in `folder`, ascending."""
+    """The epochs with a ``ckpt-NNNN.eqx`` file (an Orbax step) in `folder`, ascending."""
+    if orbax_format.is_orbax(folder):
+        return orbax_format.saved_epochs(folder)
     return sorted(_saved_epochs(folder))

@@ -26,7 +26,7 @@ import optax
 from jaxode.ode import backward_nfe, differentiated, trainable
 from jaxode.train.checkpoint import load_newest_intact, save_checkpoint, saved_epochs
 from jaxode.train.config import TrainConfig
-from jaxode.train.parallel import data_mesh, replicate, shard_batch
+from jaxode.train.parallel import data_mesh, local_mesh, replicate, shard_batch
 from jaxode.train.phases import apply_phase, parse_schedule, phase_at
 from jaxode.train.regularize import Regularization, add_to_loss, for_training
 from jaxode.train.rundir import RunDir
@@ -143,6 +143,7 @@ def evaluate(model, task, batches: Iterable, *, batch_size: int | None = None, m
         from tqdm.auto import tqdm
 
         it = tqdm(batches, desc=desc, leave=False, total=_len_or_none(batches))
+    mesh = None if mesh is None else local_mesh(mesh)  # multi-process: each evaluates all
     ndev = 1 if mesh is None else mesh.devices.size
     if mesh is not None:  # same placement every call: a changed tolerance must not recompile
         model = replicate(model, mesh)

@@ -4,12 +4,16 @@
 
     config.json        the resolved configuration (everything needed to rerun)
     metrics.csv        one row per epoch (rewritten whole each epoch: columns may grow)
-    tb/                TensorBoard events, when `tensorboardX` or `torch.utils.tensorboard`
-                       with `tensorboard` is installed
+    tb/                TensorBoard event files of the same metrics (tensorboardX: no
+                       TensorFlow needed), one scalar per column and epoch; view with
+                       ``tensorboard --logdir runs/<name>/tb``
     loss.png acc.png nfe.png lr.png   curves of the matching metric columns
     summary.json       final numbers
     checkpoints/       see `jaxode.train.checkpoint`
     .run-claim         the pid of the run that claimed the folder (`claim_run_dir`)
+
+In a multi-process run (`jax.distributed`) only process 0 writes: a `RunDir` of any
+other process creates nothing and its writing methods do nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import json
 import math
 import os
 from typing import Any
+
+from jaxode.train.parallel import is_writer
 
 CLAIM = ".run-claim"
 
@@ -88,30 +94,48 @@ def write_json(path: str, obj, *, exclusive: bool = False) -> bool:
 
 class RunDir:
     """A run folder.  ``RunDir(path, config)`` creates it and writes ``config.json``
-    (`config` is any JSON-able dict) once: a resumed run keeps the original file.  `log_epoch` records metrics, `summary` writes
+    (`config` is any JSON-able dict) once: a resumed run keeps the original file.
+    ``checkpoint_format="orbax"`` marks the checkpoint folder for Orbax's
+    CheckpointManager (`jaxode.train.checkpoint_orbax`).  `log_epoch` records metrics, `summary` writes
     ``summary.json``; `checkpoints` is the checkpoint folder."""
 
-    def __init__(self, path: str, config: dict | None = None, *, tensorboard: bool = True):
+    def __init__(self, path: str, config: dict | None = None, *, tensorboard: bool = True,
+                 checkpoint_format: str = "eqx"):
         self.path = os.path.abspath(path)
-        os.makedirs(self.path, exist_ok=True)
         self.checkpoints = os.path.join(self.path, "checkpoints")
-        if config is not None:
+        self.writer = is_writer()  # False in processes other than 0 of a distributed run
+        if self.writer:
+            os.makedirs(self.path, exist_ok=True)
+        if config is not None and self.writer:
             write_json(os.path.join(self.path, "config.json"), config, exclusive=True)
-        self._tb = self._open_tensorboard() if tensorboard else None
+        self.tensorboard = tensorboard
+        if checkpoint_format not in ("eqx", "orbax"):
+            raise ValueError(f"checkpoint_format must be 'eqx' or 'orbax', got {checkpoint_format!r}.")
+        if checkpoint_format == "orbax" and self.writer:
+            from jaxode.train.checkpoint_orbax import use_orbax
 
-    def _open_tensorboard(self):
-        for mod in ("tensorboardX", "torch.utils.tensorboard"):
+            use_orbax(self.checkpoints)
+        self._tb = None  # opened at the first metrics: a run that stops early leaves no tb/
+
+    def _writer(self):
+        """The TensorBoard writer of ``tb/`` (tensorboardX, a base dependency)."""
+        if self._tb is None:
             try:
-                module = __import__(mod, fromlist=["SummaryWriter"])
-                return module.SummaryWriter(os.path.join(self.path, "tb"))
-            except Exception:  # noqa: BLE001 - optional dependency
-                continue
-        return None
+                from tensorboardX import SummaryWriter
+            except ImportError as e:
+                raise ImportError(
+                    "RunDir writes TensorBoard events with tensorboardX, which is missing: "
+                    "`pip install tensorboardX` (or reinstall jaxode), or pass "
+                    "RunDir(..., tensorboard=False).") from e
+            self._tb = SummaryWriter(os.path.join(self.path, "tb"), flush_secs=30)
+        return self._tb
 
     # -- metrics ---------------------------------------------------------------
 
     def write_history(self, history: list[dict[str, Any]]) -> None:
         """Rewrite ``metrics.csv`` from the full history and redraw the plots."""
+        if not self.writer:
+            return
         columns: list[str] = []
         for row in history:
             for k in row:
@@ -125,18 +149,25 @@ class RunDir:
             for row in history:
                 w.writerow({k: _fmt(row.get(k)) for k in columns})
         os.replace(tmp, path)
-        if history and self._tb is not None:
-            row = history[-1]
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "epoch":
-                    self._tb.add_scalar(k, v, row.get("epoch", len(history)))
-            self._tb.flush()
+        if history and self.tensorboard:
+            self.log_scalars(history[-1], step=history[-1].get("epoch", len(history)))
         self.plot(history)
+
+    def log_scalars(self, values: dict[str, Any], step: int) -> None:
+        """Write the numeric entries of `values` (not ``epoch``) as TensorBoard scalars at
+        `step` and flush them to ``tb/``."""
+        if not self.writer:
+            return
+        tb = self._writer()
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch":
+                tb.add_scalar(k, float(v), int(step))
+        tb.flush()
 
     def plot(self, history: list[dict[str, Any]]) -> list[str]:
         """Draw ``loss.png``, ``acc.png``, ``nfe.png``, ``lr.png`` from the columns whose
         names contain those words.  Returns the files written."""
-        if not history:
+        if not history or not self.writer:
             return []
         import matplotlib
 
@@ -169,12 +200,14 @@ class RunDir:
 
     def summary(self, values: dict[str, Any]) -> str:
         path = os.path.join(self.path, "summary.json")
-        write_json(path, values)
+        if self.writer:
+            write_json(path, values)
         return path
 
     def close(self):
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
 
 
 def _num(v):
