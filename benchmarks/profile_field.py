@@ -76,45 +76,62 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------- jaxode
 
 
-def _tbias_class():
+def _variant_classes():
     import equinox as eqx
     import jax.numpy as jnp
 
-    from jaxode.nn.conv import conv2d
+    from jaxode.nn.conv import conv2d_hwc
+
+    class ChannelFirstField(eqx.Module):
+        """The Chen field evaluated channel-first, (C, H, W) throughout, as jaxode did
+        before 2026-12-06: each `ConcatConv2d` call transposes its input to NHWC and
+        its output back (`jaxode.nn.conv.conv2d`), GroupNorm reduces rows of
+        (groups, n).  Same parameters and function as `ConvODEFunc`."""
+
+        field: eqx.Module
+
+        def __call__(self, t, z):
+            f = self.field
+            h = f.conv1(t, f.activation(f.norm1(z)))
+            h = f.conv2(t, f.activation(f.norm2(h)))
+            return f.norm3(h)
 
     class TBiasConcatConv2d(eqx.Module):
-        """`jaxode.nn.layers.ConcatConv2d` with the t channel as a bias-like map: the
-        convolution is linear in its input, so with W = [W_t, W_x],
+        """`jaxode.nn.layers.ConcatConv2d.channels_last` with the t channel as a
+        bias-like map: the convolution is linear in its input, so with W = [W_t, W_x],
         W * [t 1; x] + b = W_x * x + t (W_t * 1) + b; W_t * 1 (the t kernel on a
-        zero-padded constant image) does not depend on the example and is computed
-        once per call under vmap.  Same parameters; a benchmark variant only."""
+        zero-padded constant image, exact at the borders) does not depend on the
+        example.  Same parameters; a benchmark variant only."""
 
-        conv: eqx.nn.Conv2d
+        conv: eqx.Module
 
-        def __call__(self, t, x):
+        def channels_last(self, t, x):
             w, stride, pad = self.conv.weight, self.conv.stride, self.conv.padding
-            t_map = conv2d(jnp.ones((1,) + x.shape[1:], x.dtype), w[:, :1], stride, pad)
-            y = conv2d(x, w[:, 1:], stride, pad) + jnp.asarray(t, x.dtype) * t_map
-            return y + self.conv.bias if self.conv.use_bias else y
+            t_map = conv2d_hwc(jnp.ones(x.shape[:-1] + (1,), x.dtype), w[:, :1], stride, pad)
+            y = conv2d_hwc(x, w[:, 1:], stride, pad) + jnp.asarray(t, x.dtype) * t_map
+            return y + self.conv.bias.reshape(-1) if self.conv.use_bias else y
 
-    return TBiasConcatConv2d
+    return ChannelFirstField, TBiasConcatConv2d
 
 
 def field_variants(field):
-    """{"jaxode": the library's field, "eqx-gn": with Equinox's GroupNorm, "tbias":
-    with `TBiasConcatConv2d`}; all with the same parameters."""
+    """{"jaxode": the library's field (channels-last inside), "chw": the former
+    channel-first evaluation (`ChannelFirstField`), "eqx-gn": channel-first with
+    Equinox's GroupNorm (the path before `jaxode.nn.layers.GroupNorm`), "tbias": the
+    library's field with `TBiasConcatConv2d`}; all with the same parameters."""
     import equinox as eqx
 
     def eqx_gn(n):
         m = eqx.nn.GroupNorm(n.groups, n.channels, n.eps)
         return eqx.tree_at(lambda k: (k.weight, k.bias), m, (n.weight, n.bias))
 
-    tbias = _tbias_class()
+    chw, tbias = _variant_classes()
     norms = lambda f: (f.norm1, f.norm2, f.norm3)
     convs = lambda f: (f.conv1, f.conv2)
     return {
         "jaxode": field,
-        "eqx-gn": eqx.tree_at(norms, field, tuple(eqx_gn(n) for n in norms(field))),
+        "chw": chw(field),
+        "eqx-gn": chw(eqx.tree_at(norms, field, tuple(eqx_gn(n) for n in norms(field)))),
         "tbias": eqx.tree_at(convs, field, tuple(tbias(c.conv) for c in convs(field))),
     }
 
@@ -173,18 +190,23 @@ def jax_pieces(field, x, xt, g, gt, t, iters, pieces=PIECES):
         add("conv-dinput", name, dinput(cv), a, w_, g_)
         add("conv-dweight", name, dweight(cv), a, w_, g_)
 
-    def gn_fwd(i, a, norm_):
-        return jax.vmap(norm_)(scale(i, a))
+    def gn_fwd(i, a, norm_, hwc=False):
+        return jax.vmap(norm_.channels_last if hwc else norm_)(scale(i, a))
 
-    def gn(i, a, norm_, g_):
-        out, vjp = jax.vjp(lambda a_, n_: jax.vmap(n_)(a_), scale(i, a), norm_)
+    def gn(i, a, norm_, g_, hwc=False):
+        out, vjp = jax.vjp(lambda a_, n_: jax.vmap(n_.channels_last if hwc else n_)(a_), scale(i, a), norm_)
         return out, vjp(g_)
 
-    variants = field_variants(field)
-    for name in ("jaxode", "eqx-gn"):
-        norm = variants[name].norm1
-        add("groupnorm-fwd", name, gn_fwd, x, norm)
-        add("groupnorm", name, gn, x, norm, g)
+    gn_hwc = lambda *a: gn(*a, hwc=True)
+    gn_fwd_hwc = lambda *a: gn_fwd(*a, hwc=True)
+    x_h = jnp.transpose(x, (0, 2, 3, 1))
+    norms = {"jaxode": (gn_fwd_hwc, gn_hwc, x_h, g_h), "chw": (gn_fwd, gn, x, g),
+             "eqx-gn": (gn_fwd, gn, x, g)}
+    for name, (f_fwd, f_vjp, a, g_) in norms.items():
+        norm = field_variants(field)[name]
+        norm = norm.field.norm1 if name != "jaxode" else norm.norm1
+        add("groupnorm-fwd", name, f_fwd, a, norm)
+        add("groupnorm", name, f_vjp, a, norm, g_)
 
     def concat(i, a, t_, g_):
         def cat(a_, t__):
@@ -201,7 +223,7 @@ def jax_pieces(field, x, xt, g, gt, t, iters, pieces=PIECES):
 
     add("relu", "jaxode", relu, x, g)
 
-    for name, f in variants.items():
+    for name, f in field_variants(field).items():
         params, static = eqx.partition(f, eqx.is_array)
 
         def field_fwd(i, a, p_, t_, static=static):
@@ -215,6 +237,21 @@ def jax_pieces(field, x, xt, g, gt, t, iters, pieces=PIECES):
 
         add("field-fwd", name, field_fwd, x, params, t)
         add("field-vjp", name, field_vjp, x, params, t, g)
+
+    # the field on a channels-last state (H, W, C): what an ODE state kept in that
+    # layout would cost (no layout change in or out)
+    params, static = eqx.partition(field, eqx.is_array)
+    hwc = lambda p_, t_, a_: jax.vmap(eqx.combine(p_, static).channels_last, in_axes=(None, 0))(t_, a_)
+
+    def hwc_fwd(i, a, p_, t_):
+        return hwc(p_, t_ + 1e-3 * i, scale(i, a))
+
+    def hwc_vjp(i, a, p_, t_, g_):
+        out, vjp = jax.vjp(lambda a_, p2: hwc(p2, t_ + 1e-3 * i, a_), scale(i, a), p_)
+        return out, vjp(g_)
+
+    add("field-fwd", "hwc-state", hwc_fwd, x_h, params, t)
+    add("field-vjp", "hwc-state", hwc_vjp, x_h, params, t, g_h)
     return calls
 
 
@@ -295,7 +332,7 @@ def block_steps(field, batch, size, seed=0, use_torch=True):
     block, batch_np = case.build(s, 1e-3, jax.random.PRNGKey(seed), np.random.default_rng(seed))
     calls = {}
     for name, f in field_variants(field).items():
-        if name == "tbias":
+        if name not in ("jaxode", "chw"):
             continue
         model = eqx.tree_at(lambda m: m.field, block, f)
         train, _ = suite.jax_steps(case, model)
@@ -388,6 +425,31 @@ def torch_pieces(field, x, xt, g, gt, t, iters):
 # ----------------------------------------------------------------------------- main
 
 
+def time_interleaved_cpu(calls, repeats, progress=None):
+    """`benchmarks.common.time_interleaved` that also records the CPU time of this
+    process during each call (all its threads: XLA's pool, torch's OpenMP threads).
+    On a loaded shared CPU the wall time of a call swings with other jobs; the CPU
+    time it consumed much less so.  Returns ({name: {median, min, max, cpu_median}}
+    in seconds, {name: last output})."""
+    import statistics
+
+    outs, wall, cpu = {}, {k: [] for k in calls}, {k: [] for k in calls}
+    for name, fn in calls.items():
+        outs[name] = fn()
+    if progress:
+        progress("compiled; timing round-robin")
+    for r in range(repeats):
+        for name, fn in calls.items():
+            w, c = time.perf_counter(), time.process_time()
+            outs[name] = fn()
+            cpu[name].append(time.process_time() - c)
+            wall[name].append(time.perf_counter() - w)
+        if progress:
+            progress(f"round {r + 1}/{repeats} done")
+    return ({k: {"median": statistics.median(wall[k]), "min": min(wall[k]), "max": max(wall[k]),
+                 "cpu_median": statistics.median(cpu[k])} for k in calls}, outs)
+
+
 def to_markdown(res: dict) -> str:
     from benchmarks.common import markdown_table
 
@@ -405,8 +467,19 @@ def to_markdown(res: dict) -> str:
         ref = r.get("torch")
         for variant, tm in r.items():
             ratio = f"{tm['median'] / ref['median']:.2f}" if ref and variant != "torch" else "-"
-            rows.append([piece, variant, f"{tm['median']:.3f} ({tm['min']:.3f}-{tm['max']:.3f})", ratio])
-    out = head + "\n" + markdown_table(["piece", "variant", "ms / evaluation", "ratio vs torch"], rows)
+            cpu = tm.get("cpu_median")
+            cpu_ratio = f"{cpu / ref['cpu_median']:.2f}" if cpu and ref and variant != "torch" else "-"
+            nfe = per_nfe = "-"
+            if "nfe_fwd" in tm:
+                nfe = f"{tm['nfe_fwd']}/{tm['nfe_bwd']}"
+                per_nfe = f"{tm['per_nfe']:.2f} / {tm['cpu_per_nfe']:.2f}"
+                if ref and variant != "torch":
+                    per_nfe += (f" ({tm['per_nfe'] / ref['per_nfe']:.2f}x / "
+                                f"{tm['cpu_per_nfe'] / ref['cpu_per_nfe']:.2f}x)")
+            rows.append([piece, variant, f"{tm['median']:.3f} ({tm['min']:.3f}-{tm['max']:.3f})", ratio,
+                         f"{cpu:.3f}" if cpu else "-", cpu_ratio, nfe, per_nfe])
+    out = head + "\n" + markdown_table(["piece", "variant", "ms / evaluation", "ratio vs torch", "CPU ms",
+                                        "CPU ratio", "NFE f/b", "ms per NFE wall / CPU (vs torch)"], rows)
     out += ("\n\nVariants: jaxode = the library path (per-example `conv2d` under vmap, NCHW); nhwc = "
             "the canonical NHWC/HWIO convolution on NHWC arrays (the XLA:CPU kernel alone, no layout "
             "transposes); 64ch = without the t channel; eqx-gn = Equinox's GroupNorm (the former "
@@ -459,12 +532,17 @@ def run(args):
         calls.update({("block-step", k): v for k, v in
                       block_steps(field, b, h, use_torch=use_torch).items()})
     t0 = time.perf_counter()
-    timings, _ = common.time_interleaved(calls, repeats=args.repeats,
-                                          progress=lambda s: print(s, flush=True) if "round" in s else None)
+    timings, outs = time_interleaved_cpu(calls, repeats=args.repeats,
+                                         progress=lambda s: print(s, flush=True))
     per = {}
     for (piece, variant), tm in timings.items():
         n = 1 if piece == "block-step" else args.iters
-        per.setdefault(piece, {})[variant] = {k: 1e3 * tm[k] / n for k in ("median", "min", "max")}
+        row = {k: 1e3 * tm[k] / n for k in ("median", "min", "max", "cpu_median")}
+        if piece == "block-step":  # jax: (loss, nfe, backward nfe, grads); torch: (loss, nfe, backward nfe)
+            nf, nb = int(outs[(piece, variant)][1]), int(outs[(piece, variant)][2])
+            row |= {"nfe_fwd": nf, "nfe_bwd": nb, "per_nfe": row["median"] / (nf + nb),
+                    "cpu_per_nfe": row["cpu_median"] / (nf + nb)}
+        per.setdefault(piece, {})[variant] = row
     results = {"config": vars(args) | {"torch_threads": threads if use_torch else None,
                                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                                        "xla_flags": os.environ.get("XLA_FLAGS", "")},

@@ -12,7 +12,7 @@ import pytest
 from jax import lax
 
 from jaxode.nn import conv as conv_module
-from jaxode.nn.conv import conv2d, conv_path, force_conv_path, reference_conv2d
+from jaxode.nn.conv import CONV_PATHS, conv2d, conv2d_hwc, conv_path, force_conv_path, reference_conv2d
 from jaxode.nn.layers import ConcatConv2d
 
 # (kernel, stride, padding) of the convolutions used in the project.
@@ -189,3 +189,35 @@ def test_both_paths_agree(k, s, p, key):
     np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(gx1, gx2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(gw1, gw2, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", CONV_PATHS)
+@pytest.mark.parametrize("k,s,p", CASES[:2])
+def test_channels_last_matches_reference_on_both_paths(k, s, p, path, key):
+    """conv2d_hwc on a channels-last input is reference_conv2d (NCHW / OIHW, JAX
+    autodiff) on the channel-first one, transposed: values, input and weight
+    gradients and a JVP in float64, on the custom-JVP (CPU) and the plain-XLA path."""
+    with jax.enable_x64(True), force_conv_path(path):
+        x, w, kg = _data(k, key)
+        x, w = x.astype(jnp.float64), w.astype(jnp.float64)
+        x_hwc = jnp.transpose(x, (0, 2, 3, 1))
+        ref = jax.vmap(lambda xi: reference_conv2d(xi, w, s, p))(x)
+        g = jax.random.normal(kg, ref.shape, jnp.float64)
+        dx = jax.random.normal(jax.random.fold_in(kg, 1), x.shape, jnp.float64)
+
+        def loss_ref(x_, w_):
+            return jnp.sum(g * jnp.tanh(jax.vmap(lambda xi: reference_conv2d(xi, w_, s, p))(x_)))
+
+        def loss_hwc(x_, w_):  # x_ channel-first; the transposes are outside the layer
+            y = jax.vmap(lambda xi: conv2d_hwc(xi, w_, s, p))(jnp.transpose(x_, (0, 2, 3, 1)))
+            return jnp.sum(g * jnp.tanh(jnp.transpose(y, (0, 3, 1, 2))))
+
+        out = jax.jit(jax.vmap(lambda xi: conv2d_hwc(xi, w, s, p)))(x_hwc)
+        grads = [jax.jit(jax.grad(f, (0, 1)))(x, w) for f in (loss_hwc, loss_ref)]
+        jvps = [jax.jvp(lambda x_, f=f: f(x_, w), (x,), (dx,))[1] for f in (loss_hwc, loss_ref)]
+    np.testing.assert_allclose(jnp.transpose(out, (0, 3, 1, 2)), ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(jvps[0], jvps[1], rtol=1e-10)
+    with pytest.raises(ValueError, match=r"\(O, 6, kh, kw\)"):
+        conv2d_hwc(x[0], w, s, p)  # a channel-first example passed as channels-last
