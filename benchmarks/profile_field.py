@@ -17,12 +17,17 @@ forward + backward; the t-channel concatenation forward + backward; ReLU forward
 backward; the whole field forward; the whole field forward + VJP (wrt z and
 parameters, as the backsolve adjoint); and ``block-step``, the suite's whole
 chen-block training step (dopri5, rtol = atol = 1e-3, backsolve vs odeint_adjoint,
-loss + gradients), in ms per step, not per evaluation.  Variants isolate causes: ``nhwc`` feeds the
-canonical NHWC / HWIO convolution directly (the Eigen kernel alone, no layout
-transposes), ``64ch`` convolves without the t channel, ``eqx-gn`` is Equinox's own
-GroupNorm (the library's former path; ``jaxode`` uses `jaxode.nn.layers.GroupNorm`),
-and ``tbias`` is the field with the t channel as a bias-like map,
-W * [t; x] = W_x * x + t (W_t * 1) (`TBiasConcatConv2d`).
+loss + gradients), in ms per step, not per evaluation, with its forward / backward NFE
+and ms per NFE.  Variants isolate causes: ``jaxode`` is the library's field, which
+evaluates channels-last inside (`ConvODEFunc.channels_last`); ``chw`` is the former
+channel-first evaluation (layout copies around every convolution, GroupNorm on rows);
+``eqx-gn`` is ``chw`` with Equinox's own GroupNorm; ``hwc-state`` is the field on a
+channels-last state (no layout change in or out); ``tbias`` is the field with the t
+channel as a bias-like map, W * [t; x] = W_x * x + t (W_t * 1) (`TBiasConcatConv2d`);
+``nhwc`` feeds the canonical NHWC / HWIO convolution directly (the kernel alone) and
+``64ch`` convolves without the t channel.  Besides wall time, each call's CPU time
+(this process, all threads) is recorded: on the shared, loaded CPU it varies far
+less than the wall time.
 `--hlo` also writes the optimized HLO of the field VJP inside a loop (both
 GroupNorms) and counts its transposes, copies, reductions and convolutions.  XLA:CPU options can be tried with
 ``XLA_FLAGS=... python -m benchmarks.profile_field`` (recorded in the results).
@@ -144,7 +149,7 @@ def jax_pieces(field, x, xt, g, gt, t, iters, pieces=PIECES):
     import jax.numpy as jnp
     from jax import lax
 
-    from jaxode.nn.conv import conv2d
+    from jaxode.nn.conv import conv2d, conv2d_hwc
 
     w = field.conv1.conv.weight  # (C, C + 1, 3, 3)
     w64 = w[:, 1:]
@@ -184,8 +189,9 @@ def jax_pieces(field, x, xt, g, gt, t, iters, pieces=PIECES):
         if piece in pieces:
             calls[(piece, variant)] = loop(body, *operands)
 
-    for name, (a, w_, g_, cv) in {"jaxode": (xt, w, g, conv), "nhwc": (xt_h, w_h, g_h, nhwc),
-                                  "64ch": (x, w64, g, conv)}.items():
+    conv_hwc = lambda a, w_: jax.vmap(lambda e: conv2d_hwc(e, w_, 1, 1))(a)
+    for name, (a, w_, g_, cv) in {"jaxode": (xt_h, w, g_h, conv_hwc), "chw": (xt, w, g, conv),
+                                  "nhwc": (xt_h, w_h, g_h, nhwc), "64ch": (x, w64, g, conv)}.items():
         add("conv-fwd", name, fwd(cv), a, w_)
         add("conv-dinput", name, dinput(cv), a, w_, g_)
         add("conv-dweight", name, dweight(cv), a, w_, g_)
@@ -480,13 +486,15 @@ def to_markdown(res: dict) -> str:
                          f"{cpu:.3f}" if cpu else "-", cpu_ratio, nfe, per_nfe])
     out = head + "\n" + markdown_table(["piece", "variant", "ms / evaluation", "ratio vs torch", "CPU ms",
                                         "CPU ratio", "NFE f/b", "ms per NFE wall / CPU (vs torch)"], rows)
-    out += ("\n\nVariants: jaxode = the library path (per-example `conv2d` under vmap, NCHW); nhwc = "
-            "the canonical NHWC/HWIO convolution on NHWC arrays (the XLA:CPU kernel alone, no layout "
-            "transposes); 64ch = without the t channel; eqx-gn = Equinox's GroupNorm (the former "
-            "path; jaxode uses jaxode.nn.layers.GroupNorm); tbias = the field with the t channel as a "
-            "bias-like term; torch = the same piece in torch (NCHW, oneDNN); torch-64ch = without the "
-            "t channel. conv-* pieces have no bias; block-step is ms per training step (not per evaluation); "
-            "ratio = variant / torch's same piece.")
+    out += ("\n\nVariants: jaxode = the library's field (channels-last inside: conv2d_hwc, "
+            "GroupNorm.channels_last); chw = the former channel-first evaluation (NCHW, layout copies "
+            "around each convolution); eqx-gn = chw with Equinox's GroupNorm; hwc-state = the field on a "
+            "channels-last state (no transposes in or out); tbias = the t channel as a bias-like term; "
+            "nhwc = the canonical NHWC/HWIO convolution alone; 64ch = without the t channel; torch = the "
+            "same piece in torch (NCHW, oneDNN); torch-64ch = without the t channel. conv-* pieces have no "
+            "bias; block-step is ms per training step (not per evaluation) with its NFE forward/backward "
+            "and ms per NFE (step time / (forward + backward NFE)); CPU ms = CPU time of this process "
+            "during the call (median); ratio = variant / torch's same piece.")
     for name, h in res.get("hlo", {}).items():
         out += (f"\n\nOptimized HLO of the field VJP in a lax.scan ({name}): loop body top-level ops "
                 f"{h['top_level']}; inside fusions {h['inside_fusions']}; convolutions "
