@@ -38,6 +38,12 @@ chooses cuDNN's or the TPU's preferred layouts itself) on any other backend.  Bo
 paths compute the same function (`tests/test_conv.py`).  `force_conv_path` overrides
 the choice for the functions traced inside it (a jitted function already traced keeps
 its path: the choice is part of the trace, not of the jit cache key).
+
+`conv2d_hwc` is the same convolution for a channels-last example ``(H, W, C)``: the
+custom JVP above is written in that layout, and `conv2d` is it between two transposes.
+A model that keeps its activations channels-last (`jaxode.fields.ConvODEFunc` inside one
+evaluation) skips the layout copies that XLA:CPU otherwise adds around every
+convolution and gradient convolution (docs/results/field_cost.md).
 """
 
 from __future__ import annotations

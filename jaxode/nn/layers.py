@@ -1,5 +1,6 @@
 """Small layers shared by the models.  Every layer acts on one example in
-channel-first layout ``(C, H, W)``; callers `jax.vmap` over a batch."""
+channel-first layout ``(C, H, W)``; callers `jax.vmap` over a batch.  `GroupNorm` and
+`ConcatConv2d` also have a ``channels_last`` method for one ``(H, W, C)`` example."""
 
 from __future__ import annotations
 
@@ -95,7 +96,9 @@ class GroupNorm(eqx.nn.GroupNorm):
     (`_standardise`).  Inside a solver loop on the 2-core CPU this made GroupNorm
     forward + VJP about 1.5x faster and the Chen field's forward + VJP about 10%
     faster (`benchmarks/profile_field.py`, docs/results/benchmarks.md, Issue 8).
-    Acts on one example ``(channels, ...)``; `jax.vmap` over a batch.
+    Acts on one example ``(channels, ...)``; `jax.vmap` over a batch.  `channels_last`
+    is the same normalisation of a channels-last example ``(..., channels)`` (used by
+    `jaxode.fields.ConvODEFunc`, docs/results/field_cost.md).
     """
 
     def __call__(self, x, state=_MISSING, *, key=None):
