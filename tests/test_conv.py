@@ -124,7 +124,8 @@ def test_bad_shapes_raise():
 
 def test_concat_conv2d_fast_equals_equinox(key):
     """ConcatConv2d's default (fast) path equals Equinox's Conv2d on [t; x], values
-    and parameter gradients, and keeps the `conv` attribute layout."""
+    and parameter gradients, and keeps the `conv` attribute layout; so does
+    `channels_last` on the transposed input, with either path."""
     layer = ConcatConv2d(3, 4, 4, 2, 1, key=key)
     slow = eqx.tree_at(lambda m: m.conv, ConcatConv2d(3, 4, 4, 2, 1, key=key, fast=False), layer.conv)
     assert layer.conv.weight.shape == (4, 4, 4, 4) and layer.conv.bias.shape == (4, 1, 1)
@@ -139,6 +140,17 @@ def test_concat_conv2d_fast_equals_equinox(key):
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
     np.testing.assert_allclose(g1.conv.weight, g2.conv.weight, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(g1.conv.bias, g2.conv.bias, rtol=1e-5, atol=1e-6)
+    # channels_last: the same layer on (H, W, C), fast and Equinox (fast=False) paths
+    x_hwc = jnp.transpose(x, (0, 2, 3, 1))
+
+    def loss_hwc(m):
+        return jnp.sum(jnp.sin(jax.vmap(m.channels_last, in_axes=(None, 0))(t, x_hwc)))
+
+    for m in (layer, slow):
+        l3, g3 = eqx.filter_jit(eqx.filter_value_and_grad(loss_hwc))(m)
+        np.testing.assert_allclose(l3, l2, rtol=1e-5)
+        np.testing.assert_allclose(g3.conv.weight, g2.conv.weight, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(g3.conv.bias, g2.conv.bias, rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------- backend selection (issue 21)

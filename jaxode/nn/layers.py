@@ -239,12 +239,15 @@ class ConcatConv2d(eqx.Module):
     def channels_last(self, t, x):
         """The same layer on one channels-last example `x` ``(H, W, C)``, returning
         ``(H_out, W_out, out_channels)``: t is the first of C + 1 channels on the last
-        axis and the convolution is `jaxode.nn.conv.conv2d_hwc` (no layout copies)."""
+        axis and the convolution is `jaxode.nn.conv.conv2d_hwc` (no layout copies);
+        with `fast=False`, Equinox's convolution between two transposes."""
         if x.ndim != 3 or x.shape[-1] != self.in_channels:
             raise ValueError(
                 f"ConcatConv2d.channels_last expects one example of shape (H, W, C={self.in_channels}), "
                 f"got {x.shape}; vmap over a batch."
             )
+        if not self.fast:  # Equinox's convolution, channel-first (for comparisons)
+            return jnp.transpose(self(t, jnp.transpose(x, (2, 0, 1))), (1, 2, 0))
         tt = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:-1] + (1,))
         xt = jnp.concatenate([tt, x], axis=-1)
         y = conv2d_hwc(xt, self.conv.weight, self.conv.stride, self.conv.padding)
