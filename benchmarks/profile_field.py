@@ -17,12 +17,17 @@ forward + backward; the t-channel concatenation forward + backward; ReLU forward
 backward; the whole field forward; the whole field forward + VJP (wrt z and
 parameters, as the backsolve adjoint); and ``block-step``, the suite's whole
 chen-block training step (dopri5, rtol = atol = 1e-3, backsolve vs odeint_adjoint,
-loss + gradients), in ms per step, not per evaluation.  Variants isolate causes: ``nhwc`` feeds the
-canonical NHWC / HWIO convolution directly (the Eigen kernel alone, no layout
-transposes), ``64ch`` convolves without the t channel, ``eqx-gn`` is Equinox's own
-GroupNorm (the library's former path; ``jaxode`` uses `jaxode.nn.layers.GroupNorm`),
-and ``tbias`` is the field with the t channel as a bias-like map,
-W * [t; x] = W_x * x + t (W_t * 1) (`TBiasConcatConv2d`).
+loss + gradients), in ms per step, not per evaluation, with its forward / backward NFE
+and ms per NFE.  Variants isolate causes: ``jaxode`` is the library's field, which
+evaluates channels-last inside (`ConvODEFunc.channels_last`); ``chw`` is the former
+channel-first evaluation (layout copies around every convolution, GroupNorm on rows);
+``eqx-gn`` is ``chw`` with Equinox's own GroupNorm; ``hwc-state`` is the field on a
+channels-last state (no layout change in or out); ``tbias`` is the field with the t
+channel as a bias-like map, W * [t; x] = W_x * x + t (W_t * 1) (`TBiasConcatConv2d`);
+``nhwc`` feeds the canonical NHWC / HWIO convolution directly (the kernel alone) and
+``64ch`` convolves without the t channel.  Besides wall time, each call's CPU time
+(this process, all threads) is recorded: on the shared, loaded CPU it varies far
+less than the wall time.
 `--hlo` also writes the optimized HLO of the field VJP inside a loop (both
 GroupNorms) and counts its transposes, copies, reductions and convolutions.  XLA:CPU options can be tried with
 ``XLA_FLAGS=... python -m benchmarks.profile_field`` (recorded in the results).
@@ -76,45 +81,62 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------- jaxode
 
 
-def _tbias_class():
+def _variant_classes():
     import equinox as eqx
     import jax.numpy as jnp
 
-    from jaxode.nn.conv import conv2d
+    from jaxode.nn.conv import conv2d_hwc
+
+    class ChannelFirstField(eqx.Module):
+        """The Chen field evaluated channel-first, (C, H, W) throughout, as jaxode did
+        before 2026-12-06: each `ConcatConv2d` call transposes its input to NHWC and
+        its output back (`jaxode.nn.conv.conv2d`), GroupNorm reduces rows of
+        (groups, n).  Same parameters and function as `ConvODEFunc`."""
+
+        field: eqx.Module
+
+        def __call__(self, t, z):
+            f = self.field
+            h = f.conv1(t, f.activation(f.norm1(z)))
+            h = f.conv2(t, f.activation(f.norm2(h)))
+            return f.norm3(h)
 
     class TBiasConcatConv2d(eqx.Module):
-        """`jaxode.nn.layers.ConcatConv2d` with the t channel as a bias-like map: the
-        convolution is linear in its input, so with W = [W_t, W_x],
+        """`jaxode.nn.layers.ConcatConv2d.channels_last` with the t channel as a
+        bias-like map: the convolution is linear in its input, so with W = [W_t, W_x],
         W * [t 1; x] + b = W_x * x + t (W_t * 1) + b; W_t * 1 (the t kernel on a
-        zero-padded constant image) does not depend on the example and is computed
-        once per call under vmap.  Same parameters; a benchmark variant only."""
+        zero-padded constant image, exact at the borders) does not depend on the
+        example.  Same parameters; a benchmark variant only."""
 
-        conv: eqx.nn.Conv2d
+        conv: eqx.Module
 
-        def __call__(self, t, x):
+        def channels_last(self, t, x):
             w, stride, pad = self.conv.weight, self.conv.stride, self.conv.padding
-            t_map = conv2d(jnp.ones((1,) + x.shape[1:], x.dtype), w[:, :1], stride, pad)
-            y = conv2d(x, w[:, 1:], stride, pad) + jnp.asarray(t, x.dtype) * t_map
-            return y + self.conv.bias if self.conv.use_bias else y
+            t_map = conv2d_hwc(jnp.ones(x.shape[:-1] + (1,), x.dtype), w[:, :1], stride, pad)
+            y = conv2d_hwc(x, w[:, 1:], stride, pad) + jnp.asarray(t, x.dtype) * t_map
+            return y + self.conv.bias.reshape(-1) if self.conv.use_bias else y
 
-    return TBiasConcatConv2d
+    return ChannelFirstField, TBiasConcatConv2d
 
 
 def field_variants(field):
-    """{"jaxode": the library's field, "eqx-gn": with Equinox's GroupNorm, "tbias":
-    with `TBiasConcatConv2d`}; all with the same parameters."""
+    """{"jaxode": the library's field (channels-last inside), "chw": the former
+    channel-first evaluation (`ChannelFirstField`), "eqx-gn": channel-first with
+    Equinox's GroupNorm (the path before `jaxode.nn.layers.GroupNorm`), "tbias": the
+    library's field with `TBiasConcatConv2d`}; all with the same parameters."""
     import equinox as eqx
 
     def eqx_gn(n):
         m = eqx.nn.GroupNorm(n.groups, n.channels, n.eps)
         return eqx.tree_at(lambda k: (k.weight, k.bias), m, (n.weight, n.bias))
 
-    tbias = _tbias_class()
+    chw, tbias = _variant_classes()
     norms = lambda f: (f.norm1, f.norm2, f.norm3)
     convs = lambda f: (f.conv1, f.conv2)
     return {
         "jaxode": field,
-        "eqx-gn": eqx.tree_at(norms, field, tuple(eqx_gn(n) for n in norms(field))),
+        "chw": chw(field),
+        "eqx-gn": chw(eqx.tree_at(norms, field, tuple(eqx_gn(n) for n in norms(field)))),
         "tbias": eqx.tree_at(convs, field, tuple(tbias(c.conv) for c in convs(field))),
     }
 
@@ -127,7 +149,7 @@ def jax_pieces(field, x, xt, g, gt, t, iters, pieces=PIECES):
     import jax.numpy as jnp
     from jax import lax
 
-    from jaxode.nn.conv import conv2d
+    from jaxode.nn.conv import conv2d, conv2d_hwc
 
     w = field.conv1.conv.weight  # (C, C + 1, 3, 3)
     w64 = w[:, 1:]
@@ -167,24 +189,30 @@ def jax_pieces(field, x, xt, g, gt, t, iters, pieces=PIECES):
         if piece in pieces:
             calls[(piece, variant)] = loop(body, *operands)
 
-    for name, (a, w_, g_, cv) in {"jaxode": (xt, w, g, conv), "nhwc": (xt_h, w_h, g_h, nhwc),
-                                  "64ch": (x, w64, g, conv)}.items():
+    conv_hwc = lambda a, w_: jax.vmap(lambda e: conv2d_hwc(e, w_, 1, 1))(a)
+    for name, (a, w_, g_, cv) in {"jaxode": (xt_h, w, g_h, conv_hwc), "chw": (xt, w, g, conv),
+                                  "nhwc": (xt_h, w_h, g_h, nhwc), "64ch": (x, w64, g, conv)}.items():
         add("conv-fwd", name, fwd(cv), a, w_)
         add("conv-dinput", name, dinput(cv), a, w_, g_)
         add("conv-dweight", name, dweight(cv), a, w_, g_)
 
-    def gn_fwd(i, a, norm_):
-        return jax.vmap(norm_)(scale(i, a))
+    def gn_fwd(i, a, norm_, hwc=False):
+        return jax.vmap(norm_.channels_last if hwc else norm_)(scale(i, a))
 
-    def gn(i, a, norm_, g_):
-        out, vjp = jax.vjp(lambda a_, n_: jax.vmap(n_)(a_), scale(i, a), norm_)
+    def gn(i, a, norm_, g_, hwc=False):
+        out, vjp = jax.vjp(lambda a_, n_: jax.vmap(n_.channels_last if hwc else n_)(a_), scale(i, a), norm_)
         return out, vjp(g_)
 
-    variants = field_variants(field)
-    for name in ("jaxode", "eqx-gn"):
-        norm = variants[name].norm1
-        add("groupnorm-fwd", name, gn_fwd, x, norm)
-        add("groupnorm", name, gn, x, norm, g)
+    gn_hwc = lambda *a: gn(*a, hwc=True)
+    gn_fwd_hwc = lambda *a: gn_fwd(*a, hwc=True)
+    x_h = jnp.transpose(x, (0, 2, 3, 1))
+    norms = {"jaxode": (gn_fwd_hwc, gn_hwc, x_h, g_h), "chw": (gn_fwd, gn, x, g),
+             "eqx-gn": (gn_fwd, gn, x, g)}
+    for name, (f_fwd, f_vjp, a, g_) in norms.items():
+        norm = field_variants(field)[name]
+        norm = norm.field.norm1 if name != "jaxode" else norm.norm1
+        add("groupnorm-fwd", name, f_fwd, a, norm)
+        add("groupnorm", name, f_vjp, a, norm, g_)
 
     def concat(i, a, t_, g_):
         def cat(a_, t__):
@@ -201,7 +229,7 @@ def jax_pieces(field, x, xt, g, gt, t, iters, pieces=PIECES):
 
     add("relu", "jaxode", relu, x, g)
 
-    for name, f in variants.items():
+    for name, f in field_variants(field).items():
         params, static = eqx.partition(f, eqx.is_array)
 
         def field_fwd(i, a, p_, t_, static=static):
@@ -215,6 +243,21 @@ def jax_pieces(field, x, xt, g, gt, t, iters, pieces=PIECES):
 
         add("field-fwd", name, field_fwd, x, params, t)
         add("field-vjp", name, field_vjp, x, params, t, g)
+
+    # the field on a channels-last state (H, W, C): what an ODE state kept in that
+    # layout would cost (no layout change in or out)
+    params, static = eqx.partition(field, eqx.is_array)
+    hwc = lambda p_, t_, a_: jax.vmap(eqx.combine(p_, static).channels_last, in_axes=(None, 0))(t_, a_)
+
+    def hwc_fwd(i, a, p_, t_):
+        return hwc(p_, t_ + 1e-3 * i, scale(i, a))
+
+    def hwc_vjp(i, a, p_, t_, g_):
+        out, vjp = jax.vjp(lambda a_, p2: hwc(p2, t_ + 1e-3 * i, a_), scale(i, a), p_)
+        return out, vjp(g_)
+
+    add("field-fwd", "hwc-state", hwc_fwd, x_h, params, t)
+    add("field-vjp", "hwc-state", hwc_vjp, x_h, params, t, g_h)
     return calls
 
 
@@ -295,7 +338,7 @@ def block_steps(field, batch, size, seed=0, use_torch=True):
     block, batch_np = case.build(s, 1e-3, jax.random.PRNGKey(seed), np.random.default_rng(seed))
     calls = {}
     for name, f in field_variants(field).items():
-        if name == "tbias":
+        if name not in ("jaxode", "chw"):
             continue
         model = eqx.tree_at(lambda m: m.field, block, f)
         train, _ = suite.jax_steps(case, model)
@@ -388,6 +431,31 @@ def torch_pieces(field, x, xt, g, gt, t, iters):
 # ----------------------------------------------------------------------------- main
 
 
+def time_interleaved_cpu(calls, repeats, progress=None):
+    """`benchmarks.common.time_interleaved` that also records the CPU time of this
+    process during each call (all its threads: XLA's pool, torch's OpenMP threads).
+    On a loaded shared CPU the wall time of a call swings with other jobs; the CPU
+    time it consumed much less so.  Returns ({name: {median, min, max, cpu_median}}
+    in seconds, {name: last output})."""
+    import statistics
+
+    outs, wall, cpu = {}, {k: [] for k in calls}, {k: [] for k in calls}
+    for name, fn in calls.items():
+        outs[name] = fn()
+    if progress:
+        progress("compiled; timing round-robin")
+    for r in range(repeats):
+        for name, fn in calls.items():
+            w, c = time.perf_counter(), time.process_time()
+            outs[name] = fn()
+            cpu[name].append(time.process_time() - c)
+            wall[name].append(time.perf_counter() - w)
+        if progress:
+            progress(f"round {r + 1}/{repeats} done")
+    return ({k: {"median": statistics.median(wall[k]), "min": min(wall[k]), "max": max(wall[k]),
+                 "cpu_median": statistics.median(cpu[k])} for k in calls}, outs)
+
+
 def to_markdown(res: dict) -> str:
     from benchmarks.common import markdown_table
 
@@ -405,15 +473,28 @@ def to_markdown(res: dict) -> str:
         ref = r.get("torch")
         for variant, tm in r.items():
             ratio = f"{tm['median'] / ref['median']:.2f}" if ref and variant != "torch" else "-"
-            rows.append([piece, variant, f"{tm['median']:.3f} ({tm['min']:.3f}-{tm['max']:.3f})", ratio])
-    out = head + "\n" + markdown_table(["piece", "variant", "ms / evaluation", "ratio vs torch"], rows)
-    out += ("\n\nVariants: jaxode = the library path (per-example `conv2d` under vmap, NCHW); nhwc = "
-            "the canonical NHWC/HWIO convolution on NHWC arrays (the XLA:CPU kernel alone, no layout "
-            "transposes); 64ch = without the t channel; eqx-gn = Equinox's GroupNorm (the former "
-            "path; jaxode uses jaxode.nn.layers.GroupNorm); tbias = the field with the t channel as a "
-            "bias-like term; torch = the same piece in torch (NCHW, oneDNN); torch-64ch = without the "
-            "t channel. conv-* pieces have no bias; block-step is ms per training step (not per evaluation); "
-            "ratio = variant / torch's same piece.")
+            cpu = tm.get("cpu_median")
+            cpu_ratio = f"{cpu / ref['cpu_median']:.2f}" if cpu and ref and variant != "torch" else "-"
+            nfe = per_nfe = "-"
+            if "nfe_fwd" in tm:
+                nfe = f"{tm['nfe_fwd']}/{tm['nfe_bwd']}"
+                per_nfe = f"{tm['per_nfe']:.2f} / {tm['cpu_per_nfe']:.2f}"
+                if ref and variant != "torch":
+                    per_nfe += (f" ({tm['per_nfe'] / ref['per_nfe']:.2f}x / "
+                                f"{tm['cpu_per_nfe'] / ref['cpu_per_nfe']:.2f}x)")
+            rows.append([piece, variant, f"{tm['median']:.3f} ({tm['min']:.3f}-{tm['max']:.3f})", ratio,
+                         f"{cpu:.3f}" if cpu else "-", cpu_ratio, nfe, per_nfe])
+    out = head + "\n" + markdown_table(["piece", "variant", "ms / evaluation", "ratio vs torch", "CPU ms",
+                                        "CPU ratio", "NFE f/b", "ms per NFE wall / CPU (vs torch)"], rows)
+    out += ("\n\nVariants: jaxode = the library's field (channels-last inside: conv2d_hwc, "
+            "GroupNorm.channels_last); chw = the former channel-first evaluation (NCHW, layout copies "
+            "around each convolution); eqx-gn = chw with Equinox's GroupNorm; hwc-state = the field on a "
+            "channels-last state (no transposes in or out); tbias = the t channel as a bias-like term; "
+            "nhwc = the canonical NHWC/HWIO convolution alone; 64ch = without the t channel; torch = the "
+            "same piece in torch (NCHW, oneDNN); torch-64ch = without the t channel. conv-* pieces have no "
+            "bias; block-step is ms per training step (not per evaluation) with its NFE forward/backward "
+            "and ms per NFE (step time / (forward + backward NFE)); CPU ms = CPU time of this process "
+            "during the call (median); ratio = variant / torch's same piece.")
     for name, h in res.get("hlo", {}).items():
         out += (f"\n\nOptimized HLO of the field VJP in a lax.scan ({name}): loop body top-level ops "
                 f"{h['top_level']}; inside fusions {h['inside_fusions']}; convolutions "
@@ -459,12 +540,17 @@ def run(args):
         calls.update({("block-step", k): v for k, v in
                       block_steps(field, b, h, use_torch=use_torch).items()})
     t0 = time.perf_counter()
-    timings, _ = common.time_interleaved(calls, repeats=args.repeats,
-                                          progress=lambda s: print(s, flush=True) if "round" in s else None)
+    timings, outs = time_interleaved_cpu(calls, repeats=args.repeats,
+                                         progress=lambda s: print(s, flush=True))
     per = {}
     for (piece, variant), tm in timings.items():
         n = 1 if piece == "block-step" else args.iters
-        per.setdefault(piece, {})[variant] = {k: 1e3 * tm[k] / n for k in ("median", "min", "max")}
+        row = {k: 1e3 * tm[k] / n for k in ("median", "min", "max", "cpu_median")}
+        if piece == "block-step":  # jax: (loss, nfe, backward nfe, grads); torch: (loss, nfe, backward nfe)
+            nf, nb = int(outs[(piece, variant)][1]), int(outs[(piece, variant)][2])
+            row |= {"nfe_fwd": nf, "nfe_bwd": nb, "per_nfe": row["median"] / (nf + nb),
+                    "cpu_per_nfe": row["cpu_median"] / (nf + nb)}
+        per.setdefault(piece, {})[variant] = row
     results = {"config": vars(args) | {"torch_threads": threads if use_torch else None,
                                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                                        "xla_flags": os.environ.get("XLA_FLAGS", "")},

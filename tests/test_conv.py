@@ -12,7 +12,7 @@ import pytest
 from jax import lax
 
 from jaxode.nn import conv as conv_module
-from jaxode.nn.conv import conv2d, conv_path, force_conv_path, reference_conv2d
+from jaxode.nn.conv import CONV_PATHS, conv2d, conv2d_hwc, conv_path, force_conv_path, reference_conv2d
 from jaxode.nn.layers import ConcatConv2d
 
 # (kernel, stride, padding) of the convolutions used in the project.
@@ -124,7 +124,8 @@ def test_bad_shapes_raise():
 
 def test_concat_conv2d_fast_equals_equinox(key):
     """ConcatConv2d's default (fast) path equals Equinox's Conv2d on [t; x], values
-    and parameter gradients, and keeps the `conv` attribute layout."""
+    and parameter gradients, and keeps the `conv` attribute layout; so does
+    `channels_last` on the transposed input, with either path."""
     layer = ConcatConv2d(3, 4, 4, 2, 1, key=key)
     slow = eqx.tree_at(lambda m: m.conv, ConcatConv2d(3, 4, 4, 2, 1, key=key, fast=False), layer.conv)
     assert layer.conv.weight.shape == (4, 4, 4, 4) and layer.conv.bias.shape == (4, 1, 1)
@@ -139,6 +140,17 @@ def test_concat_conv2d_fast_equals_equinox(key):
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
     np.testing.assert_allclose(g1.conv.weight, g2.conv.weight, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(g1.conv.bias, g2.conv.bias, rtol=1e-5, atol=1e-6)
+    # channels_last: the same layer on (H, W, C), fast and Equinox (fast=False) paths
+    x_hwc = jnp.transpose(x, (0, 2, 3, 1))
+
+    def loss_hwc(m):
+        return jnp.sum(jnp.sin(jax.vmap(m.channels_last, in_axes=(None, 0))(t, x_hwc)))
+
+    for m in (layer, slow):
+        l3, g3 = eqx.filter_jit(eqx.filter_value_and_grad(loss_hwc))(m)
+        np.testing.assert_allclose(l3, l2, rtol=1e-5)
+        np.testing.assert_allclose(g3.conv.weight, g2.conv.weight, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(g3.conv.bias, g2.conv.bias, rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------- backend selection (issue 21)
@@ -189,3 +201,35 @@ def test_both_paths_agree(k, s, p, key):
     np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(gx1, gx2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(gw1, gw2, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", CONV_PATHS)
+@pytest.mark.parametrize("k,s,p", CASES[:2])
+def test_channels_last_matches_reference_on_both_paths(k, s, p, path, key):
+    """conv2d_hwc on a channels-last input is reference_conv2d (NCHW / OIHW, JAX
+    autodiff) on the channel-first one, transposed: values, input and weight
+    gradients and a JVP in float64, on the custom-JVP (CPU) and the plain-XLA path."""
+    with jax.enable_x64(True), force_conv_path(path):
+        x, w, kg = _data(k, key)
+        x, w = x.astype(jnp.float64), w.astype(jnp.float64)
+        x_hwc = jnp.transpose(x, (0, 2, 3, 1))
+        ref = jax.vmap(lambda xi: reference_conv2d(xi, w, s, p))(x)
+        g = jax.random.normal(kg, ref.shape, jnp.float64)
+        dx = jax.random.normal(jax.random.fold_in(kg, 1), x.shape, jnp.float64)
+
+        def loss_ref(x_, w_):
+            return jnp.sum(g * jnp.tanh(jax.vmap(lambda xi: reference_conv2d(xi, w_, s, p))(x_)))
+
+        def loss_hwc(x_, w_):  # x_ channel-first; the transposes are outside the layer
+            y = jax.vmap(lambda xi: conv2d_hwc(xi, w_, s, p))(jnp.transpose(x_, (0, 2, 3, 1)))
+            return jnp.sum(g * jnp.tanh(jnp.transpose(y, (0, 3, 1, 2))))
+
+        out = jax.jit(jax.vmap(lambda xi: conv2d_hwc(xi, w, s, p)))(x_hwc)
+        grads = [jax.jit(jax.grad(f, (0, 1)))(x, w) for f in (loss_hwc, loss_ref)]
+        jvps = [jax.jvp(lambda x_, f=f: f(x_, w), (x,), (dx,))[1] for f in (loss_hwc, loss_ref)]
+    np.testing.assert_allclose(jnp.transpose(out, (0, 3, 1, 2)), ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(jvps[0], jvps[1], rtol=1e-10)
+    with pytest.raises(ValueError, match=r"\(O, 6, kh, kw\)"):
+        conv2d_hwc(x[0], w, s, p)  # a channel-first example passed as channels-last

@@ -41,7 +41,9 @@ class ConvODEFunc(eqx.Module):
 
     GroupNorm -> act -> ConcatConv3x3 -> GroupNorm -> act -> ConcatConv3x3 -> GroupNorm,
     where ConcatConv appends t as a constant input channel (``ConcatConv2d``).
-    Acts on one example of shape (channels, H, W); H and W are preserved.
+    Acts on one example of shape (channels, H, W); H and W are preserved.  Inside, the
+    evaluation is channels-last (`channels_last`): on XLA:CPU this removes the layout
+    copies around each convolution and its gradients (docs/results/field_cost.md).
 
     **Arguments:** `channels`; `norm` (the `GroupRule` of the three GroupNorms;
     default min(max_groups, channels) groups, with `max_groups` 32 as in the
@@ -71,6 +73,17 @@ class ConvODEFunc(eqx.Module):
 
     def __call__(self, t, z):
         check_image_state("ConvODEFunc", z, self.channels)
-        h = self.conv1(t, self.activation(self.norm1(z)))
-        h = self.conv2(t, self.activation(self.norm2(h)))
-        return self.norm3(h)
+        return jnp.transpose(self.channels_last(t, jnp.transpose(z, (1, 2, 0))), (2, 0, 1))
+
+    def channels_last(self, t, h):
+        """The same f(t, h) on one channels-last example `h` of shape (H, W, channels),
+        returned in that layout.  `__call__` evaluates through it (one layout change
+        in, one out), so every convolution is a canonical NHWC one and every
+        GroupNorm reduces in place, on every backend (`jaxode.nn.conv.conv2d_hwc`,
+        `jaxode.nn.layers.GroupNorm.channels_last`)."""
+        if getattr(h, "ndim", None) != 3 or h.shape[-1] != self.channels:
+            raise ValueError(f"ConvODEFunc.channels_last: expected a state of shape (H, W, {self.channels}), "
+                             f"got {getattr(h, 'shape', type(h).__name__)}.")
+        h = self.conv1.channels_last(t, self.activation(self.norm1.channels_last(h)))
+        h = self.conv2.channels_last(t, self.activation(self.norm2.channels_last(h)))
+        return self.norm3.channels_last(h)

@@ -38,6 +38,12 @@ chooses cuDNN's or the TPU's preferred layouts itself) on any other backend.  Bo
 paths compute the same function (`tests/test_conv.py`).  `force_conv_path` overrides
 the choice for the functions traced inside it (a jitted function already traced keeps
 its path: the choice is part of the trace, not of the jit cache key).
+
+`conv2d_hwc` is the same convolution for a channels-last example ``(H, W, C)``: the
+custom JVP above is written in that layout, and `conv2d` is it between two transposes.
+A model that keeps its activations channels-last (`jaxode.fields.ConvODEFunc` inside one
+evaluation) skips the layout copies that XLA:CPU otherwise adds around every
+convolution and gradient convolution (docs/results/field_cost.md).
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-__all__ = ["conv2d", "reference_conv2d", "conv_path", "force_conv_path", "CONV_PATHS"]
+__all__ = ["conv2d", "conv2d_hwc", "reference_conv2d", "conv_path", "force_conv_path", "CONV_PATHS"]
 
 CONV_PATHS = ("custom_jvp", "xla")
 _FORCED: list[str] = []  # stack of force_conv_path choices, innermost last
@@ -83,25 +89,24 @@ def _padding(value) -> Padding:
 
 
 def _forward(x, w, stride, padding):
-    """y[o] = sum_c W[o, c] * x[c] in the canonical NHWC / HWIO layout."""
-    xh = jnp.transpose(x, (1, 2, 0))[None]  # (1, H, W, C)
+    """y[o] = sum_c W[o, c] * x[c] for one channels-last example x (H, W, C), in the
+    canonical NHWC / HWIO layout."""
     wh = jnp.transpose(w, (2, 3, 1, 0))  # (kh, kw, I, O)
     y = lax.conv_general_dilated(
-        xh, wh, stride, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        x[None], wh, stride, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
-    return jnp.transpose(y[0], (2, 0, 1))
+    return y[0]
 
 
 def _tangent_x(dx, w, stride, padding):
     """conv(dx, W), with the kernel stored as (kh, kw, O, I): JAX's transpose rule
     swaps the kernel's I and O roles and flips it, so the input gradient is a
     convolution with a kernel laid out (kh, kw, I', O') -- canonical."""
-    xh = jnp.transpose(dx, (1, 2, 0))[None]
     wt = jnp.transpose(w, (2, 3, 0, 1))  # (kh, kw, O, I)
     y = lax.conv_general_dilated(
-        xh, wt, stride, padding, dimension_numbers=("NHWC", "HWOI", "NHWC")
+        dx[None], wt, stride, padding, dimension_numbers=("NHWC", "HWOI", "NHWC")
     )
-    return jnp.transpose(y[0], (2, 0, 1))
+    return y[0]
 
 
 def _tangent_w(x, dw, stride, padding):
@@ -111,12 +116,12 @@ def _tangent_w(x, dw, stride, padding):
     input (C, H, W, N) [batch = C, feature = N], kernel = output cotangent
     (H, W, N, O) [I = N, O = O] and output (C, kh, kw, O): all canonical, with the
     batch N (merged in by `vmap`) as the contraction axis."""
-    xh = x[..., None]  # (C, H, W, 1)
+    xh = jnp.transpose(x, (2, 0, 1))[..., None]  # (C, H, W, 1)
     wh = jnp.transpose(dw, (1, 2, 3, 0))  # (I, kh, kw, O)
     y = lax.conv_general_dilated(
         xh, wh, stride, padding, dimension_numbers=("CHWN", "IHWO", "HWNC")
     )
-    return jnp.transpose(y[:, :, 0, :], (2, 0, 1))
+    return y[:, :, 0, :]
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3))
@@ -174,6 +179,18 @@ def force_conv_path(path: str) -> Iterator[None]:
         _FORCED.pop()
 
 
+def _check(name, x, weight, channel_axis, layout):
+    if x.ndim != 3:
+        raise ValueError(f"{name} expects one example of shape {layout}, got {x.shape}; "
+                         "vmap over a batch.")
+    c = x.shape[channel_axis]
+    if weight.ndim != 4 or weight.shape[1] != c:
+        raise ValueError(
+            f"{name}: weight of shape {weight.shape} does not fit an input with "
+            f"{c} channels; expected (O, {c}, kh, kw)."
+        )
+
+
 def conv2d(x, weight, stride=1, padding=0):
     """2-D cross-correlation of one example, fast to differentiate in XLA:CPU loops.
 
@@ -189,18 +206,38 @@ def conv2d(x, weight, stride=1, padding=0):
     **Returns:** ``(O, H_out, W_out)``; values and gradients equal those of
     ``lax.conv_general_dilated`` in NCHW / OIHW layout (`reference_conv2d`).  The
     custom-JVP path is taken on the CPU backend only (`conv_path`, decided at trace
-    time); elsewhere this *is* `reference_conv2d`.
+    time); elsewhere this *is* `reference_conv2d`.  On the CPU path the input and
+    output are transposed to and from channels-last around the canonical kernel;
+    a model that keeps its activations channels-last avoids those copies with
+    `conv2d_hwc`.
     """
-    if x.ndim != 3:
-        raise ValueError(f"conv2d expects one example of shape (C, H, W), got {x.shape}; vmap over a batch.")
-    if weight.ndim != 4 or weight.shape[1] != x.shape[0]:
-        raise ValueError(
-            f"conv2d: weight of shape {weight.shape} does not fit an input with "
-            f"{x.shape[0]} channels; expected (O, {x.shape[0]}, kh, kw)."
-        )
+    _check("conv2d", x, weight, 0, "(C, H, W)")
     stride, padding = _pair(stride, "stride"), _padding(padding)
     if conv_path() == "xla":
         return reference_conv2d(x, weight, stride, padding)
+    return jnp.transpose(_conv(jnp.transpose(x, (1, 2, 0)), weight, stride, padding), (2, 0, 1))
+
+
+def conv2d_hwc(x, weight, stride=1, padding=0):
+    """`conv2d` of one channels-last example: the same cross-correlation with `x` of
+    shape ``(H, W, C)`` and the result ``(H_out, W_out, O)``; `weight` stays in the
+    Equinox / PyTorch layout ``(O, C, kh, kw)`` (its transposes do not depend on the
+    example and are hoisted out of solver loops by XLA).
+
+    On the CPU backend this is the custom-JVP path of `conv2d` without its layout
+    copies (forward and input gradient are canonical NHWC convolutions; only the
+    weight gradient transposes the activations, as any layout must).  Elsewhere
+    (`conv_path` ``"xla"``) it is plain ``lax.conv_general_dilated`` with NHWC / OIHW
+    dimension numbers, whose physical layouts XLA's GPU / TPU layout assignment picks.
+    Values and gradients equal `reference_conv2d` on the transposed input
+    (tests/test_conv.py).
+    """
+    _check("conv2d_hwc", x, weight, 2, "(H, W, C)")
+    stride, padding = _pair(stride, "stride"), _padding(padding)
+    if conv_path() == "xla":
+        y = lax.conv_general_dilated(x[None], weight, stride, padding,
+                                     dimension_numbers=("NHWC", "OIHW", "NHWC"))
+        return y[0]
     return _conv(x, weight, stride, padding)
 
 

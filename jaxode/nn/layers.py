@@ -1,5 +1,6 @@
 """Small layers shared by the models.  Every layer acts on one example in
-channel-first layout ``(C, H, W)``; callers `jax.vmap` over a batch."""
+channel-first layout ``(C, H, W)``; callers `jax.vmap` over a batch.  `GroupNorm` and
+`ConcatConv2d` also have a ``channels_last`` method for one ``(H, W, C)`` example."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxode.nn.conv import conv2d
+from jaxode.nn.conv import conv2d, conv2d_hwc
 
 
 def group_norm_groups(channels: int, max_groups: int = 32) -> int:
@@ -39,30 +40,43 @@ def group_norm_groups(channels: int, max_groups: int = 32) -> int:
     return groups
 
 
-def _row_mean(y: jax.Array) -> jax.Array:
-    return jnp.mean(y, axis=-1, keepdims=True)
+def _group_mean(y: jax.Array, groups: int | None) -> jax.Array:
+    """The mean of each group, broadcastable against `y`.  ``groups=None``: `y` is
+    ``(G, n)``, one group per row (channel-first layout).  Otherwise `y` is
+    channels-last ``(n, C)`` with `groups` groups of consecutive channels: a column
+    sum over the n positions (contiguous, vectorised along C), then a sum over each
+    group's C / groups channels -- XLA:CPU runs this two-stage form several times
+    faster than one reduction over the strided (n, G, C / G) view."""
+    if groups is None:
+        return jnp.mean(y, axis=-1, keepdims=True)
+    n, c = y.shape
+    per_channel = jnp.sum(y, axis=0)  # (C,)
+    per_group = jnp.sum(per_channel.reshape(groups, c // groups), axis=1) / (n * (c // groups))
+    return jnp.repeat(per_group, c // groups)[None, :]
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _standardise(y: jax.Array, eps: float) -> jax.Array:
-    """x_hat = (y - mu) / sqrt(sigma^2 + eps) per row of ``(G, n)``, with mu and
-    sigma^2 = mean((y - mu)^2) the row mean and (two-pass) variance."""
-    c = y - _row_mean(y)
-    return c * lax.rsqrt(_row_mean(c * c) + eps)
+@partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _standardise(y: jax.Array, eps: float, groups: int | None) -> jax.Array:
+    """x_hat = (y - mu) / sqrt(sigma^2 + eps), with mu and sigma^2 = mean((y - mu)^2)
+    the mean and (two-pass) variance of each group (`_group_mean`: rows of ``(G, n)``,
+    or `groups` channel groups of a channels-last ``(n, C)``)."""
+    c = y - _group_mean(y, groups)
+    return c * lax.rsqrt(_group_mean(c * c, groups) + eps)
 
 
 @_standardise.defjvp
-def _standardise_jvp(eps, primals, tangents):
+def _standardise_jvp(eps, groups, primals, tangents):
     """d x_hat = (dy - mean(dy) - x_hat mean(x_hat dy)) / sqrt(sigma^2 + eps).
 
-    The tangent is linear in dy with two row means, so its transpose (the VJP JAX
-    derives in reverse mode) is two row sums and broadcasts, instead of the
+    The tangent is linear in dy with two group means, so its transpose (the VJP JAX
+    derives in reverse mode) is two group sums and broadcasts, instead of the
     derivative of the mean and the variance taken through the primal formula."""
     (y,), (dy,) = primals, tangents
-    c = y - _row_mean(y)
-    inv = lax.rsqrt(_row_mean(c * c) + eps)
+    mean = lambda a: _group_mean(a, groups)
+    c = y - mean(y)
+    inv = lax.rsqrt(mean(c * c) + eps)
     x_hat = c * inv
-    return x_hat, inv * (dy - _row_mean(dy) - x_hat * _row_mean(x_hat * dy))
+    return x_hat, inv * (dy - mean(dy) - x_hat * mean(x_hat * dy))
 
 
 _MISSING = object()
@@ -82,7 +96,9 @@ class GroupNorm(eqx.nn.GroupNorm):
     (`_standardise`).  Inside a solver loop on the 2-core CPU this made GroupNorm
     forward + VJP about 1.5x faster and the Chen field's forward + VJP about 10%
     faster (`benchmarks/profile_field.py`, docs/results/benchmarks.md, Issue 8).
-    Acts on one example ``(channels, ...)``; `jax.vmap` over a batch.
+    Acts on one example ``(channels, ...)``; `jax.vmap` over a batch.  `channels_last`
+    is the same normalisation of a channels-last example ``(..., channels)`` (used by
+    `jaxode.fields.ConvODEFunc`, docs/results/field_cost.md).
     """
 
     def __call__(self, x, state=_MISSING, *, key=None):
@@ -95,12 +111,31 @@ class GroupNorm(eqx.nn.GroupNorm):
             raise ValueError(f"GroupNorm: expected {self.channels} channels, got an input of shape {x.shape}.")
         if channels % self.groups:
             raise ValueError(f"GroupNorm: {channels} channels cannot be split into {self.groups} groups.")
+        return self._normalise(x, state, x.reshape(self.groups, -1), None, 0)
+
+    def channels_last(self, x):
+        """The same GroupNorm of one channels-last example ``(..., channels)`` (for
+        example ``(H, W, C)``), returned in that layout: the groups are the slices
+        of consecutive channels on the last axis, reduced without a transpose."""
+        channels = x.shape[-1]
+        if self.channels is not None and channels != self.channels:
+            raise ValueError(f"GroupNorm.channels_last: expected {self.channels} channels on the "
+                             f"last axis, got an input of shape {x.shape}.")
+        if channels % self.groups:
+            raise ValueError(f"GroupNorm: {channels} channels cannot be split into {self.groups} groups.")
+        return self._normalise(x, _MISSING, x.reshape(-1, channels), self.groups, x.ndim - 1)
+
+    def _normalise(self, x, state, grouped, groups, channel_axis):
+        """Standardise `grouped` (a reshape of `x`; `_group_mean` says how `groups`
+        reads it), apply the affine map
+        along `channel_axis` of `x`; at least float32 inside, `x`'s dtype out."""
         orig_dtype = x.dtype
         with jax.numpy_dtype_promotion("standard"):
             dtype = jnp.result_type(x.dtype, jnp.float32)
-        out = _standardise(x.astype(dtype).reshape(self.groups, -1), self.eps).reshape(x.shape)
+        out = _standardise(grouped.astype(dtype), self.eps, groups).reshape(x.shape)
         if self.channelwise_affine:
-            shape = (channels,) + (1,) * (x.ndim - 1)
+            shape = [1] * x.ndim
+            shape[channel_axis] = x.shape[channel_axis]
             out = (self.weight.astype(dtype).reshape(shape) * out
                    + self.bias.astype(dtype).reshape(shape))
         out = out.astype(orig_dtype)
@@ -199,4 +234,23 @@ class ConcatConv2d(eqx.Module):
         y = conv2d(xt, self.conv.weight, self.conv.stride, self.conv.padding)
         if self.conv.use_bias:
             y = y + self.conv.bias
+        return y
+
+    def channels_last(self, t, x):
+        """The same layer on one channels-last example `x` ``(H, W, C)``, returning
+        ``(H_out, W_out, out_channels)``: t is the first of C + 1 channels on the last
+        axis and the convolution is `jaxode.nn.conv.conv2d_hwc` (no layout copies);
+        with `fast=False`, Equinox's convolution between two transposes."""
+        if x.ndim != 3 or x.shape[-1] != self.in_channels:
+            raise ValueError(
+                f"ConcatConv2d.channels_last expects one example of shape (H, W, C={self.in_channels}), "
+                f"got {x.shape}; vmap over a batch."
+            )
+        if not self.fast:  # Equinox's convolution, channel-first (for comparisons)
+            return jnp.transpose(self(t, jnp.transpose(x, (2, 0, 1))), (1, 2, 0))
+        tt = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:-1] + (1,))
+        xt = jnp.concatenate([tt, x], axis=-1)
+        y = conv2d_hwc(xt, self.conv.weight, self.conv.stride, self.conv.padding)
+        if self.conv.use_bias:
+            y = y + self.conv.bias.reshape(-1)
         return y
