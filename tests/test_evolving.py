@@ -241,7 +241,7 @@ def test_trainer_scales_the_learning_rate_of_theta_1_only():
     from jaxode.fields.evolving import EvolvingODE
     from jaxode.ode import SolveConfig
     from jaxode.train import TrainConfig, fit
-    from jaxode.train.loop import lr_scales
+    from jaxode.train.optim import theta1_labels
 
     class Task(eqx.Module):
         def train_loss(self, model, batch, key):
@@ -251,9 +251,9 @@ def test_trainer_scales_the_learning_rate_of_theta_1_only():
     ode = EvolvingODE(ConcatMLP(2, 8, key=jax.random.PRNGKey(0)), "elementwise", 0.0, 1.0,
                       SolveConfig(solver="euler", num_steps=4), key=jax.random.PRNGKey(1))
     n_g = len(jtu.tree_leaves(eqx.filter(ode.g, eqx.is_inexact_array)))
-    scales = lr_scales(ode, 0.25)
-    assert scales.count(0.25) == n_g and len(scales) == n_g + len(jtu.tree_leaves(ode.theta0))
-    assert set(scales) == {1.0, 0.25}
+    labels = jtu.tree_leaves(theta1_labels(eqx.filter(ode, eqx.is_inexact_array)))
+    assert labels.count("theta_1") == n_g
+    assert labels.count("theta_0") == len(jtu.tree_leaves(ode.theta0))
 
     x = np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32)
     def run(scale):

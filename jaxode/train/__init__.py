@@ -71,18 +71,35 @@ arrays: a sweep does not recompile).
 
 from jaxode.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from jaxode.train.config import TrainConfig
-from jaxode.train.loop import FitResult, NonFiniteLossError, evaluate, fit
+from jaxode.train.loop import (FitResult, NonFiniteLossError, evaluate, fit, make_optimizer,
+                               summarise, train_state)
+from jaxode.train.more_tasks import DensityTask, RegressionTask, SegmentationTask
+from jaxode.train.optim import freeze_all_but, scale_groups, scale_theta1, sgd_momentum
 from jaxode.train.parallel import data_mesh, replicate, shard_batch
 from jaxode.train.rundir import RunDir
 from jaxode.train.schedules import PlateauState, learning_rate
 from jaxode.train.tasks import ClassificationTask, dataset_batches
-from jaxode.train.utils import count_params, ode_blocks, with_batch_mode, with_tolerance
+from jaxode.train.utils import (count_params, is_ode_block, ode_blocks, solver_metrics,
+                                with_batch_mode, with_solve, with_tolerance)
 
 __all__ = [
     "TrainConfig",
     "fit",
     "evaluate",
     "FitResult",
+    "make_optimizer",
+    "train_state",
+    "summarise",
+    "sgd_momentum",
+    "scale_groups",
+    "scale_theta1",
+    "freeze_all_but",
+    "SegmentationTask",
+    "DensityTask",
+    "RegressionTask",
+    "is_ode_block",
+    "with_solve",
+    "solver_metrics",
     "NonFiniteLossError",
     "RunDir",
     "ClassificationTask",
