@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxode.ode import SolveConfig
+from jaxode.ode._tree import with_solve
 
 PHASE_NAMES = ("euler", "adjoint")
 
@@ -66,6 +67,4 @@ def phase_config(phase: Phase, base: SolveConfig, euler_steps: int) -> SolveConf
 
 def apply_phase(model, phase: Phase, base: SolveConfig, euler_steps: int = 10):
     """Return `model` with every ODEBlock's config set for `phase`."""
-    from jaxode.train.utils import with_solve
-
     return with_solve(model, phase_config(phase, base, euler_steps))
