@@ -197,3 +197,12 @@ def test_segmentation_summary_is_the_whole_sets_miou():
     got = summarise(task, {k: np.asarray(v) for k, v in per.items()})
     whole = confusion_matrix(jnp.asarray(labels), jnp.asarray(logits.argmax(1)), 3, 255)
     assert got["miou"] == pytest.approx(miou(np.asarray(whole)))
+
+
+def test_sgd_settings_with_another_optimizer_are_refused():
+    from jaxode.train import make_optimizer
+
+    with pytest.raises(ValueError, match="weight_decay.*optax.add_decayed_weights"):
+        make_optimizer(TrainConfig(weight_decay=1e-4), optax.adam(1e-3))
+    assert make_optimizer(TrainConfig(weight_decay=1e-4)) is make_optimizer(
+        TrainConfig(weight_decay=1e-4))  # cached: one compiled step per setting

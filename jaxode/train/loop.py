@@ -171,6 +171,16 @@ def make_optimizer(config: TrainConfig, optimizer: optax.GradientTransformation 
                    ) -> optax.GradientTransformation:
     """The transformation `fit` applies: `optimizer` (default: `sgd_momentum(config)`)
     with the parameter groups `config` asks for (`jaxode.train.optim.with_groups`)."""
+    if optimizer is not None:
+        sgd_only = {k: v for k, v in (("weight_decay", config.weight_decay),
+                                      ("grad_clip", config.grad_clip),
+                                      ("nesterov", config.nesterov)) if v}
+        if sgd_only:
+            raise ValueError(
+                f"TrainConfig {sgd_only} configures the default SGD, which optimizer= "
+                "replaces; put it in the optax chain instead (optax.add_decayed_weights, "
+                "optax.clip_by_global_norm, optax.sgd(..., nesterov=True)) and leave it "
+                "unset in TrainConfig.")
     return with_groups(sgd_momentum(config) if optimizer is None else optimizer, config)
 
 
