@@ -8,9 +8,8 @@
   flat list of leaves) resumes under the new `fit`.
 - The task metrics against direct computations: bits/dim = NLL / (D ln 2); mIoU from
   summed per-example confusion matrices equals mIoU of the whole set's matrix.
-- The migrated experiments reproduce the metrics of their smoke configurations
-  recorded from the code before the migration (commit 2de7529, each run through
-  ``python /tmp/record_baseline.py NAME`` on a 2-core CPU, 2026-12-06).
+(The migrated experiments' smoke metrics against the code before the migration:
+tests/test_fit_migrations.py.)
 """
 
 import math
