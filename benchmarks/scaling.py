@@ -103,7 +103,7 @@ def _setup(args, n_devices):
     from jaxode.models import odeonly_net
     from jaxode.ode import SolveConfig
     from jaxode.train import ClassificationTask, TrainConfig
-    from jaxode.train.loop import _Optim, _param_leaves, lr_scales
+    from jaxode.train.loop import make_optimizer, train_state
 
     model = odeonly_net(10, in_channels=1, channels=args.channels, stem_kernel=3,
                         stem_stride=2, stem_padding=1, dropout=0.0,
@@ -119,9 +119,8 @@ def _setup(args, n_devices):
                 "label": np.asarray(train.labels[i * args.batch:(i + 1) * args.batch],
                                     np.int32)} for i in range(2)]
     tcfg = TrainConfig(epochs=1, batch_size=args.batch, lr=0.1, weight_decay=1e-4)
-    optim = _Optim.from_config(tcfg)
-    opt_state = optim.tx().init(_param_leaves(model))
-    return model, ClassificationTask(), batches, optim, opt_state, lr_scales(model, 1.0)
+    tx = make_optimizer(tcfg)
+    return model, ClassificationTask(), batches, tx, train_state(model, tcfg)["opt_state"]
 
 
 def _max_abs_diff(a, b) -> tuple[float, float]:
@@ -152,7 +151,7 @@ def worker(args, n: int) -> dict:
     if len(devices) < n:
         raise SystemExit(f"error: {n} devices requested, {len(devices)} present ({devices}).")
     info = common.describe_machine()
-    model, task, batches, optim, opt_state, scales = _setup(args, n)
+    model, task, batches, tx, opt_state = _setup(args, n)
     mesh1, mesh = data_mesh(devices=devices[:1]), data_mesh(devices=devices[:n])
     key = jax.random.PRNGKey(args.seed + 1)
 
@@ -183,7 +182,7 @@ def worker(args, n: int) -> dict:
     lr = jnp.asarray(0.1, jnp.float32)
 
     def step(m, b):
-        return _train_step(m, opt_state_r, None, b, key, lr, task, optim, None, scales)
+        return _train_step(m, opt_state_r, None, b, key, lr, task, tx, None)
 
     model_r, opt_state_r = replicate((model, opt_state), mesh)
     batch_r = shard_batch(batches[0], mesh)

@@ -25,19 +25,20 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
+import math
 import os
-import time
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
 
 from jaxode.fields.cnf import ConcatMLP
 from jaxode.ode import ODEBlock, SolveConfig
+from jaxode.train import RegressionTask, TrainConfig, count_params, fit, with_solve
 from jaxode.train.phases import Phase, apply_phase, parse_schedule
 
 
@@ -46,24 +47,12 @@ def target_curve(t):
     return jnp.stack([jnp.sin(t) * jnp.cos(t), jnp.sin(t) ** 2 + jnp.cosh(t) ** 2, jnp.exp(t)], -1)
 
 
-def curve_loss(block, x0, ts, xs):
-    pred, stats = block(x0, ts=ts)
-    return jnp.sum((pred - xs) ** 2), stats
+TASK = RegressionTask(reduction="sum")  # sum_i ||x(t_i) - x_model(t_i)||^2
 
 
-@eqx.filter_jit
-def _step(block, opt_state, x0, ts, xs, tx):
-    """One Adam step on the field's weights (the optimiser state does not see the
-    SolveConfig, so it survives a phase switch)."""
-    params, static = eqx.partition(block.field, eqx.is_inexact_array)
-
-    def loss_fn(p):
-        return curve_loss(eqx.tree_at(lambda b: b.field, block, eqx.combine(p, static)), x0, ts, xs)
-
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    field = eqx.combine(eqx.apply_updates(params, updates), static)
-    return eqx.tree_at(lambda b: b.field, block, field), opt_state, loss, stats.nfe
+@functools.lru_cache(maxsize=None)
+def _adam(lr: float):
+    return optax.adam(lr)  # one object per rate: both strategies share compiled steps
 
 
 @eqx.filter_jit
@@ -72,34 +61,33 @@ def _score(block, x0, ts, xs):
     return jnp.sum((pred - xs) ** 2), pred
 
 
-def _train(block, tx, opt_state, x0, ts, xs, iters, label, *, target=None, seconds=None,
+def _train(block, batch, iters, label, lr, *, opt_state=None, target=None, seconds=None,
            log=None, clock0=0.0):
-    """Run up to `iters` steps; stop early at `target` loss or after `seconds`.
-    The first step (compilation) is timed separately and excluded."""
-    t_start = time.perf_counter()
-    compile_s = 0.0
-    loss = jnp.inf
-    bar = tqdm(range(iters), desc=label, leave=False)
-    done = 0
-    for i in bar:
-        t = time.perf_counter()
-        block, opt_state, loss, nfe = _step(block, opt_state, x0, ts, xs, tx)
-        loss = float(loss)
-        if i == 0:
-            compile_s = time.perf_counter() - t
-        done += 1
-        elapsed = time.perf_counter() - t_start - compile_s
+    """Up to `iters` Adam steps of `jaxode.train.fit` on the curve (continuing from
+    `opt_state`, e.g. the Euler phase's); stop early at `target` loss or after
+    `seconds`.  The first step (compilation) is timed separately and excluded.
+    Returns the block, the optimiser state and the phase's record."""
+    rec = {"iters": 0, "train_seconds": 0.0, "compile_seconds": 0.0, "last_loss": math.inf}
+    if iters == 0:
+        return block, opt_state, rec
+
+    def on_step(row):
+        if row["step"] == 1:
+            rec["compile_seconds"] = row["step_time_s"]
+        else:
+            rec["train_seconds"] += row["step_time_s"]
+        rec["iters"], rec["last_loss"] = row["step"], row["loss"]
         if log is not None:
-            log.append({"phase": label, "iter": i, "loss": loss, "nfe": int(nfe),
-                        "seconds": clock0 + elapsed})
-        bar.set_postfix(loss=f"{loss:.3g}")
-        if target is not None and loss <= target:
-            break
-        if seconds is not None and elapsed > seconds:
-            break
-    train_s = time.perf_counter() - t_start - compile_s
-    return block, opt_state, {"iters": done, "train_seconds": train_s,
-                              "compile_seconds": compile_s, "last_loss": loss}
+            log.append({"phase": label, "iter": row["step"] - 1, "loss": row["loss"],
+                        "nfe": int(row["nfe"]), "seconds": clock0 + rec["train_seconds"]})
+        return ((target is not None and row["loss"] <= target)
+                or (seconds is not None and rec["train_seconds"] > seconds))
+
+    config = TrainConfig(epochs=1, batch_size=1, lr=lr, data_parallel=False)
+    result = fit(block, TASK, lambda epoch: [batch] * iters, config=config,
+                 optimizer=_adam(lr), init_opt_state=opt_state, on_step=on_step,
+                 log=lambda s: None)
+    return result.model, result.opt_state, rec
 
 
 def _hybrid_schedule(parser, text):
@@ -225,23 +213,21 @@ def main(argv=None):
     base = SolveConfig(rtol=args.tol, atol=args.tol, max_steps=2048)
     init = ODEBlock(field, 0.0, 1.0, base, name="curve")
     scorer_cfg = SolveConfig(rtol=1e-6, atol=1e-6, adjoint="direct", max_steps=8192)
-    tx = optax.adam(args.lr)
-    log, summary = [], {"params": int(sum(x.size for x in jax.tree_util.tree_leaves(
-        eqx.filter(field, eqx.is_inexact_array))))}
+    batch = {"x": x0, "ts": ts, "y": xs}
+    log, summary = [], {"params": count_params(init)}
 
     def score(block):
-        loss, pred = _score(eqx.tree_at(lambda b: b.config, block, scorer_cfg), x0, ts, xs)
+        loss, pred = _score(with_solve(block, scorer_cfg), x0, ts, xs)
         return float(loss), np.asarray(pred)
 
     # --- strategy 1: Euler-backprop, then adjoint fine-tuning
     run_log = []
     block = apply_phase(init, Phase("euler", 1), base, euler_steps=args.euler_steps)
-    opt = tx.init(eqx.filter(block.field, eqx.is_inexact_array))
-    block, opt, r1 = _train(block, tx, opt, x0, ts, xs, args.euler_iters, "euler", log=run_log)
+    block, opt, r1 = _train(block, batch, args.euler_iters, "euler", args.lr, log=run_log)
     loss_after_euler, _ = score(block)
     block = apply_phase(block, Phase("adjoint", 1), base)
-    block, opt, r2 = _train(block, tx, opt, x0, ts, xs, args.finetune_iters, "finetune",
-                            log=run_log, clock0=r1["train_seconds"])
+    block, opt, r2 = _train(block, batch, args.finetune_iters, "finetune", args.lr,
+                            opt_state=opt, log=run_log, clock0=r1["train_seconds"])
     hybrid_loss, hybrid_pred = score(block)
     for r in run_log:
         r["run"] = "euler-then-adjoint"
@@ -256,10 +242,8 @@ def main(argv=None):
 
     # --- strategy 2: pure adjoint, until it matches strategy 1 or runs out of budget
     run_log = []
-    block = init
-    opt = tx.init(eqx.filter(block.field, eqx.is_inexact_array))
-    block, opt, r3 = _train(block, tx, opt, x0, ts, xs, args.pure_iters, "pure-adjoint",
-                            target=hybrid_loss, seconds=args.pure_seconds, log=run_log)
+    block, _, r3 = _train(init, batch, args.pure_iters, "pure-adjoint", args.lr,
+                          target=hybrid_loss, seconds=args.pure_seconds, log=run_log)
     pure_loss, pure_pred = score(block)
     for r in run_log:
         r["run"] = "pure-adjoint"

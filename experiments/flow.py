@@ -20,7 +20,7 @@ Options beyond the paper:
   of a tensor) changes dtheta/dt of every weight of that tensor at once.  At the
   shared lr 1e-2 the weights theta(t) drift, the flow grows stiff (NFE exploding)
   and the loss climbs back.  ``--g-lr`` gives theta_1 its own, smaller Adam learning
-  rate (optax.multi_transform; default lr / 100, stable over 3,000 iterations in
+  rate (the trainer's theta_1 group, `TrainConfig.g_lr_scale` = g_lr / lr; default lr / 100, stable over 3,000 iterations in
   the measurements of docs/results/node_ew.md; lr / 10 learns faster in the first
   1,000 but drifts later); ``--clip`` clips the global
   gradient norm.  ``--g-lr`` equal to ``--lr`` with ``--clip 0`` is the old,
@@ -38,19 +38,16 @@ import csv
 import functools
 import json
 import os
-import time
 
-import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
 
 from jaxode.data.densities import density_names, sample_density
 from jaxode.fields.cnf import CNF, PROBES, TRACES, CNFField, ConcatMLP
-from jaxode.fields.evolving import EvolvingODE, num_params, theta1_mask
-from jaxode.ode import ODEBlock, SolveConfig, backward_nfe, train_value_and_grad, trainable
+from jaxode.fields.evolving import EvolvingODE
+from jaxode.ode import ODEBlock, SolveConfig
+from jaxode.train import DensityTask, TrainConfig, count_params, evaluate, fit
 
 DENSITIES = density_names()
 MODELS = ("fixed", "evolving")
@@ -70,67 +67,62 @@ def make_flow(kind: str, hidden: int, depth: int, config: SolveConfig, *, key, g
     raise ValueError(f"unknown flow kind {kind!r}; choose 'fixed' or 'evolving'.")
 
 
-def param_labels(params):
-    """For the trainable arrays `params` of a flow (``eqx.filter(flow, trainable(flow))``):
-    ``"theta_1"`` for the weight dynamics g of a NODE-EW flow, ``"theta_0"`` for every
-    other array (the field's initial / fixed weights)."""
-    return jax.tree_util.tree_map(lambda m: "theta_1" if m else "theta_0", theta1_mask(params))
-
-
 @functools.lru_cache(maxsize=None)
-def make_optimizer(lr: float, g_lr: float | None = None, clip: float = 0.0):
-    """Adam with learning rate `lr` for theta_0 and `g_lr` (default `lr`) for theta_1,
-    optionally after clipping the global gradient norm to `clip` (0: no clipping).
-    Cached: the same settings give the same object, so the jitted step (which takes it
-    as a static argument) compiles once per model, not once per density."""
-    g_lr = lr if g_lr is None else g_lr
-    adam = optax.multi_transform({"theta_0": optax.adam(lr), "theta_1": optax.adam(g_lr)},
-                                 param_labels)
+def make_optimizer(lr: float, clip: float = 0.0):
+    """Adam with learning rate `lr` (theta_1's own rate is `TrainConfig.g_lr_scale`,
+    applied by the trainer), after clipping the global gradient norm to `clip` (0: no
+    clipping).  Cached: the jitted step compiles once per model, not once per density."""
+    adam = optax.adam(lr)
     return optax.chain(optax.clip_by_global_norm(clip), adam) if clip > 0 else adam
 
 
-def nll(flow, xs, key=None):
-    logp, stats = flow.log_prob_batched(xs, key=key)
-    return -jnp.mean(logp), stats
+class _FreshSamples:
+    """`iters` batches ``{"x": (batch, 2)}``, each freshly drawn from `density`; the
+    draw of iteration i depends only on (seed, i)."""
+
+    def __init__(self, density, iters, batch, seed):
+        self.density, self.iters, self.batch = density, iters, batch
+        self.key = jax.random.PRNGKey(seed)
+
+    def __len__(self):
+        return self.iters
+
+    def __iter__(self):
+        for i in range(self.iters):
+            k_data, _ = jax.random.split(jax.random.fold_in(self.key, i))
+            yield {"x": sample_density(self.density, k_data, self.batch)}
 
 
-@eqx.filter_jit
-def _step(flow, opt_state, xs, key, tx):
-    # differentiate the trainable arrays and the ODE blocks' nfe_probe (which carries
-    # the backward NFE); `key` draws the Hutchinson probes (if any)
-    (loss, stats), grads = train_value_and_grad(nll, has_aux=True)(flow, xs, key)
-    nfe_b = backward_nfe(grads)
-    grads = eqx.filter(grads, trainable(flow))
-    params = eqx.filter(flow, trainable(flow))
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return eqx.apply_updates(flow, updates), opt_state, loss, stats.nfe, nfe_b
+def train_flow(flow, density, iters, batch, lr, seed, label, *, g_lr=None, clip=0.0,
+               test=None):
+    """Maximum likelihood with Adam through `jaxode.train.fit` (`DensityTask`); returns
+    the trained flow, the per-iteration log, the first step's (compile) seconds and,
+    with `test` samples, the test NLL (exact trace)."""
+    g_lr = lr if g_lr is None else g_lr
+    config = TrainConfig(epochs=1, batch_size=batch, lr=lr, g_lr_scale=g_lr / lr, seed=seed,
+                         data_parallel=False, keep_checkpoints=1)
+    log, clock = [], [0.0, 0.0]  # [compile seconds, training seconds after it]
+
+    def on_step(row):
+        if row["step"] == 1:
+            clock[0] = row["step_time_s"]
+        else:
+            clock[1] += row["step_time_s"]
+        log.append({"model": label, "iter": row["step"] - 1, "nll": row["loss"],
+                    "nfe_forward": int(row["nfe"]), "nfe_backward": int(row["nfe_backward"]),
+                    "seconds": clock[1]})
+
+    result = fit(flow, DensityTask(), lambda epoch: _FreshSamples(density, iters, batch, seed),
+                 None if test is None else (lambda: [{"x": test}]), config=config,
+                 optimizer=make_optimizer(lr, clip), on_step=on_step,
+                 log=lambda s: print(f"{label}: {s}"))
+    test_nll = None if test is None else result.history[-1]["eval_nll"]
+    return result.model, log, clock[0], test_nll
 
 
-@eqx.filter_jit
-def _eval(flow, xs):
+def _log_density(flow, xs):
     """Exact-trace log-density (whatever trace the flow was trained with)."""
-    return flow.with_trace("exact").log_prob_batched(xs)[0]
-
-
-def train_flow(flow, density, iters, batch, lr, seed, label, *, g_lr=None, clip=0.0):
-    tx = make_optimizer(lr, g_lr, clip)
-    opt_state = tx.init(eqx.filter(flow, trainable(flow)))
-    key = jax.random.PRNGKey(seed)
-    log, compile_s, t0 = [], 0.0, time.perf_counter()
-    for i in tqdm(range(iters), desc=label, leave=False):
-        k_data, k_probe = jax.random.split(jax.random.fold_in(key, i))
-        xs = sample_density(density, k_data, batch)
-        t = time.perf_counter()
-        flow, opt_state, loss, nfe_f, nfe_b = _step(flow, opt_state, xs, k_probe, tx)
-        loss = float(loss)
-        if i == 0:
-            compile_s = time.perf_counter() - t
-        log.append({"model": label, "iter": i, "nll": loss, "nfe_forward": int(nfe_f),
-                    "nfe_backward": int(nfe_b),
-                    "seconds": time.perf_counter() - t0 - compile_s})
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"{label}: NLL became {loss} at iteration {i}; lower --lr.")
-    return flow, log, compile_s
+    return -evaluate(flow, DensityTask(), [{"x": xs}])["nll"]
 
 
 def _grid(half, n):
@@ -200,19 +192,18 @@ def main(argv=None):
                              key=jax.random.PRNGKey(args.seed), g_hidden=args.g_hidden,
                              trace=args.trace, probe=args.probe)
             label = f"{density}/{kind}"
-            flow, log, compile_s = train_flow(flow, density, args.iters, args.batch, args.lr,
-                                              args.seed + d_i, label, g_lr=args.g_lr,
-                                              clip=args.clip)
+            flow, log, compile_s, test_nll = train_flow(
+                flow, density, args.iters, args.batch, args.lr, args.seed + d_i, label,
+                g_lr=args.g_lr, clip=args.clip, test=test)
             all_logs += log
-            test_nll = float(-jnp.mean(_eval(flow, test)))
-            logp = np.asarray(_eval(flow, jnp.asarray(pts))).reshape(args.grid, args.grid)
+            logp = _log_density(flow, pts).reshape(args.grid, args.grid)
             mass = float(np.exp(logp).sum() * (g[1] - g[0]) ** 2)
             grids[(density, kind)] = logp
             samples[(density, kind)] = np.asarray(
                 flow.with_trace("exact").sample(jax.random.PRNGKey(args.seed + 77), 2000)[0])
             tail = [r["nll"] for r in log[-max(1, len(log) // 10):]]
             summary[density][kind] = {
-                "params": num_params(eqx.filter(flow, trainable(flow))),
+                "params": count_params(flow),
                 "test_nll": test_nll, "train_nll_last10pct": float(np.mean(tail)),
                 "train_seconds": log[-1]["seconds"], "compile_seconds": compile_s,
                 "mean_nfe_forward": float(np.mean([r["nfe_forward"] for r in log])),

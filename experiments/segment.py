@@ -39,7 +39,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
 
 from experiments import _cli
 from jaxode.compile_log import compile_count
@@ -47,12 +46,13 @@ from jaxode.data import camvid, synthetic_seg
 from jaxode.nn.hrnet import STEM_CHANNELS
 from jaxode.models.segnode import (BaselineConfig, SegNodeConfig, build_model, count_params,
                                    with_solve)
-from jaxode.ode import backward_nfe, train_value_and_grad, trainable
-from jaxode.train.checkpoint import (latest_checkpoint, load_checkpoint, load_newest_intact,
-                                     save_checkpoint)
+from jaxode.ode import trainable
+from jaxode.train import SegmentationTask, TrainConfig, fit, train_state
+from jaxode.train.checkpoint import latest_checkpoint, load_newest_intact
+from jaxode.train.loop import train_step
 from jaxode.train.rundir import RunDir, write_json
-from jaxode.train.seg_metrics import (cross_entropy, iou_from_confusion, median_time, miou,
-                                      pixel_accuracy, split_confusion)
+from jaxode.train.seg_metrics import (iou_from_confusion, median_time, miou, pixel_accuracy,
+                                      split_confusion)
 
 MODELS = ("segnode", "baseline")
 
@@ -129,37 +129,11 @@ def make_optimizer(name, cfg, total_steps):
 
 
 @functools.lru_cache(maxsize=8)
-def _optimizer_and_step(name, lr, weight_decay, total, crop, scale, ignore_label):
-    """`make_optimizer` and `make_train_step`, shared by runs of one process that
-    use the same settings (a resumed run reuses the compiled step)."""
-    opt, sched = make_optimizer(name, dict(lr_segnode=lr, lr_baseline=lr,
-                                           weight_decay_baseline=weight_decay), total)
-    return opt, sched, make_train_step(opt, crop, scale, ignore_label)
-
-
-def make_train_step(opt, crop, scale, ignore_label):
-    """One jitted step: device augmentation, forward, loss, gradient, update."""
-
-    @eqx.filter_jit
-    def step(model, opt_state, images, labels, key):
-        keys = jax.random.split(key, images.shape[0])
-        x, y = jax.vmap(lambda k, i, l: camvid.augment(k, i, l, crop, scale,
-                                                       ignore_label=ignore_label))(keys, images, labels)
-        x = camvid.normalize(x)
-
-        def loss_fn(m):
-            logits, stats = m.batched(x)
-            return cross_entropy(logits, y, ignore_label), stats
-
-        (loss, stats), grads = train_value_and_grad(loss_fn, has_aux=True)(model)
-        spec = trainable(model)
-        updates, opt_state = opt.update(eqx.filter(grads, spec), opt_state,
-                                        eqx.filter(model, spec))
-        model = eqx.apply_updates(model, updates)
-        nfe_f = stats.nfe if stats is not None else jnp.zeros((), jnp.int32)
-        return model, opt_state, loss, nfe_f, backward_nfe(grads)
-
-    return step
+def _optimizer(name, lr, weight_decay, total):
+    """`make_optimizer`, shared by runs of one process with the same settings (a
+    resumed run reuses the compiled step)."""
+    return make_optimizer(name, dict(lr_segnode=lr, lr_baseline=lr,
+                                     weight_decay_baseline=weight_decay), total)
 
 
 @eqx.filter_jit
@@ -198,17 +172,50 @@ def _final_path(run: RunDir, name: str) -> str:
     return os.path.join(run.path, f"{name}_final.json")
 
 
-def train_one(name, cfg, splits, num_classes, ignore_label, palette, run: RunDir, key, *,
-              resume: bool = False, chunk_epochs: int | None = None):
-    """Train one model; returns ``(summary, history)``.
+class _ModelRun:
+    """The part of a run folder that one model trains in, as `jaxode.train.fit` uses
+    it: checkpoints in ``checkpoints/<name>/``; its rows (in this experiment's column
+    names) written to the run's metrics.csv after those of the models before it."""
 
-    Every epoch ends with a checkpoint of (model, optimiser state) and the history so
-    far.  With `resume`, training continues from the newest checkpoint (a model that
-    already finished returns its saved summary).  With `chunk_epochs`, at most that many
-    epochs are trained in this call; if the model is not finished then, the summary is
-    None (continue later with `resume`).  The batch order of epoch e and the key of
-    step i depend only on (seed, e) and (key, i), so an interrupted and resumed run
-    trains exactly as an uninterrupted one.
+    def __init__(self, run: RunDir, name: str, rows_before: list, to_row):
+        self.path, self.run, self.name = run.path, run, name
+        self.checkpoints = os.path.join(run.checkpoints, name)
+        self.rows_before, self.to_row = rows_before, to_row
+
+    def write_history(self, history):
+        self.run.write_history(self.rows_before + [self.to_row(r) for r in history])
+
+
+class _Batches:
+    """Training batches of epoch e (1-based): a permutation fixed by (seed, e), and per
+    example augmentation keys from the run's step counter (as in earlier runs)."""
+
+    def __init__(self, split, bs, per_epoch, seed, key, epoch):
+        self.split, self.bs, self.per_epoch, self.key, self.epoch = split, bs, per_epoch, key, epoch
+        self.order = np.random.default_rng((seed, epoch)).permutation(len(split.images))
+
+    def __len__(self):
+        return self.per_epoch
+
+    def __iter__(self):
+        for b in range(self.per_epoch):
+            idx = np.sort(self.order[b * self.bs:(b + 1) * self.bs])
+            step_key = jax.random.fold_in(self.key, (self.epoch - 1) * self.per_epoch + b)
+            yield {"image": self.split.images[idx], "label": self.split.labels[idx],
+                   "aug_key": jax.random.split(step_key, len(idx))}
+
+
+def train_one(name, cfg, splits, num_classes, ignore_label, palette, run: RunDir, key, *,
+              resume: bool = False, chunk_epochs: int | None = None, rows_before=()):
+    """Train one model with `jaxode.train.fit`; returns ``(summary, history)``.
+
+    Every epoch ends with a checkpoint (``checkpoints/<name>/``).  With `resume`,
+    training continues from the newest checkpoint (a model that already finished
+    returns its saved summary).  With `chunk_epochs`, at most that many epochs are
+    trained in this call; if the model is not finished then, the summary is None
+    (continue later with `resume`).  The batch order of epoch e and the augmentation
+    of step i depend only on (seed, e) and (key, i), so an interrupted and resumed
+    run trains exactly as an uninterrupted one.
     """
     final = _final_path(run, name)
     if resume and os.path.exists(final):
@@ -226,53 +233,36 @@ def train_one(name, cfg, splits, num_classes, ignore_label, palette, run: RunDir
         per_epoch = min(per_epoch, cfg["max_train_batches"])
     if per_epoch < 1:
         raise ValueError(f"batch_size {bs} is larger than the training set ({len(train.images)}).")
-    total = per_epoch * cfg["epochs"]
-    opt, sched, step = _optimizer_and_step(
-        name, cfg["lr_segnode"] if name == "segnode" else cfg["lr_baseline"],
-        cfg["weight_decay_baseline"], total, tuple(cfg["crop"]), tuple(cfg["scale"]), ignore_label)
-    opt_state = opt.init(eqx.filter(model, trainable(model)))
-    folder = os.path.join(run.checkpoints, name)
-    start, history = 1, []
-    last = latest_checkpoint(folder) if resume and os.path.isdir(folder) else None
-    if last is not None:
-        (model, opt_state), meta = load_checkpoint(folder, last, (model, opt_state))
-        start, history = last + 1, list(meta["history"])
-        print(f"[{name}] resumed after epoch {last} of {cfg['epochs']} ({folder})")
-    it = (start - 1) * per_epoch
-    print(f"[{name}] {n_params:,} parameters; {per_epoch} steps/epoch x {cfg['epochs']} epochs")
-    for epoch in range(start, cfg["epochs"] + 1):
-        if chunk_epochs is not None and epoch - start == chunk_epochs:
-            print(f"[{name}] stopped after epoch {epoch - 1} of {cfg['epochs']} "
-                  f"(--chunk-epochs {chunk_epochs}); continue with --resume")
-            return None, history
-        order = np.random.default_rng((cfg["seed"], epoch)).permutation(len(train.images))
-        losses, nfe_f, nfe_b, t0 = [], [], [], time.time()
-        for b in tqdm(range(per_epoch), desc=f"{name} epoch {epoch}", leave=False):
-            idx = np.sort(order[b * bs:(b + 1) * bs])
-            model, opt_state, loss, nf, nb = step(model, opt_state, jnp.asarray(train.images[idx]),
-                                                  jnp.asarray(train.labels[idx]),
-                                                  jax.random.fold_in(k_train, it))
-            loss = float(loss)
-            if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"[{name}] loss became {loss} at epoch {epoch}, step {b}; lower the learning "
-                    "rate (--lr-segnode / --lr-baseline).")
-            losses.append(loss)
-            nfe_f.append(int(nf))
-            nfe_b.append(float(nb))
-            it += 1
-        epoch_time = time.time() - t0
-        cm, _ = evaluate(model, splits["val"], num_classes, ignore_label, cfg["eval_batch"])
-        row = dict(model=name, epoch=epoch, train_loss=float(np.mean(losses)),
-                   val_miou=miou(cm), val_pixel_acc=pixel_accuracy(cm),
-                   lr=float(sched(it)), epoch_time_s=epoch_time)
+    opt, sched = _optimizer(name, cfg["lr_segnode"] if name == "segnode" else cfg["lr_baseline"],
+                            cfg["weight_decay_baseline"], per_epoch * cfg["epochs"])
+
+    def to_row(r):  # this experiment's metrics.csv columns
+        row = dict(model=name, epoch=r["epoch"], train_loss=r["train_loss"],
+                   val_miou=r["eval_miou"], val_pixel_acc=r["eval_pixel_acc"],
+                   lr=float(sched(r["epoch"] * per_epoch)), epoch_time_s=r["train_time_s"])
         if name == "segnode":
-            row.update(nfe_forward=float(np.mean(nfe_f)), nfe_backward=float(np.mean(nfe_b)))
-        history.append(row)
-        print(f"[{name}] epoch {epoch}: " + ", ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-        save_checkpoint(folder, epoch, (model, opt_state),
-                        {"epoch": epoch, "step": it, "history": history})
+            row.update(nfe_forward=r["train_nfe"], nfe_backward=r["train_nfe_backward"])
+        return row
+
+    model_run = _ModelRun(run, name, list(rows_before), to_row)
+    done = (latest_checkpoint(model_run.checkpoints) or 0) if resume else 0
+    epochs = cfg["epochs"] if chunk_epochs is None else min(cfg["epochs"], done + chunk_epochs)
+    task = SegmentationTask(num_classes, ignore_label, tuple(cfg["crop"]), tuple(cfg["scale"]))
+    config = TrainConfig(epochs=epochs, batch_size=bs, seed=cfg["seed"], data_parallel=False)
+    val = splits["val"]
+    print(f"[{name}] {n_params:,} parameters; {per_epoch} steps/epoch x {cfg['epochs']} epochs")
+    result = fit(model, task,
+                 lambda e: _Batches(train, bs, per_epoch, cfg["seed"], k_train, e + 1),
+                 lambda: ({"image": val.images[i:i + cfg["eval_batch"]],
+                           "label": val.labels[i:i + cfg["eval_batch"]]}
+                          for i in range(0, len(val.images), cfg["eval_batch"])),
+                 config=config, optimizer=opt, run=model_run, resume=resume,
+                 log=lambda line: print(f"[{name}] {line}"))
+    model, history = result.model, [to_row(r) for r in result.history]
+    if len(history) < cfg["epochs"]:
+        print(f"[{name}] stopped after epoch {len(history)} of {cfg['epochs']} "
+              f"(--chunk-epochs {chunk_epochs}); continue with --resume")
+        return None, history
 
     summary = dict(params=n_params, history=history)
     for split in ("val", "test"):
@@ -508,15 +498,17 @@ def measure_table2(cfg, batch: int, budget_gb: float, timing: bool = True, key=N
         mcfg = model_config(name, cfg, 11)
         model = build_model(name, mcfg, key=key)
         opt, _ = make_optimizer(name, cfg, 1000)
-        opt_state = opt.init(eqx.filter(model, trainable(model)))
-        step = make_train_step(opt, crop, (1.0, 1.0), 11)
+        opt_state = train_state(model, TrainConfig(), opt)["opt_state"]
+        task = SegmentationTask(11, 11, crop, (1.0, 1.0))
         # jax.jit over the model's arrays (equinox's filter_jit would treat the
         # ShapeDtypeStructs used for lowering as static constants)
         params, static = eqx.partition(model, eqx.is_array)
 
-        def raw_step(d, o, i, l, k):
-            m, o2, loss, nf, nb = step(eqx.combine(d, static), o, i, l, k)
-            return eqx.filter(m, eqx.is_array), o2, loss, nf, nb
+        def raw_step(d, o, i, l, k):  # the training step of `jaxode.train.fit`
+            m, o2, _, loss, metrics, _ = train_step(
+                eqx.combine(d, static), o, None, {"image": i, "label": l}, k,
+                jnp.ones((), jnp.float32), task, opt, None)
+            return eqx.filter(m, eqx.is_array), o2, loss, metrics["nfe"], metrics["nfe_backward"]
 
         raw_predict = jax.jit(lambda d, x: predict(eqx.combine(d, static), x))
         mem, args_bytes, compiled = {}, {}, {}
@@ -824,7 +816,7 @@ def main(argv=None):
     for m in models:
         summary[m], h = train_one(m, cfg, splits, num_classes, ignore_label, palette, run,
                                   jax.random.fold_in(key, MODELS.index(m)), resume=args.resume,
-                                  chunk_epochs=args.chunk_epochs)
+                                  chunk_epochs=args.chunk_epochs, rows_before=history)
         history += h
         run.write_history(history)
     unfinished = [m for m in saved_models if not os.path.exists(_final_path(run, m))

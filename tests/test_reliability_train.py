@@ -104,13 +104,9 @@ def test_divergence_stops_with_step_and_keeps_last_checkpoint(digits, tmp_path):
 
 
 def _template(digits):
-    from jaxode.ode import trainable
-    from jaxode.train.loop import _Optim
+    from jaxode.train import train_state
 
-    model = _model()
-    params = jax.tree_util.tree_leaves(eqx.filter(model, trainable(model)))
-    opt = _Optim.from_config(_cfg()).tx().init(params)
-    return {"model": model, "opt_state": opt, "ema": None}
+    return train_state(_model(), _cfg())
 
 
 def _strip(history):

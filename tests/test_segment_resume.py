@@ -45,6 +45,12 @@ def test_chunks_and_resume_equal_one_run(tiny):
         w_part, meta = _weights(tiny / "runs" / "part")
         again = segment.main(["--run-name", "part", "--resume"])["baseline"]
     assert [r["epoch"] for r in resumed["history"]] == [1, 2]
+    # the metrics of this configuration before segment trained through jaxode.train.fit
+    # (recorded from commit 2de7529, 2-core CPU, 2026-12-06; tests/test_fit_migrations.py)
+    assert [r["train_loss"] for r in whole["history"]] == pytest.approx(
+        [1.074432134628296, 1.103136420249939], rel=1e-5)
+    assert whole["test_miou"] == pytest.approx(0.15880952380952382, abs=1e-6)
+    assert whole["val_miou"] == pytest.approx(0.20166512488436633, abs=1e-6)
     for a, b in zip(whole["history"], resumed["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
     assert resumed["test_miou"] == pytest.approx(whole["test_miou"], abs=1e-9)

@@ -29,7 +29,7 @@ from jaxode.train import (
     learning_rate,
     load_checkpoint,
 )
-from jaxode.train.loop import _Optim
+from jaxode.train.optim import sgd_momentum
 
 # ----------------------------------------------------------------- optimiser, schedules
 
@@ -40,14 +40,13 @@ def test_sgd_matches_torch():
     target = np.array([0.3, 0.1, -0.7], np.float32)
     lrs = [0.1, 0.1, 0.05, 0.05, 0.01]
     # ours
-    optim = _Optim(momentum=0.9, nesterov=False, weight_decay=1e-2, grad_clip=None)
-    tx = optim.tx()
+    tx = sgd_momentum(TrainConfig(momentum=0.9, weight_decay=1e-2))
     p = [jnp.asarray(w0)]
     state = tx.init(p)
-    for lr in lrs:
+    for lr in lrs:  # the step of `fit`: p + lr * u, u a descent direction
         g = [2 * (p[0] - target)]
         u, state = tx.update(g, state, p)
-        p = [p[0] - lr * u[0]]
+        p = [p[0] + lr * u[0]]
     # torch
     wt = torch.tensor(w0, requires_grad=True)
     opt = torch.optim.SGD([wt], lr=lrs[0], momentum=0.9, weight_decay=1e-2)
@@ -175,10 +174,9 @@ def test_nan_stops_with_message_and_keeps_checkpoint(digits, tmp_path):
         _fit(model, digits, cfg, run)
     ckpt = run.checkpoints
     assert latest_checkpoint(ckpt) == 1
-    template = {"model": model, "opt_state": None, "ema": None}
-    from jaxode.train.loop import _Optim, _param_leaves
+    from jaxode.train import train_state
 
-    template["opt_state"] = _Optim.from_config(cfg).tx().init(_param_leaves(model))
+    template = train_state(model, cfg)
     state, meta = load_checkpoint(ckpt, 1, template)
     assert meta["epoch"] == 1 and len(meta["history"]) == 1
     leaves = jax.tree_util.tree_leaves(eqx.filter(state["model"], eqx.is_inexact_array))

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 
 from jaxode.data import augment as aug
 from jaxode.models.dcn import centre_crop
-from jaxode.ode import ODEBlock
+from jaxode.ode import ODEBlock, is_ode_block
 
 __all__ = [
     "CONTRAST_MODES",
@@ -67,8 +67,7 @@ def apply_contrast(x, c):
     return jnp.asarray(c, x.dtype) * x
 
 
-def _is_block(node):
-    return isinstance(node, ODEBlock)
+_is_block = is_ode_block
 
 
 def scale_ode_times(tree, c, blocks=None):

@@ -21,16 +21,15 @@ scores along the trajectory (Fig. 3-4) when given times `ts`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.tree_util as jtu
 
 from jaxode.fields.multires import MultiResField
 from jaxode.nn.hrnet import PAPER_WIDTHS, STEM_CHANNELS, HRModule, SegHead, Stem, Transition
 from jaxode.ode import ODEBlock, SolveConfig
+from jaxode.ode._tree import count_params  # noqa: F401  (the models' parameter count)
 
 __all__ = ["SegNode", "HRResidualNet", "SegNodeConfig", "BaselineConfig", "build_model",
            "count_params", "with_solve", "PAPER_PARAMS"]
@@ -220,28 +219,3 @@ def with_solve(model: SegNode, *, t1=None, rtol=None, atol=None) -> SegNode:
     old = (ode.t1, ode.config.rtol, ode.config.atol)
     new = tuple(o if v is None else jnp.asarray(v, o.dtype) for o, v in zip(old, (t1, rtol, atol)))
     return eqx.tree_at(lambda m: (m.ode.t1, m.ode.config.rtol, m.ode.config.atol), model, new)
-
-
-def _is_block(x):
-    return isinstance(x, ODEBlock)
-
-
-def count_params(model) -> int:
-    """Trainable parameters of a model (arrays or `jax.ShapeDtypeStruct`s, so that a
-    model built with `eqx.filter_eval_shape` can be counted without allocating).
-    ODE blocks contribute their field only (t0, t1, tolerances are not trained)."""
-    total = 0
-    for leaf in jtu.tree_leaves(model, is_leaf=_is_block):
-        if _is_block(leaf):
-            total += count_params(leaf.field)
-        elif hasattr(leaf, "shape") and hasattr(leaf, "dtype") and jnp.issubdtype(
-                leaf.dtype, jnp.inexact):
-            total += _prod(leaf.shape)
-    return total
-
-
-def _prod(shape: Sequence[int]) -> int:
-    p = 1
-    for s in shape:
-        p *= int(s)
-    return p

@@ -33,6 +33,7 @@ from jaxode.ode._block import (
     ODEBlock,
     backward_nfe,
     differentiated,
+    is_ode_block,
     train_value_and_grad,
     trainable,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "SolveStats",
     "backward_nfe",
     "differentiated",
+    "is_ode_block",
     "regularizer_stats",
     "train_value_and_grad",
     "trainable",

@@ -350,8 +350,12 @@ def _check_state(name, z0):
 # ------------------------------------------------------------------ model utilities
 
 
-def _is_block(x) -> bool:
+def is_ode_block(x) -> bool:
+    """True for an `ODEBlock` (an ``is_leaf`` for walking a model block by block)."""
     return isinstance(x, ODEBlock)
+
+
+_is_block = is_ode_block
 
 
 def backward_nfe(grads) -> jax.Array:

@@ -1,7 +1,43 @@
 """Training: optimiser and schedules, train/eval steps, checkpoints, run folders.
 
-One model-agnostic trainer serves every pipeline of the project (classification,
-DCN, NODE-EW, SegNode).  Its contract:
+One model-agnostic trainer, `fit`, serves every pipeline of the project
+(classification, DCN, NODE-EW on MNIST, SegNode segmentation, the 2-D flows, the
+curve fit, the transfer fine-tune).  A new model family needs a model and a task,
+nothing else (this snippet is run by tests/test_fit_tasks.py)::
+
+    import equinox as eqx, jax, jax.numpy as jnp, numpy as np, optax
+    from jaxode.fields.cnf import ConcatMLP
+    from jaxode.ode import ODEBlock, SolveConfig
+    from jaxode.train import TrainConfig, fit, solver_metrics
+
+    class ODEClassifier(eqx.Module):      # x -> z(1) of dz/dt = f(t, z) -> linear head
+        ode: ODEBlock
+        head: eqx.nn.Linear
+        def __call__(self, x, *, key=None, inference=False):
+            z, stats = self.ode.batched(x)
+            return jax.vmap(self.head)(z), solver_metrics(stats, x.shape[0])
+
+    class XEntropy(eqx.Module):           # what a batch is and what is minimised
+        def train_loss(self, model, batch, key):
+            logits, aux = model(batch["x"], key=key)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+            return loss, {"loss": loss, "nfe": aux["nfe"].mean()}
+        def eval_metrics(self, model, batch, key):
+            logits, _ = model(batch["x"], inference=True)
+            return {"acc": (logits.argmax(-1) == batch["y"]).astype(jnp.float32)}
+
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    model = ODEClassifier(ODEBlock(ConcatMLP(2, 16, key=k1), 0.0, 1.0,
+                                   SolveConfig(solver="euler", num_steps=4)),
+                          eqx.nn.Linear(2, 2, key=k2))
+    x = np.random.default_rng(0).normal(size=(256, 2)).astype(np.float32)
+    data = {"x": x, "y": (x[:, 0] + 0.5 * x[:, 1] ** 2 > 0.5).astype(np.int32)}
+    result = fit(model, XEntropy(), lambda epoch: [data], lambda: [data],
+                 config=TrainConfig(epochs=20, lr=1.0, progress=False),
+                 optimizer=optax.adam(3e-2))
+    print(result.history[-1]["eval_acc"])  # accuracy on the (training) points
+
+Its contract:
 
 **The model** is an Equinox module called on a *batch*::
 
@@ -24,7 +60,8 @@ what a batch is and what is minimised::
 "label": int32}`` for classification).  Augmentation happens inside `train_loss`,
 on the device, from `key`.  `ClassificationTask` (cross-entropy, random crop / flip /
 colour jitter, optional normalisation, metrics ``loss, acc, nfe, steps``) is the
-ready-made one; segmentation or reconstruction pipelines write their own.
+ready-made one; `SegmentationTask` (mIoU), `DensityTask` (NLL, bits/dim) and
+`RegressionTask` (trajectory fit) are the others (`jaxode.train.more_tasks`).
 
 **The loop**::
 
@@ -41,9 +78,11 @@ ready-made one; segmentation or reconstruction pipelines write their own.
                  config=config, run=run, resume=False)
     result.model, result.eval_model, result.history   # eval_model = EMA weights if on
 
-`fit` optimises only `jaxode.ode.trainable(model)` leaves with SGD + momentum (PyTorch
-semantics: lr applied after momentum; weight decay added to the gradient), the
-learning rate following `lr_schedule` (``constant``, ``step`` at `milestones`,
+`fit` optimises only `jaxode.ode.trainable(model)` leaves with any ``optax``
+transformation (`optimizer=`, e.g. ``optax.adam(1e-3)``; parameter groups by
+``optax.multi_transform``: `scale_theta1`, `freeze_all_but`, see `jaxode.train.optim`).
+The default is SGD + momentum (PyTorch semantics: lr applied after momentum; weight
+decay added to the gradient), the learning rate following `lr_schedule` (``constant``, ``step`` at `milestones`,
 ``cosine``, ``plateau`` on the monitored metric), optional warm-up, gradient clipping
 and EMA.  It differentiates all inexact arrays so that the backsolve adjoint's backward
 NFE is read from the gradients (`jaxode.ode.backward_nfe`) and logged as
@@ -71,18 +110,35 @@ arrays: a sweep does not recompile).
 
 from jaxode.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from jaxode.train.config import TrainConfig
-from jaxode.train.loop import FitResult, NonFiniteLossError, evaluate, fit
+from jaxode.train.loop import (FitResult, NonFiniteLossError, evaluate, fit, make_optimizer,
+                               summarise, train_state)
+from jaxode.train.more_tasks import DensityTask, RegressionTask, SegmentationTask
+from jaxode.train.optim import freeze_all_but, scale_groups, scale_theta1, sgd_momentum
 from jaxode.train.parallel import data_mesh, replicate, shard_batch
 from jaxode.train.rundir import RunDir
 from jaxode.train.schedules import PlateauState, learning_rate
 from jaxode.train.tasks import ClassificationTask, dataset_batches
-from jaxode.train.utils import count_params, ode_blocks, with_batch_mode, with_tolerance
+from jaxode.train.utils import (count_params, is_ode_block, ode_blocks, solver_metrics,
+                                with_batch_mode, with_solve, with_tolerance)
 
 __all__ = [
     "TrainConfig",
     "fit",
     "evaluate",
     "FitResult",
+    "make_optimizer",
+    "train_state",
+    "summarise",
+    "sgd_momentum",
+    "scale_groups",
+    "scale_theta1",
+    "freeze_all_but",
+    "SegmentationTask",
+    "DensityTask",
+    "RegressionTask",
+    "is_ode_block",
+    "with_solve",
+    "solver_metrics",
     "NonFiniteLossError",
     "RunDir",
     "ClassificationTask",

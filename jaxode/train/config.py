@@ -12,9 +12,12 @@ _SCHEDULES = ("constant", "step", "cosine", "plateau")
 class TrainConfig:
     """Settings of `jaxode.train.fit`.
 
-    **Optimiser** (SGD with momentum, PyTorch semantics):
+    **Optimiser** (SGD with momentum, PyTorch semantics; the default of `fit`):
     `lr`, `momentum` (0.9), `nesterov`, `weight_decay` (L2 added to the gradient, as
-    ``torch.optim.SGD``), `grad_clip` (global-norm clipping, ``None`` = off).
+    ``torch.optim.SGD``), `grad_clip` (global-norm clipping, ``None`` = off).  With
+    ``fit(..., optimizer=<optax transformation>)`` only `lr` is used, as the reference
+    of the schedule (`jaxode.train.optim`); `weight_decay`, `grad_clip` and `nesterov`
+    must then stay unset.
 
     **Learning-rate schedule** `lr_schedule`:
 

@@ -26,6 +26,7 @@ import optax
 from jaxode.ode import backward_nfe, differentiated, trainable
 from jaxode.train.checkpoint import load_newest_intact, save_checkpoint, saved_epochs
 from jaxode.train.config import TrainConfig
+from jaxode.train.optim import sgd_momentum, with_groups
 from jaxode.train.parallel import data_mesh, local_mesh, replicate, shard_batch
 from jaxode.train.phases import apply_phase, parse_schedule, phase_at
 from jaxode.train.regularize import Regularization, add_to_loss, for_training
@@ -38,55 +39,14 @@ class NonFiniteLossError(RuntimeError):
     """The loss (or the updated weights) became NaN or infinite during training."""
 
 
-@dataclasses.dataclass(frozen=True)
-class _Optim:
-    """Hashable optimiser spec: SGD with momentum in PyTorch's form,
-    buf <- momentum * buf + (g + wd * p) [clipped g first]; p <- p - lr * buf."""
-
-    momentum: float
-    nesterov: bool
-    weight_decay: float
-    grad_clip: float | None
-
-    def tx(self) -> optax.GradientTransformation:
-        parts = []
-        if self.grad_clip:
-            parts.append(optax.clip_by_global_norm(self.grad_clip))
-        if self.weight_decay:
-            parts.append(optax.add_decayed_weights(self.weight_decay))
-        parts.append(optax.trace(decay=self.momentum, nesterov=self.nesterov))
-        return optax.chain(*parts)
-
-    @classmethod
-    def from_config(cls, c: TrainConfig) -> _Optim:
-        return cls(float(c.momentum), bool(c.nesterov), float(c.weight_decay),
-                   None if c.grad_clip is None else float(c.grad_clip))
-
-
-def _param_leaves(model) -> list:
-    return jtu.tree_leaves(eqx.filter(model, trainable(model)))
-
-
-def _set_params(model, leaves):
-    params = eqx.filter(model, trainable(model))
-    return eqx.combine(jtu.tree_unflatten(jtu.tree_structure(params), leaves), model)
-
-
-def lr_scales(model, g_lr_scale: float) -> tuple[float, ...]:
-    """One learning-rate factor per trainable leaf (the order of `_param_leaves`):
-    `g_lr_scale` for theta_1 (`jaxode.fields.evolving.theta1_mask`), 1 elsewhere."""
-    from jaxode.fields.evolving import theta1_mask
-
-    mask = theta1_mask(eqx.filter(model, trainable(model)))
-    return tuple(float(g_lr_scale) if m else 1.0 for m in jtu.tree_leaves(mask))
-
-
 _NO_REGULARIZATION = Regularization()
 
 
 @eqx.filter_jit
-def _train_step(model, opt_state, ema, batch, key, lr, task, optim: _Optim, ema_decay,
-                scales: tuple[float, ...], reg: Regularization = _NO_REGULARIZATION):
+def _train_step(model, opt_state, ema, batch, key, eta, task, tx, ema_decay,
+                reg: Regularization = _NO_REGULARIZATION):
+    """One step: p <- p + eta * u, u = `tx`'s update of the trainable leaves
+    (`jaxode.train.optim`); EMA e <- d e + (1 - d) p."""
     spec = trainable(model)
     # Differentiate only what is trained (and the NFE probes): gradients of the block
     # times would cost field evaluations that nobody uses.
@@ -101,14 +61,18 @@ def _train_step(model, opt_state, ema, batch, key, lr, task, optim: _Optim, ema_
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(diff)
     metrics = dict(metrics)
     metrics["nfe_backward"] = backward_nfe(grads)
-    g = jtu.tree_leaves(eqx.filter(grads, spec))
-    p = _param_leaves(model)
-    updates, opt_state = optim.tx().update(g, opt_state, p)
-    new_p = [w - (lr * s) * u for w, u, s in zip(p, updates, scales)]
+    params, rest = eqx.partition(model, spec)
+    view = optimizer_view(params)
+    updates, opt_state = tx.update(optimizer_view(eqx.filter(grads, spec)), opt_state, view)
+    new_p = jtu.tree_leaves(jtu.tree_map(lambda p, u: p + eta * u, view, updates))
+    params = jtu.tree_unflatten(jtu.tree_structure(params), new_p)
     if ema is not None:
         ema = [ema_decay * e + (1.0 - ema_decay) * w for e, w in zip(ema, new_p)]
     finite = jnp.isfinite(loss) & tree_is_finite(new_p)
-    return _set_params(model, new_p), opt_state, ema, loss, metrics, finite
+    return eqx.combine(params, rest), opt_state, ema, loss, metrics, finite
+
+
+train_step = _train_step  # public name (benchmarks and Table-2 style memory measurements)
 
 
 @eqx.filter_jit
@@ -171,26 +135,72 @@ def _len_or_none(x):
 @dataclasses.dataclass
 class FitResult:
     """What `fit` returns: the trained `model`, the `eval_model` (EMA weights when
-    enabled, else `model`), the per-epoch `history`, and the run folder path."""
+    enabled, else `model`), the per-epoch `history`, the run folder path, and the
+    final optimiser state."""
 
     model: Any
     eval_model: Any
     history: list[dict[str, Any]]
     run_path: str | None
     epochs_done: int
+    opt_state: Any = None
 
 
-def _summarise_eval(per_example: dict[str, np.ndarray], prefix="eval_") -> dict[str, float]:
-    row = {}
-    for k, v in per_example.items():
-        if np.issubdtype(v.dtype, np.floating):
-            row[prefix + k] = float(np.mean(v))
-    return row
+def summarise(task, per_example: dict[str, np.ndarray]) -> dict[str, float]:
+    """A whole set's metrics from its per-example ones: ``task.summarise`` when the
+    task has it (e.g. mIoU from summed confusion matrices), else the mean of every
+    floating-point metric."""
+    if hasattr(task, "summarise"):
+        return {k: float(v) for k, v in task.summarise(per_example).items()}
+    return {k: float(np.mean(v)) for k, v in per_example.items()
+            if np.issubdtype(v.dtype, np.floating)}
+
+
+def optimizer_view(params):
+    """The trainable parameters as the optimiser sees them: every ODE block's
+    `SolveConfig` (static settings, no trainable arrays) taken out, so that a solver
+    phase switch (Euler -> dopri5) leaves the optimiser state's structure unchanged.
+    Label functions of parameter groups (`jaxode.train.optim`) receive this tree."""
+    blocks = ode_blocks(params)
+    if not blocks:
+        return params
+    return eqx.tree_at(lambda m: [b.config for b in ode_blocks(m)], params,
+                       [None] * len(blocks))
+
+
+def make_optimizer(config: TrainConfig, optimizer: optax.GradientTransformation | None = None
+                   ) -> optax.GradientTransformation:
+    """The transformation `fit` applies: `optimizer` (default: `sgd_momentum(config)`)
+    with the parameter groups `config` asks for (`jaxode.train.optim.with_groups`)."""
+    if optimizer is not None:
+        sgd_only = {k: v for k, v in (("weight_decay", config.weight_decay),
+                                      ("grad_clip", config.grad_clip),
+                                      ("nesterov", config.nesterov)) if v}
+        if sgd_only:
+            raise ValueError(
+                f"TrainConfig {sgd_only} configures the default SGD, which optimizer= "
+                "replaces; put it in the optax chain instead (optax.add_decayed_weights, "
+                "optax.clip_by_global_norm, optax.sgd(..., nesterov=True)) and leave it "
+                "unset in TrainConfig.")
+    return with_groups(sgd_momentum(config) if optimizer is None else optimizer, config)
+
+
+def train_state(model, config: TrainConfig, optimizer: optax.GradientTransformation | None = None):
+    """What a checkpoint of `fit` holds, at the start of training:
+    ``{"model", "opt_state", "ema"}`` (EMA: a list of the trainable leaves, or None).
+    Also the template to read a checkpoint into (`load_checkpoint`)."""
+    params = optimizer_view(eqx.filter(model, trainable(model)))
+    opt_state = make_optimizer(config, optimizer).init(params)
+    ema = ([jnp.array(p) for p in _param_leaves(model)] if config.ema_decay is not None
+           else None)
+    return {"model": model, "opt_state": opt_state, "ema": ema}
 
 
 def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None, *,
-        config: TrainConfig, run: RunDir | None = None, resume: bool = False,
-        eval_batch_size: int | None = None, log: Callable[[str], None] = print) -> FitResult:
+        config: TrainConfig, optimizer: optax.GradientTransformation | None = None,
+        run: RunDir | None = None, resume: bool = False, eval_batch_size: int | None = None,
+        on_step: Callable[[dict], Any] | None = None, init_opt_state=None,
+        log: Callable[[str], None] = print) -> FitResult:
     """Train `model` on `task` (see `jaxode.train` for the contract).
 
     **Arguments:**
@@ -201,17 +211,27 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
     - `train_batches`: ``epoch -> iterable of batches`` (dicts of numpy arrays with a
       common, fixed batch size); must depend only on the epoch for exact resumes.
     - `eval_batches`: ``() -> iterable of batches``, or None for no evaluation.
-    - `config`: a `TrainConfig`.
+    - `config`: a `TrainConfig` (epochs, schedule, EMA, phases, checkpoints, ...).
+    - `optimizer`: any ``optax.GradientTransformation`` over the trainable leaves
+      (see `jaxode.train.optim` for how it meets the schedule); None = the papers'
+      SGD with momentum from `config` (`sgd_momentum`).  ``config.g_lr_scale`` adds
+      NODE-EW's theta_1 group to either.  Pass the same object to every call (a new
+      optimiser object compiles a new step).
     - `run`: a `RunDir` for metrics, plots and checkpoints (None: nothing written,
       no resume).
     - `resume`: continue from the newest checkpoint in ``run.checkpoints``.
+    - `on_step`: called after every step with ``{"epoch", "step" (1-based, counted over
+      the run), "lr", "step_time_s", <training metrics>}``; a true return value ends
+      training after that step (the epoch is then evaluated and saved as usual).
+    - `init_opt_state`: the optimiser state to start from (e.g. ``FitResult.opt_state``
+      of a previous phase trained with the same optimiser); default: a fresh one.
 
     **Returns:** a `FitResult`.
     **Raises:** `NonFiniteLossError` when a loss or an update is not finite.
     """
     mesh = data_mesh(config.data_parallel)
-    optim = _Optim.from_config(config)
-    scales = lr_scales(model, config.g_lr_scale)
+    own_optimizer = optimizer is not None
+    tx = make_optimizer(config, optimizer)
     reg = Regularization.from_config(config)
     phases = parse_schedule(config.phases) if config.phases else None
     blocks = ode_blocks(model)
@@ -222,9 +242,11 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
             return m
         return apply_phase(m, phase_at(phases, epoch), base_solve, config.euler_steps)
 
-    params = _param_leaves(model)
-    opt_state = optim.tx().init(params)
-    ema = [jnp.array(p) for p in params] if config.ema_decay is not None else None
+    state = train_state(model, config, optimizer)
+    opt_state, ema = state["opt_state"], state["ema"]
+    if init_opt_state is not None:  # e.g. a previous fit's: training continues
+        opt_state = init_opt_state
+    step = 0
     history: list[dict[str, Any]] = []
     plateau = PlateauState()
     start_epoch = 0
@@ -244,6 +266,7 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
             history = meta["history"]
             plateau = PlateauState.from_dict(meta["plateau"])
             start_epoch = int(meta["epoch"])
+            step = int(meta.get("step", 0))
             log(f"resuming {run.path} after epoch {start_epoch}")
     elif ckpt_dir is not None and os.path.isdir(ckpt_dir) and saved_epochs(ckpt_dir):
         raise FileExistsError(
@@ -252,6 +275,10 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
             "run folder. Nothing was deleted.")
 
     model, opt_state, ema = replicate((model, opt_state, ema), mesh)
+    # the schedule's value: the rate itself for the default SGD, else a factor on the
+    # optimiser's own update (see `jaxode.train.optim`)
+    lr_name = "lr_scale" if own_optimizer else "lr"
+    stop = False
     last_good = None if start_epoch == 0 else os.path.join(ckpt_dir, f"ckpt-{start_epoch:04d}.eqx")
 
     for epoch in range(start_epoch, config.epochs):
@@ -273,15 +300,18 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
                        dynamic_ncols=True)
         ekey = jax.random.fold_in(train_key, epoch)
         lr = config.lr
+        eta = lr if not own_optimizer else 1.0
         for i, batch in enumerate(batches):
             if config.max_train_batches is not None and i >= config.max_train_batches:
                 break
             lr = learning_rate(config, epoch, i, steps or 1, plateau.scale)
+            eta = lr / config.lr if own_optimizer else lr
             b = shard_batch(batch, mesh)
+            t_step = time.perf_counter()
             try:
                 new = _train_step(model, opt_state, ema, b, jax.random.fold_in(ekey, i),
-                                  jnp.asarray(lr, jnp.float32), task, optim, config.ema_decay,
-                                  scales, reg)
+                                  jnp.asarray(eta, jnp.float32), task, tx, config.ema_decay,
+                                  reg)
                 new_model, new_opt, new_ema, loss, metrics, finite = new
                 finite = bool(finite)
             except eqx.EquinoxRuntimeError as e:  # e.g. the ODE solver ran out of steps
@@ -307,14 +337,20 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
                     "tolerance (--tol), or gradient clipping (TrainConfig.grad_clip in Python)."
                 )
             model, opt_state, ema = new_model, new_opt, new_ema
-            metrics = jax.device_get(metrics)
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
             for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + v
             count += 1
+            step += 1
+            stop = on_step is not None and on_step(
+                {"epoch": epoch + 1, "step": step, lr_name: eta, **metrics,
+                 "step_time_s": time.perf_counter() - t_step})
             if bar is not None:
                 bar.update(1)
                 post = {k: f"{sums[k] / count:.3g}" for k in ("loss", "acc", "nfe") if k in sums}
                 bar.set_postfix(post)
+            if stop:
+                break
         if bar is not None:
             bar.close()
         if count == 0:
@@ -325,7 +361,7 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
         row: dict[str, Any] = {"epoch": epoch + 1}
         if phase is not None:
             row["phase"] = phase
-        row["lr"] = lr
+        row[lr_name] = eta
         row.update({f"train_{k}": v / count for k, v in sums.items()})
         row["train_time_s"] = time.perf_counter() - t_start
         eval_model = _eval_model(model, ema)
@@ -334,7 +370,7 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
             t_eval = time.perf_counter()
             per_example = evaluate(eval_model, task, eval_batches(), batch_size=eval_batch_size,
                                    mesh=mesh, progress=config.progress)
-            row.update(_summarise_eval(per_example))
+            row.update({f"eval_{k}": v for k, v in summarise(task, per_example).items()})
             row["eval_time_s"] = time.perf_counter() - t_eval
         if config.lr_schedule == "plateau":
             value = row.get(config.plateau_metric)
@@ -347,7 +383,8 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
         history.append(row)
         if run is not None:
             run.write_history(history)
-            meta = {"epoch": epoch + 1, "history": history, "plateau": plateau.to_dict(),
+            meta = {"epoch": epoch + 1, "step": step, "history": history,
+                    "plateau": plateau.to_dict(),
                     "seed": config.seed,
                     "train_key": np.asarray(jax.random.key_data(train_key)).tolist(),
                     "config": config.to_dict()}
@@ -355,13 +392,23 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
                 ckpt_dir, epoch + 1, {"model": model, "opt_state": opt_state, "ema": ema},
                 meta, keep=config.keep_checkpoints)
         log(_format_row(row))  # after the checkpoint: an interrupt here loses nothing
+        if stop:
+            break
     return FitResult(model=model, eval_model=_eval_model(model, ema), history=history,
                      run_path=None if run is None else run.path,
-                     epochs_done=len(history))
+                     epochs_done=len(history), opt_state=opt_state)
+
+
+def _param_leaves(model) -> list:
+    return jtu.tree_leaves(eqx.filter(model, trainable(model)))
 
 
 def _eval_model(model, ema):
-    return model if ema is None else _set_params(model, ema)
+    """`model` with the EMA weights (a list in `_param_leaves` order), if any."""
+    if ema is None:
+        return model
+    params, rest = eqx.partition(model, trainable(model))
+    return eqx.combine(jtu.tree_unflatten(jtu.tree_structure(params), ema), rest)
 
 
 def _format_row(row: dict) -> str:

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import equinox as eqx
-import jax.tree_util as jtu
-
-from jaxode.ode import ODEBlock, SolveConfig
+from jaxode.ode import SolveConfig
+from jaxode.ode._tree import with_solve
 
 PHASE_NAMES = ("euler", "adjoint")
 
@@ -69,14 +67,4 @@ def phase_config(phase: Phase, base: SolveConfig, euler_steps: int) -> SolveConf
 
 def apply_phase(model, phase: Phase, base: SolveConfig, euler_steps: int = 10):
     """Return `model` with every ODEBlock's config set for `phase`."""
-    config = phase_config(phase, base, euler_steps)
-    blocks = [x for x in jtu.tree_leaves(model, is_leaf=lambda x: isinstance(x, ODEBlock))
-              if isinstance(x, ODEBlock)]
-    if not blocks:
-        return model
-    return eqx.tree_at(
-        lambda m: [b.config for b in jtu.tree_leaves(m, is_leaf=lambda x: isinstance(x, ODEBlock))
-                   if isinstance(b, ODEBlock)],
-        model,
-        [config] * len(blocks),
-    )
+    return with_solve(model, phase_config(phase, base, euler_steps))

@@ -4,7 +4,9 @@
 (2018, Sec. 7.1), Carrara et al. (Sec. 4) and Tomen et al. (Sec. 4): batches are
 ``{"image": uint8 (N, H, W, C), "label": int32 (N,)}``; augmentation runs on the device
 inside the jitted step; the model receives float32 ``(N, C, H, W)`` in [0, 1]
-(optionally normalised per channel).
+(optionally normalised per channel).  The other tasks -- segmentation (mIoU),
+density estimation (NLL, bits/dim) and trajectory regression -- are in
+`jaxode.train.more_tasks`.
 """
 
 from __future__ import annotations
@@ -18,13 +20,7 @@ import optax
 from jaxode.data import augment as aug
 from jaxode.data import iterate_batches
 from jaxode.ode import REGULARIZERS
-
-
-def _per_example(aux, name, n):
-    v = aux.get(name) if isinstance(aux, dict) else None
-    if v is None:
-        return jnp.zeros((n,), jnp.float32)
-    return jnp.broadcast_to(jnp.asarray(v, jnp.float32), (n,))
+from jaxode.train.utils import solver_metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +84,8 @@ class ClassificationTask:
         n = labels.shape[0]
         loss = jnp.mean(self._xent(logits, labels))
         acc = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
-        metrics = {
-            "loss": loss,
-            "acc": acc,
-            "nfe": jnp.mean(_per_example(aux, "nfe", n)),
-            "steps": jnp.mean(_per_example(aux, "steps", n)),
-        }
+        metrics = {"loss": loss, "acc": acc,
+                   **{k: jnp.mean(v) for k, v in solver_metrics(aux, n).items()}}
         for name in REGULARIZERS:  # differentiable: the trainer adds them to the loss
             if isinstance(aux, dict) and name in aux:
                 metrics[name] = jnp.mean(aux[name])
@@ -108,8 +100,7 @@ class ClassificationTask:
             "loss": self._xent(logits, labels),
             "acc": (pred == labels).astype(jnp.float32),
             "pred": pred.astype(jnp.int32),
-            "nfe": _per_example(aux, "nfe", n),
-            "steps": _per_example(aux, "steps", n),
+            **solver_metrics(aux, n),
         }
 
 
