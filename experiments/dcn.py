@@ -51,7 +51,7 @@ import time
 
 import numpy as np
 
-from experiments import _cli
+from jaxode import cli
 
 PAPER = dict(epochs=100, batch_size=128, lr=0.1, milestones=(40, 70), train_limit=None,
              test_limit=None, widths=(32, 64, 128), tol=1e-3, support="separable")
@@ -199,18 +199,18 @@ def _check_train_set(cfg, train, test) -> None:
     before a run folder is made or a model built)."""
     n, classes = len(train), len(np.unique(train.labels))
     if n < cfg["batch_size"]:
-        _cli.stop(f"--batch-size {cfg['batch_size']} is larger than the "
+        cli.stop(f"--batch-size {cfg['batch_size']} is larger than the "
                          f"training set ({n} images); pass --batch-size {max(n, 1)} or less, "
                          "or use more training images (--train-limit, --per-class).")
     if classes < 2:
-        _cli.stop(f"the training set {train.name!r} has {classes} class; a "
+        cli.stop(f"the training set {train.name!r} has {classes} class; a "
                          "classifier needs at least two (check --data-root).")
     if len(test) == 0:
-        _cli.stop(f"the test set {test.name!r} is empty; check --data-root and "
+        cli.stop(f"the test set {test.name!r} is empty; check --data-root and "
                          "--test-limit.")
     for ds in (train, test):  # the models are built for CIFAR-10: RGB, 10 classes
         if ds.image_shape[-1] != 3 or ds.num_classes > 10:
-            _cli.stop(f"{ds.name!r} has images {ds.image_shape} and "
+            cli.stop(f"{ds.name!r} has images {ds.image_shape} and "
                              f"{ds.num_classes} classes; these models take RGB (H, W, 3) "
                              "images of at most 10 classes (CIFAR-10 layout).")
 
@@ -219,7 +219,7 @@ def cmd_classify(args):
     from jaxode.data.load import load_dataset
 
     cfg = _resolve(args)
-    with _cli.data_errors_exit():
+    with cli.data_errors_exit():
         train = _limit(load_dataset("cifar10", "train", root=args.data_root), cfg["train_limit"])
         test = _limit(load_dataset("cifar10", "test", root=args.data_root), cfg["test_limit"])
     _check_train_set(cfg, train, test)
@@ -246,13 +246,13 @@ def cmd_small_data(args):
     from jaxode.data.load import load_dataset
 
     cfg = _resolve(args)
-    with _cli.data_errors_exit():
+    with cli.data_errors_exit():
         train_all = load_dataset("cifar10", "train", root=args.data_root)
         test = _limit(load_dataset("cifar10", "test", root=args.data_root), cfg["test_limit"])
     factor = args.epoch_factor
     epochs = cfg["epochs"] * factor
     milestones = tuple(m * factor for m in cfg["milestones"])
-    with _cli.data_errors_exit():
+    with cli.data_errors_exit():
         subsets = [small_data_subset(train_all, args.per_class, seed) for seed in _seeds(args)]
     for train in subsets:
         _check_train_set(cfg, train, test)
@@ -419,7 +419,7 @@ def _load_probe_inputs(args):
     (limited) CIFAR-10 test split."""
     from jaxode.data.load import load_dataset
 
-    with _cli.data_errors_exit():
+    with cli.data_errors_exit():
         test = _limit(load_dataset("cifar10", "test", root=args.data_root), args.test_limit,
                       seed=args.seed)
         models = {}
@@ -431,7 +431,7 @@ def _load_probe_inputs(args):
                 label, k = f"{cfg['model']}-{k}", k + 1
             models[label] = (model, run_dir, cfg)
     if len(test) == 0:
-        _cli.stop("the test set is empty; check --data-root and --test-limit.")
+        cli.stop("the test set is empty; check --data-root and --test-limit.")
     return models, test
 
 
@@ -500,8 +500,8 @@ def cmd_contrast(args):
 
     from jaxode.models.dcn_probes import contrast_scales
 
-    contrasts = [float(c) for c in _cli.split_list(args.contrasts)]
-    modes = _cli.split_list(args.modes)
+    contrasts = [float(c) for c in cli.split_list(args.contrasts)]
+    modes = cli.split_list(args.modes)
     models, test = _load_probe_inputs(args)
     os.makedirs(args.out, exist_ok=True)
     rows = []
@@ -566,7 +566,7 @@ def cmd_completion(args):
 
     from jaxode.models.dcn_probes import block1_trajectory, centre_mask, feature_difference
 
-    sizes = [int(n) for n in _cli.split_list(args.mask_sizes)]
+    sizes = [int(n) for n in cli.split_list(args.mask_sizes)]
     models, test = _load_probe_inputs(args)
     os.makedirs(args.out, exist_ok=True)
 
@@ -673,7 +673,7 @@ def cmd_reconstruct(args):
     cfg = _resolve(args)
     if args.config == "paper" and args.epochs is None:  # reference code: 50 epochs, 25/40
         cfg["epochs"], cfg["milestones"] = 50, (25, 40)
-    with _cli.data_errors_exit():
+    with cli.data_errors_exit():
         train = _limit(load_dataset("cifar10", "train", root=args.data_root), cfg["train_limit"])
         test = _limit(load_dataset("cifar10", "test", root=args.data_root), cfg["test_limit"])
         if args.checkpoint:
@@ -762,7 +762,7 @@ def _classify_run_path(args) -> str:
 
 
 def _seeds(args) -> list[int]:
-    return [int(s) for s in _cli.split_list(args.seeds)]
+    return [int(s) for s in cli.split_list(args.seeds)]
 
 
 def _small_data_run_paths(args) -> list[str]:
@@ -774,42 +774,42 @@ def check_args(parser, args) -> None:
     """Refuse bad numbers, lists, paths and occupied run folders of any subcommand
     (`experiments._cli`: usage + one sentence, exit status 2), before data or JAX."""
     if hasattr(args, "widths"):
-        _cli.check_widths(parser, "widths",
-                          _cli.check_list(parser, "widths", args.widths, kind=int, minimum=1))
+        cli.check_widths(parser, "widths",
+                          cli.check_list(parser, "widths", args.widths, kind=int, minimum=1))
     if args.cmd == "small-data-table":
         if not os.path.isdir(args.runs):
             parser.error(f"argument runs: {args.runs!r} is not a folder; pass the --run "
                          "folder of your small-data runs.")
         out = args.out or os.path.join(args.runs, "table2")
         for ext in (".md", ".json", ".png"):
-            _cli.check_new_file(parser, "--out", out + ext)
+            cli.check_new_file(parser, "--out", out + ext)
         return
     if args.cmd == "kernel-cost":
-        _cli.check_args(parser, args, positive=("batch", "tol", "max_half_width", "repeats"))
-        _cli.check_new_file(parser, "--out", args.out)
-        _cli.check_list(parser, "modes", args.modes, choices=SUPPORT_MODES)
+        cli.check_args(parser, args, positive=("batch", "tol", "max_half_width", "repeats"))
+        cli.check_new_file(parser, "--out", args.out)
+        cli.check_list(parser, "modes", args.modes, choices=SUPPORT_MODES)
         return
     if args.cmd in ("contrast", "completion"):
-        _cli.check_args(parser, args, positive=("batch_size", "test_limit", "tol", "times",
+        cli.check_args(parser, args, positive=("batch_size", "test_limit", "tol", "times",
                                                 "d_images", "max_steps"),
                         non_negative=("seed", "d_mask_size"), existing=("data_root",),
                         new_run_dirs=("out",))
         for run_dir in args.checkpoint:
-            _cli.check_existing(parser, "checkpoint", run_dir, "run folder")
+            cli.check_existing(parser, "checkpoint", run_dir, "run folder")
         if args.cmd == "contrast":
-            _cli.check_list(parser, "contrasts", args.contrasts, kind=float, minimum=0)
-            if any(float(c) == 0 for c in _cli.split_list(args.contrasts)):
+            cli.check_list(parser, "contrasts", args.contrasts, kind=float, minimum=0)
+            if any(float(c) == 0 for c in cli.split_list(args.contrasts)):
                 parser.error(f"argument --contrasts: {args.contrasts!r} holds a zero; an "
                              "input of contrast 0 is blank and T = 0 integrates nothing; "
                              "give values > 0.")
-            _cli.check_list(parser, "modes", args.modes, choices=_contrast_modes())
+            cli.check_list(parser, "modes", args.modes, choices=_contrast_modes())
         else:
-            sizes = _cli.check_list(parser, "mask_sizes", args.mask_sizes, kind=int, minimum=0)
+            sizes = cli.check_list(parser, "mask_sizes", args.mask_sizes, kind=int, minimum=0)
             if max(sizes + [args.d_mask_size]) > 32:
                 parser.error("argument --mask-sizes/--d-mask-size: a mask larger than the "
                              "32x32 image; give sizes <= 32.")
         return
-    _cli.check_args(parser, args,
+    cli.check_args(parser, args,
                     positive=("epochs", "batch_size", "lr", "train_limit", "test_limit", "tol",
                               "max_half_width", "per_class", "epoch_factor", "eval_every"),
                     non_negative=("margin", "seed"), existing=("data_root",))
@@ -824,23 +824,23 @@ def check_args(parser, args) -> None:
                 parser.error(f"argument --run: {_classify_run_path(args)!r} is a file; pass "
                              "the run folder to continue.")
         else:
-            _cli.check_new_run_dir(parser, "--run", _classify_run_path(args),
+            cli.check_new_run_dir(parser, "--run", _classify_run_path(args),
                                    also=", or pass --resume to continue it")
         return
     if args.cmd == "reconstruct":
-        _cli.check_existing(parser, "checkpoint", args.checkpoint, "run folder")
-        _cli.check_new_run_dir(parser, "--run", args.run or os.path.join(
+        cli.check_existing(parser, "checkpoint", args.checkpoint, "run folder")
+        cli.check_new_run_dir(parser, "--run", args.run or os.path.join(
             "runs", f"dcn-reconstruct-{args.model}-{args.config}"))
         return
-    _cli.check_list(parser, "seeds", args.seeds, kind=int, minimum=0)
+    cli.check_list(parser, "seeds", args.seeds, kind=int, minimum=0)
     for path in _small_data_run_paths(args):
-        _cli.check_new_run_dir(parser, "--run", path)
+        cli.check_new_run_dir(parser, "--run", path)
 
 
 def main(argv=None):
     from jaxode.models.dcn import MODEL_NAMES
 
-    p = _cli.ArgumentParser(prog="python -m experiments.dcn", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m experiments.dcn", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def common(q):

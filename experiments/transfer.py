@@ -33,7 +33,7 @@ import numpy as np
 
 
 def parse_args(argv=None):
-    from experiments._cli import ArgumentParser
+    from jaxode.cli import ArgumentParser
 
     p = ArgumentParser(prog="python -m experiments.transfer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,7 +104,7 @@ def parse_args(argv=None):
 
 def _check_args(parser, args):
     """Bad command lines end here, before any data is read or program compiled."""
-    from experiments._cli import check_args, check_list
+    from jaxode.cli import check_args, check_list
 
     check_args(parser, args,
                positive=("quick_channels", "quick_tol", "quick_train_size", "quick_epochs",
@@ -140,7 +140,7 @@ def _check_args(parser, args):
                          "config.json there); pass a folder written by experiments.classify "
                          "or by --quick-train.")
     if args.quick_train:  # fit() never deletes an earlier run's checkpoints
-        from experiments._cli import check_new_run_dir, split_list
+        from jaxode.cli import check_new_run_dir, split_list
 
         for kind in split_list(args.quick_models):
             check_new_run_dir(parser, "--name",
@@ -178,7 +178,7 @@ def quick_train(args, log=print):
     from jaxode.train import ClassificationTask, RunDir, TrainConfig, dataset_batches, fit
     from jaxode.transfer import stratified_subset
 
-    from experiments._cli import data_errors_exit
+    from jaxode.cli import data_errors_exit
 
     with data_errors_exit():
         train = load_dataset("cifar10", "train", root=args.data_root, cache_dir=args.cache_dir)
@@ -216,104 +216,6 @@ def quick_train(args, log=print):
     return models
 
 
-def load_run(run_dir: str):
-    """A trained classifier from a run folder, weights from its newest checkpoint (EMA
-    weights when the run kept them).
-
-    Two layouts of ``config.json`` are understood: a run of `experiments.classify`
-    (``{"classify": {...}}``: the model is rebuilt with its `build_model`, the input
-    normalisation with its `build_task`), and the quick runs of this module
-    (``{"model": NAME, "model_kwargs": {...}, "task": {"mean", "std"}}``).
-
-    **Returns:** ``(model, name, norm)`` with `norm` the (mean, std) input
-    normalisation or None.
-    """
-    import equinox as eqx
-    import jax
-
-    from jaxode.models.classifiers import make_model
-    from jaxode.ode import trainable
-
-    with open(os.path.join(run_dir, "config.json")) as f:
-        cfg = json.load(f)
-    norm = None
-    if isinstance(cfg.get("classify"), dict):
-        import dataclasses
-
-        from experiments.classify import build_model, build_task, load_data
-        from experiments.configs.classify import ClassifyConfig
-
-        fields = {f.name for f in dataclasses.fields(ClassifyConfig)}
-        raw = {k: v for k, v in cfg["classify"].items() if k in fields}
-        for k, v in raw.items():
-            if isinstance(v, list):
-                raw[k] = tuple(tuple(x) if isinstance(x, list) else x for x in v)
-        ccfg = ClassifyConfig(**raw)
-        train, _ = load_data(ccfg)
-        model = build_model(ccfg, train.num_classes, train.image_shape[-1], jax.random.PRNGKey(0))
-        task = build_task(ccfg, train)
-        norm = None if task.mean is None else (task.mean, task.std)
-        name = ccfg.model
-    else:
-        name = cfg.get("model")
-        if not isinstance(name, str):
-            raise ValueError(f"{run_dir}/config.json names no model ('model' key); cannot rebuild it.")
-        model = make_model(name, key=jax.random.PRNGKey(0), **dict(cfg.get("model_kwargs") or {}))
-        task = cfg.get("task") if isinstance(cfg.get("task"), dict) else {}
-        if task.get("mean") is not None:
-            norm = (tuple(task["mean"]), tuple(task["std"]))
-    ckpt = os.path.join(run_dir, "checkpoints")
-    epochs = _epochs_newest_first(ckpt)
-    if not epochs:
-        raise FileNotFoundError(f"no checkpoint in {ckpt}; train the model first.")
-    errors = []
-    for epoch in epochs:  # a damaged newest checkpoint falls back to an older one
-        try:
-            state, has_ema = _read_weights(ckpt, epoch, model)
-            break
-        except (OSError, ValueError) as e:
-            errors.append(f"checkpoint {epoch}: {str(e)[:200]}")
-    else:
-        raise ValueError(f"no checkpoint in {ckpt} could be read into a {name!r} model built "
-                         f"from config.json ({'; '.join(errors)}); retrain the model.")
-    if errors:
-        print(f"warning: {errors[0]}; using checkpoint {epoch} of {run_dir}.")
-    model = state["model"]
-    if has_ema:
-        params = eqx.filter(model, trainable(model))
-        model = eqx.combine(jax.tree_util.tree_unflatten(
-            jax.tree_util.tree_structure(params), state["ema"]), model)
-    return model, name, norm
-
-
-def _epochs_newest_first(ckpt: str) -> list[int]:
-    from jaxode.train.checkpoint import complete_epochs, latest_checkpoint
-
-    newest = latest_checkpoint(ckpt)
-    rest = [e for e in reversed(complete_epochs(ckpt)) if e != newest]
-    return ([newest] if newest is not None else []) + rest
-
-
-def _read_weights(ckpt: str, epoch: int, model):
-    """``({"ema", "model"}, has_ema)`` of checkpoint `epoch` read into `model`.  Leaves are
-    stored in PyTree order of {"ema", "model", "opt_state"}: the EMA list (when the run
-    kept one) and the model are read; the optimiser state that follows is not needed."""
-    import equinox as eqx
-    import jax
-
-    from jaxode.ode import trainable
-
-    with open(os.path.join(ckpt, f"ckpt-{epoch:04d}.json")) as f:
-        meta = json.load(f)
-    has_ema = (meta.get("config") or {}).get("ema_decay") is not None
-    ema = jax.tree_util.tree_leaves(eqx.filter(model, trainable(model))) if has_ema else None
-    path = os.path.join(ckpt, f"ckpt-{epoch:04d}.eqx")
-    try:
-        return eqx.tree_deserialise_leaves(path, {"ema": ema, "model": model}), has_ema
-    except Exception as e:  # noqa: BLE001 - truncated file, wrong shapes, ...
-        raise ValueError(f"could not read {path} ({type(e).__name__}: {e})") from e
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -325,10 +227,11 @@ def main(argv=None, log=print):
     import matplotlib.pyplot as plt
     from tqdm.auto import tqdm
 
-    from experiments._cli import data_errors_exit, stop
+    from jaxode.cli import data_errors_exit, stop
     from jaxode.data.load import resolve_path
     from jaxode.data.tiny_imagenet import load_tiny_imagenet_val
     from jaxode import transfer as tr
+    from jaxode.train import load_run
 
     out = os.path.join(args.runs_dir, args.name)
     data = None
@@ -342,7 +245,8 @@ def main(argv=None, log=print):
     for spec in args.checkpoint:
         nm, run_dir = spec.split("=", 1)
         with data_errors_exit():
-            model, kind, norm = load_run(run_dir)
+            trained = load_run(run_dir)
+        model, norm = trained.model, trained.norm
         channels = getattr(model, "in_channels", 3)
         if channels != 3:
             stop(f"--checkpoint {nm}={run_dir}: that model was trained on {channels}-channel "

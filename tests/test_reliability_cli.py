@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from experiments import _cli
+from jaxode import cli as _cli
 from jaxode.fields.conv_odefunc import ConvODEFunc
 from jaxode.fields.dcn import DCNField
 from jaxode.fields.multires import MultiResField

@@ -74,6 +74,7 @@ from jaxode.train.config import TrainConfig
 from jaxode.train.loop import FitResult, NonFiniteLossError, evaluate, fit
 from jaxode.train.parallel import data_mesh, replicate, shard_batch
 from jaxode.train.rundir import RunDir
+from jaxode.train.runs import Run, load_run
 from jaxode.train.schedules import PlateauState, learning_rate
 from jaxode.train.tasks import ClassificationTask, dataset_batches
 from jaxode.train.utils import count_params, ode_blocks, with_batch_mode, with_tolerance
@@ -85,6 +86,8 @@ __all__ = [
     "FitResult",
     "NonFiniteLossError",
     "RunDir",
+    "Run",
+    "load_run",
     "ClassificationTask",
     "dataset_batches",
     "data_mesh",
