@@ -34,32 +34,21 @@ import numpy as np
 
 from experiments.configs import describe, get_config, names, print_list
 from experiments.configs.classify import ClassifyConfig
+from experiments.classify_figures import plot_tolerance_sweep, steps_figure
 from jaxode import cli
 from jaxode.cli import MIN_TOL, parse_milestones, parse_regularizers, parse_tolerances
-from jaxode.train.sweeps import tolerance_sweep
+from jaxode.train.sweeps import tolerance_sweep  # noqa: F401  (part of the recipe's API)
 
 
 # ------------------------------------------------------------------------- pieces
 
 
 def load_data(cfg: ClassifyConfig):
-    """Train and test `Dataset`s (optionally the first `train_limit`/`test_limit`)."""
-    from jaxode.data import load_dataset
+    """Train and test `Dataset`s (`jaxode.data.load_classification`)."""
+    from jaxode.data import load_classification
 
-    train = load_dataset(cfg.dataset, "train", root=cfg.data_root)
-    test = load_dataset(cfg.dataset, "test", root=cfg.data_root)
-    if cfg.train_limit is not None:
-        train = train.subset(slice(0, cfg.train_limit))
-    if cfg.test_limit is not None:
-        test = test.subset(slice(0, cfg.test_limit))
-    for ds in (train, test):
-        if len(ds) == 0 or (ds is train and len(np.unique(ds.labels)) < 2):
-            raise ValueError(
-                f"dataset {ds.name!r} has {len(ds)} examples of "
-                f"{len(np.unique(ds.labels))} class(es); a classifier needs at least two "
-                "classes in training and a non-empty test set (check --dataset, "
-                "--train-limit, --test-limit).")
-    return train, test
+    return load_classification(cfg.dataset, root=cfg.data_root, train_limit=cfg.train_limit,
+                               test_limit=cfg.test_limit)
 
 
 def build_model(cfg: ClassifyConfig, num_classes: int, in_channels: int, key):
@@ -94,61 +83,6 @@ def train_config(cfg: ClassifyConfig):
         max_train_batches=cfg.max_train_batches, regularizers=dict(cfg.regularizers),
         steer=cfg.steer,
     )
-
-
-def steps_figure(test, per_image_steps, path: str, k: int = 5) -> list[int]:
-    """Carrara et al. Fig. 1: the `k` test images needing the most (left) and the
-    fewest (right) solver steps, each labelled with its count.  Returns the indices."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    order = np.argsort(per_image_steps, kind="stable")
-    most, fewest = order[::-1][:k], order[:k]
-    fig, axes = plt.subplots(2, k, figsize=(1.6 * k, 3.8))
-    for row, (idx, title) in enumerate(((most, "most steps"), (fewest, "fewest steps"))):
-        for j, i in enumerate(idx):
-            ax = axes[row, j] if k > 1 else axes[row]
-            img = test.images[i]
-            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img,
-                      cmap="gray" if img.shape[-1] == 1 else None)
-            ax.set_title(f"{int(per_image_steps[i])} steps\n{test.class_names[test.labels[i]]}",
-                         fontsize=8)
-            ax.axis("off")
-        (axes[row, 0] if k > 1 else axes[row]).text(
-            -0.3, 0.5, title, transform=(axes[row, 0] if k > 1 else axes[row]).transAxes,
-            rotation=90, va="center", ha="right", fontsize=9)
-    fig.suptitle("Solver steps per test image (one dopri5 solve per image)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [int(i) for i in most] + [int(i) for i in fewest]
-
-
-def plot_tolerance_sweep(rows: list[dict], path: str) -> None:
-    """Accuracy and NFE per image against the inference tolerance (the rows of
-    `jaxode.train.sweeps.tolerance_sweep`; failed tolerances are left out)."""
-    plotted = [r for r in rows if "error" not in r]
-    if not plotted:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax1 = plt.subplots(figsize=(5, 3.5))
-    tol_axis = [r["tol"] for r in plotted]
-    ax1.semilogx(tol_axis, [100 * r["acc"] for r in plotted], "o-", color="C0")
-    ax1.set_xlabel("inference tolerance (rtol = atol)")
-    ax1.set_ylabel("test accuracy (%)", color="C0")
-    ax2 = ax1.twinx()
-    ax2.errorbar(tol_axis, [r["nfe_mean"] for r in plotted], [r["nfe_std"] for r in plotted],
-                 fmt="s--", color="C1", capsize=3)
-    ax2.set_ylabel("NFE per image", color="C1")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- main
@@ -348,29 +282,11 @@ SAFE_ON_RESUME = ("epochs", "tol_sweep", "per_sample_eval", "fig_examples")
 
 
 def check_resume(parser, cfg: ClassifyConfig) -> None:
-    """A --resume must find its run (config.json) and use that run's settings: refuse,
-    listing the differences, a resume with changed flags (`SAFE_ON_RESUME` excepted)."""
-    import json
-
-    path = os.path.join(cfg.runs_dir, cfg.name)
-    try:
-        with open(os.path.join(path, "config.json")) as f:
-            saved = json.load(f)["classify"]
-    except FileNotFoundError:
-        parser.error(f"argument --resume: {path!r} holds no run (no config.json); pass the "
-                     "--name of an earlier run, or drop --resume.")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        parser.error(f"argument --resume: {path}/config.json cannot be read ({e}); restore "
-                     "it from a backup, or start a new run without --resume.")
-    from jaxode.train.rundir import _jsonable
-
-    diff = cli.settings_differences(saved, _jsonable(cfg.to_dict()), may_grow=("epochs",),
-                                    free=[k for k in SAFE_ON_RESUME if k != "epochs"])
-    if diff:
-        parser.error(f"argument --resume: these settings differ from the run in {path!r}: "
-                     f"{'; '.join(diff)}. Pass the original flags (only more --epochs, "
-                     "--tol-sweep, --no-per-sample and --no-progress may change), or start a "
-                     "new run with --name.")
+    """A --resume must find its run and use that run's settings (`SAFE_ON_RESUME`
+    excepted; more epochs are allowed): `jaxode.cli.check_resume`."""
+    cli.check_resume(parser, os.path.join(cfg.runs_dir, cfg.name), "classify", cfg.to_dict(),
+                     free=[k for k in SAFE_ON_RESUME if k != "epochs"], may_grow=("epochs",),
+                     may_change="more --epochs, --tol-sweep, --no-per-sample and --no-progress")
 
 
 def check_args(parser, args) -> None:
@@ -397,9 +313,6 @@ def check_args(parser, args) -> None:
     if args.ema_decay is not None and not 0 < args.ema_decay < 1:
         parser.error(f"argument --ema: expected a decay in (0, 1), got {args.ema_decay!r}; "
                      "pass e.g. 0.999.")
-    if args.solver is not None and args.solver not in SOLVERS:
-        parser.error(f"argument --solver: unknown solver {args.solver!r}; choose from "
-                     f"{', '.join(SOLVERS)}.")
     if args.phases is not None:
         try:
             parse_schedule(args.phases)
@@ -408,14 +321,13 @@ def check_args(parser, args) -> None:
     if args.tol is not None and args.tol < MIN_TOL:
         parser.error(f"argument --tol: {args.tol!r} is below {MIN_TOL:g}, which float32 "
                      f"solves cannot meet; pass e.g. --tol 1e-3.")
-    if args.config not in names():
-        parser.error(f"argument --config: unknown config {args.config!r}; choose one of "
-                     f"{', '.join(names())} (see --list).")
     from jaxode.models import MODELS
 
-    if args.model is not None and args.model not in MODELS:
-        parser.error(f"argument --model: unknown model {args.model!r}; choose one of "
-                     f"{', '.join(MODELS)}.")
+    for flag, value, allowed in (("--solver", args.solver, SOLVERS), ("--model", args.model, MODELS),
+                                 ("--config", args.config, names())):
+        if value is not None and value not in allowed:
+            parser.error(f"argument {flag}: unknown {flag[2:]} {value!r}; choose one of "
+                         f"{', '.join(allowed)}{' (see --list)' if flag == '--config' else ''}.")
     if args.dataset is not None:
         try:
             cli.dataset_spec(args.dataset)

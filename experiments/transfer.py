@@ -155,6 +155,7 @@ def _check_args(parser, args):
 
 
 TINY_CLASSES, TINY_PER_CLASS = 200, 50
+RESULT_FILES = ("config.json", "results.csv", "accuracy_vs_t.png", "summary.json")
 QUICK_MODELS = {"resnet": "carrara-resnet", "resode": "carrara-resode",
                 "odeonly": "carrara-odeonly"}
 
@@ -227,7 +228,8 @@ def main(argv=None, log=print):
     import matplotlib.pyplot as plt
     from tqdm.auto import tqdm
 
-    from jaxode.cli import data_errors_exit, stop
+    from experiments.transfer_finetune import finetune_compare, finetune_full
+    from jaxode.cli import data_errors_exit, keep_previous_results, stop
     from jaxode.data.load import resolve_path
     from jaxode.data.tiny_imagenet import load_tiny_imagenet_val
     from jaxode import transfer as tr
@@ -260,7 +262,7 @@ def main(argv=None, log=print):
                 log(f"trained {nm}: --checkpoint {nm}={entry['source']}")
             return {"trained": {nm: e["source"] for nm, e in models.items()}}
     os.makedirs(out, exist_ok=True)  # only now: a command that stops early writes nothing
-    _keep_previous_results(out, log)
+    keep_previous_results(out, RESULT_FILES, prefix="finetune-", log=log)
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(vars(args), f, indent=2)
 
@@ -355,13 +357,6 @@ def main(argv=None, log=print):
     return summary
 
 
-def _split(y, seed):
-    """The held-out split shared by every fine-tune recipe: stratified 80/20."""
-    from sklearn.model_selection import train_test_split
-
-    return train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=seed)
-
-
 def _svm_indices(times, kind, step):
     """Indices of the feature times the SVM is run at: all for the Residual Net and
     when `step` is None, else the ODE times that are multiples of `step`, and t = 1."""
@@ -370,82 +365,6 @@ def _svm_indices(times, kind, step):
         return list(range(len(times)))
     picked = [j for j, t in enumerate(times) if abs(t / step - round(t / step)) < 1e-6]
     return picked if last in picked else picked + [last]
-
-
-RESULT_FILES = ("config.json", "results.csv", "accuracy_vs_t.png", "summary.json")
-
-
-def _keep_previous_results(out, log):
-    """A re-run into the same folder reuses its feature cache; the earlier results
-    (and the run folders of earlier full fine-tunes, which a new one would clear) are
-    moved to ``previous/<time>/`` first, so nothing written before is lost."""
-    old = [f for f in RESULT_FILES if os.path.exists(os.path.join(out, f))]
-    old += sorted(f for f in os.listdir(out) if f.startswith("finetune-"))
-    if not old:
-        return
-    dest = os.path.join(out, "previous", time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(dest, exist_ok=True)
-    for f in old:
-        os.replace(os.path.join(out, f), os.path.join(dest, f))
-    log(f"earlier results of {out} moved to {dest}")
-
-
-def finetune_compare(tr, X, y, n_classes, Cs, args):
-    """SVM (C by CV on the 80 %) and, unless --finetune-mode full, a linear head
-    trained by gradient descent on the frozen features; both scored on the 20 %."""
-    i_tr, i_va = _split(y, args.seed)
-    svm = tr.svm_cv(X[i_tr], y[i_tr], Cs=Cs, folds=args.folds, seed=args.seed,
-                    n_jobs=args.n_jobs, solver=args.svm_solver)
-    out = {"split": "stratified 80/20", "n_train": int(len(i_tr)), "n_val": int(len(i_va)),
-           "svm_val_accuracy": float(np.mean(svm["model"].predict(X[i_va]) == y[i_va])),
-           "svm_best_C": svm["best_C"]}
-    if args.finetune_mode in ("head", "both"):
-        head = tr.linear_probe(X[i_tr], y[i_tr], X[i_va], y[i_va], num_classes=n_classes,
-                               epochs=args.finetune_epochs, seed=args.seed)
-        out.update(head_val_accuracy=head["val_accuracy"],
-                   head_train_accuracy=head["train_accuracy"])
-    return out
-
-
-def finetune_full(tr, entry, images, y, n_classes, t, args, run_path, log):
-    """Fine-tune the whole network cut at t (`jaxode.transfer.truncated_classifier`)
-    with a new head, on the same 80/20 split as the SVM; a run folder of its own."""
-    import jax
-
-    from jaxode.data import Dataset
-    from jaxode.train import ClassificationTask, RunDir, TrainConfig, dataset_batches, fit
-
-    if tr.is_ode_model(entry["model"]) and t <= 0.0:
-        log("full fine-tune skipped: at t* = 0 an ODE net has no ODE block left "
-            "(choose --finetune-t > 0)")
-        return {"full_skipped": "t* = 0"}
-    i_tr, i_va = _split(y, args.seed)
-    names = tuple(str(c) for c in range(n_classes))
-
-    def subset(i, nm):
-        return Dataset(images[i], y[i].astype(np.int32), n_classes, names, nm)
-
-    train, val = subset(i_tr, "tiny-imagenet/val[80%]"), subset(i_va, "tiny-imagenet/val[20%]")
-    model = tr.truncated_classifier(entry["model"], t, n_classes,
-                                    key=jax.random.PRNGKey(args.seed))
-    mean, std = entry["norm"] if entry["norm"] is not None else (None, None)
-    task = ClassificationTask(crop_padding=4, flip=True,
-                              mean=None if mean is None else tuple(mean),
-                              std=None if std is None else tuple(std))
-    config = TrainConfig(epochs=args.full_epochs, batch_size=min(50, len(train)),
-                         lr=args.full_lr, weight_decay=1e-4, lr_schedule="cosine",
-                         seed=args.seed)
-    run = RunDir(run_path, {"t": t, "source": entry["source"], "train": config.to_dict(),
-                            "n_train": len(train), "n_val": len(val)})
-    t0 = time.perf_counter()
-    res = fit(model, task,
-              lambda e: dataset_batches(train, config.batch_size, seed=(args.seed, e),
-                                        drop_last=True),
-              lambda: dataset_batches(val, 250, shuffle=False), config=config, run=run, log=log)
-    return {"full_val_accuracy": float(res.history[-1]["eval_acc"]),
-            "full_train_accuracy": float(res.history[-1].get("train_acc", float("nan"))),
-            "full_epochs": args.full_epochs, "full_lr": args.full_lr,
-            "full_seconds": time.perf_counter() - t0, "full_run": run.path}
 
 
 if __name__ == "__main__":

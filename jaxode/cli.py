@@ -380,6 +380,32 @@ def settings_differences(saved: Mapping, now: Mapping, *, free: Iterable[str] = 
     return out
 
 
+def check_resume(parser, path: str, section: str, now: Mapping, *, free: Iterable[str] = (),
+                 may_grow: Iterable[str] = (), may_change: str = "") -> None:
+    """A ``--resume`` of the run in `path` must find it (``config.json``) and use its
+    settings: ``config.json[section]`` is compared with `now` (`settings_differences`)
+    and a resume with other settings is refused, listing them (exit status 2).
+    `may_change` names the flags that may differ, for the advice."""
+    import json
+
+    from jaxode.train.rundir import _jsonable
+
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            saved = json.load(f)[section]
+    except FileNotFoundError:
+        parser.error(f"argument --resume: {path!r} holds no run (no config.json); pass the "
+                     "--name of an earlier run, or drop --resume.")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        parser.error(f"argument --resume: {path}/config.json cannot be read ({e}); restore "
+                     "it from a backup, or start a new run without --resume.")
+    diff = settings_differences(saved, _jsonable(dict(now)), free=free, may_grow=may_grow)
+    if diff:
+        parser.error(f"argument --resume: these settings differ from the run in {path!r}: "
+                     f"{'; '.join(diff)}. Pass the original flags (only {may_change or 'none'} "
+                     "may change), or start a new run with --name.")
+
+
 def claim_run_folder(parser, path: str, *, explicit: bool, flag: str = "--name",
                      log=print) -> str:
     """Claim the run folder of a fresh run before any data is read and return it.
@@ -407,3 +433,24 @@ def claim_run_folder(parser, path: str, *, explicit: bool, flag: str = "--name",
             f"run goes to {created} (pass {flag} NAME to choose the folder, or --resume to "
             "continue the earlier run).")
     return created
+
+
+def keep_previous_results(out: str, files: Iterable[str], *, prefix: str | None = None,
+                          log=print) -> str | None:
+    """Before a re-run writes into `out` again, move the earlier results there (the
+    `files` that exist and every entry whose name starts with `prefix`) to
+    ``out/previous/<time>/``, so nothing written before is lost.  Returns that folder
+    (None when there was nothing to move)."""
+    import time
+
+    old = [f for f in files if os.path.exists(os.path.join(out, f))]
+    if prefix:
+        old += sorted(f for f in os.listdir(out) if f.startswith(prefix))
+    if not old:
+        return None
+    dest = os.path.join(out, "previous", time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(dest, exist_ok=True)
+    for f in old:
+        os.replace(os.path.join(out, f), os.path.join(dest, f))
+    log(f"earlier results of {out} moved to {dest}")
+    return dest

@@ -160,13 +160,12 @@ def training_set_facts(settings: dict, train=None) -> dict:
     """``{"num_classes", "in_channels", "mean", "std"}`` of a classification run's
     training set (`settings`: its ``classify`` config; mean/std only when it
     normalises its input).  `train`: the set, already loaded (else loaded here)."""
-    from jaxode.data import load_dataset
+    from jaxode.data import load_classification
     from jaxode.data.augment import channel_stats
 
     if train is None:
-        train = load_dataset(settings["dataset"], "train", root=settings.get("data_root"))
-        if settings.get("train_limit") is not None:
-            train = train.subset(slice(0, settings["train_limit"]))
+        train, _ = load_classification(settings["dataset"], root=settings.get("data_root"),
+                                       train_limit=settings.get("train_limit"))
     mean = std = None
     if settings.get("normalize"):
         mean, std = (tuple(float(v) for v in s) for s in channel_stats(train.images))
