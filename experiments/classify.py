@@ -32,12 +32,12 @@ import time
 import jax
 import numpy as np
 
+from experiments.classify_figures import plot_tolerance_sweep, steps_figure
 from experiments.configs import describe, get_config, names, print_list
 from experiments.configs.classify import ClassifyConfig
-from experiments.classify_figures import plot_tolerance_sweep, steps_figure
 from jaxode import cli
 from jaxode.cli import MIN_TOL, parse_milestones, parse_regularizers, parse_tolerances
-from jaxode.train.sweeps import tolerance_sweep  # noqa: F401  (part of the recipe's API)
+from jaxode.train.sweeps import tolerance_sweep
 
 
 # ------------------------------------------------------------------------- pieces

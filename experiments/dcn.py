@@ -50,10 +50,9 @@ import sys
 
 import numpy as np
 
-from jaxode import cli
-
 from experiments import dcn_figures
 from experiments.configs import get_config, names, print_list
+from jaxode import cli
 
 
 def _resolve(args) -> dict:

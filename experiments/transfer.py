@@ -175,11 +175,10 @@ def _quick_factory(kind: str, channels: int, tol: float):
 
 def quick_train(args, log=print):
     """Train small Carrara-style nets on a stratified CIFAR-10 subset (CPU-sized)."""
+    from jaxode.cli import data_errors_exit
     from jaxode.data import load_dataset
     from jaxode.train import ClassificationTask, RunDir, TrainConfig, dataset_batches, fit
     from jaxode.transfer import stratified_subset
-
-    from jaxode.cli import data_errors_exit
 
     with data_errors_exit():
         train = load_dataset("cifar10", "train", root=args.data_root, cache_dir=args.cache_dir)
@@ -229,10 +228,10 @@ def main(argv=None, log=print):
     from tqdm.auto import tqdm
 
     from experiments.transfer_finetune import finetune_compare, finetune_full
+    from jaxode import transfer as tr
     from jaxode.cli import data_errors_exit, keep_previous_results, stop
     from jaxode.data.load import resolve_path
     from jaxode.data.tiny_imagenet import load_tiny_imagenet_val
-    from jaxode import transfer as tr
     from jaxode.train import load_run
 
     out = os.path.join(args.runs_dir, args.name)

@@ -206,7 +206,7 @@ def _read_epoch(folder: str, epoch: int, model):
     ema = jax.tree_util.tree_leaves(eqx.filter(model, trainable(model))) if has_ema else None
     try:  # the leaves of {"ema", "model", "opt_state"}, read up to the model
         state = eqx.tree_deserialise_leaves(base + ".eqx", {"ema": ema, "model": model})
-    except Exception as e:  # noqa: BLE001 - truncated file, wrong shapes, ...
+    except Exception as e:
         raise ValueError(f"could not read {base}.eqx ({type(e).__name__}: {e})") from e
     model = state["model"]
     if has_ema:
