@@ -97,7 +97,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="transfer")
     p.add_argument("--runs-dir", default="runs")
-    args = p.parse_args(argv)
+    from experiments import configs
+
+    args = configs.parse(p, "transfer", argv, default="paper")
     _check_args(p, args)
     return args
 

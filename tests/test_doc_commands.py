@@ -123,7 +123,8 @@ def test_classify_list_runs(capsys):
 
 LISTS = {"experiments.classify": "chen-mnist-odenet", "experiments.dcn": "smoke",
          "experiments.segment": "camvid-small", "experiments.flow": "smoke",
-         "experiments.curve": "smoke", "experiments.node_ew_mnist": "smoke"}
+         "experiments.curve": "smoke", "experiments.node_ew_mnist": "smoke",
+         "experiments.transfer": "smoke"}
 
 
 @pytest.mark.parametrize("module", sorted(LISTS))

@@ -70,3 +70,21 @@ def smoke_digits():
         epochs=10, batch_size=32, eval_batch_size=120, lr=0.1, weight_decay=1e-4,
         lr_schedule="cosine", tol=1e-3, tol_sweep=(1e-1, 1e-2, 1e-3, 1e-4),
     )
+
+
+# ----------------------------------------------- Sec. 4.3: transfer of z(t) (experiments.transfer)
+
+
+@register("paper", "transfer")
+def transfer_paper():
+    """Carrara et al. Fig. 2: all 200 Tiny-ImageNet classes, 50 images each, t every 0.05.
+    python -m experiments.transfer --config paper --checkpoint resode=RUN --data-root DATA"""
+    return dict(classes=None, per_class=None, time_step=0.05, folds=5)
+
+
+@register("smoke", "transfer")
+def transfer_smoke():
+    """Smoke form: a 200-image CIFAR-10 source net, 5 classes x 10 images, t = 0, 0.5, 1.
+    python -m experiments.transfer --config smoke --quick-train --data-root DATA"""
+    return dict(classes=5, per_class=10, time_step=0.5, folds=2, quick_models="odeonly",
+                quick_channels=32, quick_train_size=200, quick_epochs=1)
