@@ -507,7 +507,7 @@ def train(ctx) -> dict:
     with x0.1 at epochs 40 and 70, 100 epochs in all) through ``experiments.dcn classify
     --resume``: as many whole epochs as the budget allows, continuing the run folder
     ``DIR/dcn-train`` (copied there from ``--resume-train``)."""
-    from experiments import dcn
+    from benchmarks.common import run_program
     from jaxode.train.checkpoint import latest_checkpoint
 
     run = os.path.join(ctx.out, "dcn-train")
@@ -543,11 +543,9 @@ def train(ctx) -> dict:
            "--data-root", data, "--resume"]
     ctx.say(f"  python -m experiments.dcn {' '.join(cmd)}")
     t = time.perf_counter()
-    try:
-        dcn.main(cmd)
-    except SystemExit as e:
-        if e.code not in (0, None):
-            raise RuntimeError(f"experiments.dcn exited with {e.code}") from e
+    status = run_program("experiments.dcn", cmd)
+    if status != 0:
+        raise RuntimeError(f"experiments.dcn exited with {status}")
     summary = os.path.join(run, "summary.json")
     metrics = os.path.join(run, "metrics.csv")
     out = {"run": "dcn-train", "epochs_before": done, "epochs_after": epochs,

@@ -220,3 +220,21 @@ def compile_with_memory(fn: Callable[..., Any],
         }
         memory["total"] = memory["temp"] + memory["arguments"] + memory["outputs"] - memory["alias"]
     return (lambda: jax.block_until_ready(compiled(diff))), memory
+
+
+def run_program(module: str, argv: list[str]) -> int:
+    """Run ``python -m MODULE ARGV`` in this process (e.g. an experiment a benchmark
+    drives) and return its exit status.  The benchmarks do not import the experiments:
+    they run their command lines, as a user would."""
+    import runpy
+    import sys
+
+    saved = sys.argv
+    sys.argv = [module, *argv]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        return 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = saved
+    return 0

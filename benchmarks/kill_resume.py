@@ -80,11 +80,11 @@ def _pausing_writer(pause: float):
 
 def child(argv: list[str], pause: float) -> int:
     import jaxode.train.checkpoint as checkpoint
-    from experiments.classify import main
+    from benchmarks.common import run_program
 
     if pause > 0:
         checkpoint._atomic_write = _pausing_writer(pause)
-    return main(argv)
+    return run_program("experiments.classify", argv)
 
 
 # ---------------------------------------------------------------------- the parent

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None):
-    from experiments import _cli
+    from jaxode import cli as _cli
 
     p = build_parser()
     args = p.parse_args(argv)

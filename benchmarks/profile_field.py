@@ -49,7 +49,7 @@ PIECES = ("conv-fwd", "conv-dinput", "conv-dweight", "groupnorm-fwd", "groupnorm
 
 
 def parse_args(argv=None):
-    from experiments._cli import check_args, check_widths
+    from jaxode.cli import check_args, check_widths
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile_field",
                                 description=__doc__.split("\n\n")[0],

@@ -52,7 +52,7 @@ COMPILE_LIMIT_S = 60.0
 
 
 def parse_args(argv=None):
-    from experiments._cli import check_args
+    from jaxode.cli import check_args
 
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.suite",

@@ -9,7 +9,7 @@ around the training tolerance.  Carrara et al. (Sec. 4.1) measure the same on
 CIFAR-10.
 
 From a trained classifier (a run folder of `experiments.classify`, weights from its
-newest checkpoint, EMA weights when the run kept them; `experiments.transfer.load_run`
+newest checkpoint, EMA weights when the run kept them; `jaxode.train.load_run`
 reads it), for every tolerance (rtol = atol = tol):
 
 - test accuracy and NFE (mean +- std over the test set),
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None):
-    from experiments import _cli
+    from jaxode import cli as _cli
 
     p = build_parser()
     args = p.parse_args(argv)
@@ -102,14 +102,12 @@ def parse_args(argv=None):
 
 def _load(args):
     """(model, task, test set, run's classify config) from the run folder."""
-    from experiments.transfer import load_run
+    from jaxode.train import load_run
     from jaxode.data import load_dataset
-    from jaxode.train import ClassificationTask
 
     ccfg = args.run_config["classify"]
-    model, name, norm = load_run(args.run)
-    task = ClassificationTask(mean=None if norm is None else tuple(norm[0]),
-                              std=None if norm is None else tuple(norm[1]))
+    run = load_run(args.run)
+    model, task = run.model, run.task
     test = load_dataset(ccfg["dataset"], "test", root=args.data_root or ccfg.get("data_root"))
     limit = args.test_limit or ccfg.get("test_limit")
     if limit is not None:

@@ -32,62 +32,43 @@ import time
 import jax
 import numpy as np
 
-from experiments import _cli
-from experiments.configs import describe, get_config, names
+from experiments.classify_figures import plot_tolerance_sweep, steps_figure
+from experiments.configs import describe, get_config, names, print_list
 from experiments.configs.classify import ClassifyConfig
+from jaxode import cli
+from jaxode.cli import MIN_TOL, parse_milestones, parse_regularizers, parse_tolerances
+from jaxode.train.sweeps import tolerance_sweep
 
 
 # ------------------------------------------------------------------------- pieces
 
 
 def load_data(cfg: ClassifyConfig):
-    """Train and test `Dataset`s (optionally the first `train_limit`/`test_limit`)."""
-    from jaxode.data import load_dataset
+    """Train and test `Dataset`s (`jaxode.data.load_classification`)."""
+    from jaxode.data import load_classification
 
-    train = load_dataset(cfg.dataset, "train", root=cfg.data_root)
-    test = load_dataset(cfg.dataset, "test", root=cfg.data_root)
-    if cfg.train_limit is not None:
-        train = train.subset(slice(0, cfg.train_limit))
-    if cfg.test_limit is not None:
-        test = test.subset(slice(0, cfg.test_limit))
-    for ds in (train, test):
-        if len(ds) == 0 or (ds is train and len(np.unique(ds.labels)) < 2):
-            raise ValueError(
-                f"dataset {ds.name!r} has {len(ds)} examples of "
-                f"{len(np.unique(ds.labels))} class(es); a classifier needs at least two "
-                "classes in training and a non-empty test set (check --dataset, "
-                "--train-limit, --test-limit).")
-    return train, test
+    return load_classification(cfg.dataset, root=cfg.data_root, train_limit=cfg.train_limit,
+                               test_limit=cfg.test_limit)
 
 
 def build_model(cfg: ClassifyConfig, num_classes: int, in_channels: int, key):
-    """The model named by `cfg.model`, with its ODE block's SolveConfig from `cfg`."""
-    from jaxode.models import MODELS, make_model
-    from jaxode.ode import SolveConfig
+    """The model named by `cfg.model`, its ODE block solved as `cfg` says
+    (`jaxode.models.build_classifier`)."""
+    from jaxode.models import build_classifier
 
-    if cfg.model not in MODELS:
-        raise ValueError(f"unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}.")
-    kwargs = dict(cfg.model_kwargs)
-    kwargs.update(num_classes=num_classes, in_channels=in_channels, dropout=cfg.dropout, key=key)
-    if cfg.channels is not None:
-        kwargs["channels"] = cfg.channels
-    if "resnet" not in cfg.model:
-        kwargs["solve"] = SolveConfig(solver=cfg.solver, rtol=cfg.tol, atol=cfg.tol,
-                                      adjoint=cfg.adjoint, max_steps=cfg.max_steps,
-                                      **({} if cfg.solver in ("dopri5", "tsit5", "bosh3")
-                                         else {"num_steps": cfg.euler_steps}))
-    return make_model(cfg.model, **kwargs)
+    return build_classifier(cfg.to_dict(), num_classes, in_channels, key)
 
 
-def build_task(cfg: ClassifyConfig, train):
-    from jaxode.data.augment import channel_stats
+def build_task(cfg: ClassifyConfig, train, facts: dict | None = None):
+    """Cross-entropy with the config's augmentation and (if `cfg.normalize`) the
+    training set's per-channel mean/std (`facts`: `jaxode.train.runs.training_set_facts`)."""
     from jaxode.train import ClassificationTask
+    from jaxode.train.runs import training_set_facts
 
-    mean = std = None
-    if cfg.normalize:
-        mean, std = channel_stats(train.images)
+    facts = facts or training_set_facts(cfg.to_dict(), train)
     return ClassificationTask(crop_padding=cfg.crop_padding, flip=cfg.flip,
-                              color_jitter=cfg.color_jitter, mean=mean, std=std)
+                              color_jitter=cfg.color_jitter, mean=facts["mean"],
+                              std=facts["std"])
 
 
 def train_config(cfg: ClassifyConfig):
@@ -104,80 +85,6 @@ def train_config(cfg: ClassifyConfig):
     )
 
 
-def steps_figure(test, per_image_steps, path: str, k: int = 5) -> list[int]:
-    """Carrara et al. Fig. 1: the `k` test images needing the most (left) and the
-    fewest (right) solver steps, each labelled with its count.  Returns the indices."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    order = np.argsort(per_image_steps, kind="stable")
-    most, fewest = order[::-1][:k], order[:k]
-    fig, axes = plt.subplots(2, k, figsize=(1.6 * k, 3.8))
-    for row, (idx, title) in enumerate(((most, "most steps"), (fewest, "fewest steps"))):
-        for j, i in enumerate(idx):
-            ax = axes[row, j] if k > 1 else axes[row]
-            img = test.images[i]
-            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img,
-                      cmap="gray" if img.shape[-1] == 1 else None)
-            ax.set_title(f"{int(per_image_steps[i])} steps\n{test.class_names[test.labels[i]]}",
-                         fontsize=8)
-            ax.axis("off")
-        (axes[row, 0] if k > 1 else axes[row]).text(
-            -0.3, 0.5, title, transform=(axes[row, 0] if k > 1 else axes[row]).transAxes,
-            rotation=90, va="center", ha="right", fontsize=9)
-    fig.suptitle("Solver steps per test image (one dopri5 solve per image)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [int(i) for i in most] + [int(i) for i in fewest]
-
-
-def tolerance_sweep(model, task, test_batches, tols, *, batch_size, path=None, mesh=None):
-    """Accuracy and NFE per image at each inference tolerance (rtol = atol = tol).
-
-    Tolerances are arrays inside the model, so every point reuses one compiled
-    evaluation step.  Returns a list of dicts; draws a PNG at `path`."""
-    from jaxode.train import evaluate, with_tolerance
-
-    import equinox as eqx
-
-    rows = []
-    for tol in tols:
-        t = time.perf_counter()
-        try:
-            r = evaluate(with_tolerance(model, tol), task, test_batches(),
-                         batch_size=batch_size, mesh=mesh)
-        except eqx.EquinoxRuntimeError as e:  # e.g. max_steps at a tolerance too tight
-            why = next((ln for ln in str(e).splitlines() if "ODEBlock" in ln), str(e))
-            rows.append({"tol": float(tol), "error": why.split("EquinoxRuntimeError: ")[-1]})
-            continue
-        rows.append({"tol": float(tol), "acc": float(np.mean(r["acc"])),
-                     "nfe_mean": float(np.mean(r["nfe"])), "nfe_std": float(np.std(r["nfe"])),
-                     "steps_mean": float(np.mean(r["steps"])), "time_s": time.perf_counter() - t})
-    plotted = [r for r in rows if "error" not in r]
-    if path is not None and plotted:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax1 = plt.subplots(figsize=(5, 3.5))
-        tol_axis = [r["tol"] for r in plotted]
-        ax1.semilogx(tol_axis, [100 * r["acc"] for r in plotted], "o-", color="C0")
-        ax1.set_xlabel("inference tolerance (rtol = atol)")
-        ax1.set_ylabel("test accuracy (%)", color="C0")
-        ax2 = ax1.twinx()
-        ax2.errorbar(tol_axis, [r["nfe_mean"] for r in plotted], [r["nfe_std"] for r in plotted],
-                     fmt="s--", color="C1", capsize=3)
-        ax2.set_ylabel("NFE per image", color="C1")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-    return rows
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -192,6 +99,7 @@ def run(cfg: ClassifyConfig, *, resume: bool = False, progress: bool = True, log
                               ode_blocks, with_batch_mode)
     from jaxode.train.parallel import data_mesh
     from jaxode.train.rundir import claim_run_dir
+    from jaxode.train.runs import training_set_facts
 
     t_start = time.perf_counter()
     path = os.path.join(cfg.runs_dir, cfg.name)
@@ -206,10 +114,11 @@ def run(cfg: ClassifyConfig, *, resume: bool = False, progress: bool = True, log
     model = build_model(cfg, train.num_classes, c, jax.random.PRNGKey(cfg.seed))
     n_params = count_params(model)
     log(f"model: {cfg.model}  parameters: {n_params:,}")
-    task = build_task(cfg, train)
+    facts = training_set_facts(cfg.to_dict(), train)  # what `load_run` needs to rebuild it
+    task = build_task(cfg, train, facts)
     tcfg = train_config(cfg).replace(progress=progress)
     run_dir = RunDir(os.path.join(cfg.runs_dir, cfg.name),
-                     {"classify": cfg.to_dict(), "train": tcfg.to_dict(),
+                     {"classify": cfg.to_dict(), "train": tcfg.to_dict(), "data": facts,
                       "params": n_params, "devices": [str(d) for d in jax.local_devices()]})
     log(f"run folder: {run_dir.path}")
 
@@ -249,7 +158,9 @@ def run(cfg: ClassifyConfig, *, resume: bool = False, progress: bool = True, log
         if cfg.tol_sweep:
             summary["tol_sweep"] = tolerance_sweep(
                 final, task, test_batches, cfg.tol_sweep, batch_size=cfg.eval_batch_size,
-                path=os.path.join(run_dir.path, "tol_sweep.png"), mesh=mesh)
+                mesh=mesh)
+            plot_tolerance_sweep(summary["tol_sweep"], os.path.join(run_dir.path,
+                                                                    "tol_sweep.png"))
     summary["total_time_s"] = time.perf_counter() - t_start
     np.save(os.path.join(run_dir.path, "test_steps_per_image.npy"), per_image["steps"])
     run_dir.summary(summary)
@@ -279,7 +190,7 @@ def _report(s: dict, path: str, log) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _cli.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m experiments.classify",
         description=(
             "Train an image classifier (ODE-Net or ResNet) and evaluate it: test error, "
@@ -365,100 +276,17 @@ def config_from_args(args) -> ClassifyConfig:
     return cfg.replace(**changes)
 
 
-def parse_milestones(text: str) -> tuple[int, ...]:
-    """``"60,100,140"`` -> ``(60, 100, 140)``: positive epochs, in increasing order."""
-    try:
-        out = tuple(int(m) for m in _cli.split_list(text))
-    except ValueError:
-        raise ValueError(f"{text!r} is not a comma-separated list of epochs; write e.g. "
-                         "60,100,140.") from None
-    if any(m < 1 for m in out) or list(out) != sorted(set(out)):
-        raise ValueError(f"{text!r}: the milestones must be positive epochs in increasing "
-                         "order, e.g. 60,100,140.")
-    return out
-
-
-# The solves run in float32 (machine epsilon 1.2e-7): a tighter tolerance cannot be
-# met, and the solver spends all its max_steps trying (e.g. --tol-sweep 1e-12).
-MIN_TOL = 1e-6
-
-
-def parse_tolerances(text: str) -> tuple[float, ...]:
-    """``"1e-1,1e-2"`` -> ``(0.1, 0.01)``; ``""`` -> no sweep.  Each must be finite and
-    at least `MIN_TOL`."""
-    try:
-        out = tuple(float(t) for t in _cli.split_list(text))
-    except ValueError:
-        raise ValueError(f"{text!r} is not a comma-separated list of tolerances; write "
-                         "e.g. 1e-1,1e-2,1e-3 (or '' for no sweep).") from None
-    if not all(MIN_TOL <= t < float("inf") for t in out):
-        raise ValueError(f"{text!r}: every tolerance must be a finite number >= {MIN_TOL:g} "
-                         "(float32 solves cannot meet a tighter one), e.g. 1e-1,1e-2,1e-3.")
-    return out
-
-
 # Flags a --resume may change: more epochs, and what only the final evaluation uses.
 # (--no-progress is not part of the run's config at all.)
 SAFE_ON_RESUME = ("epochs", "tol_sweep", "per_sample_eval", "fig_examples")
 
 
-def resume_differences(saved: dict, cfg: ClassifyConfig) -> list[str]:
-    """``field: saved -> now`` for every setting of `cfg` that differs from the run's
-    saved ``config.json["classify"]``, except `SAFE_ON_RESUME` (and fewer epochs than
-    saved, which is a difference)."""
-    from jaxode.train.rundir import _jsonable
-
-    now = _jsonable(cfg.to_dict())
-    out = []
-    for key in sorted(set(saved) | set(now)):
-        old, new = saved.get(key), now.get(key)
-        if old == new or (key in SAFE_ON_RESUME and key != "epochs"):
-            continue
-        if key == "epochs" and isinstance(old, int) and isinstance(new, int) and new >= old:
-            continue
-        out.append(f"{key}: {old!r} -> {new!r}")
-    return out
-
-
 def check_resume(parser, cfg: ClassifyConfig) -> None:
-    """A --resume must find its run (config.json) and use that run's settings: refuse,
-    listing the differences, a resume with changed flags (`SAFE_ON_RESUME` excepted)."""
-    import json
-
-    path = os.path.join(cfg.runs_dir, cfg.name)
-    try:
-        with open(os.path.join(path, "config.json")) as f:
-            saved = json.load(f)["classify"]
-    except FileNotFoundError:
-        parser.error(f"argument --resume: {path!r} holds no run (no config.json); pass the "
-                     "--name of an earlier run, or drop --resume.")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        parser.error(f"argument --resume: {path}/config.json cannot be read ({e}); restore "
-                     "it from a backup, or start a new run without --resume.")
-    diff = resume_differences(saved, cfg)
-    if diff:
-        parser.error(f"argument --resume: these settings differ from the run in {path!r}: "
-                     f"{'; '.join(diff)}. Pass the original flags (only more --epochs, "
-                     "--tol-sweep, --no-per-sample and --no-progress may change), or start a "
-                     "new run with --name.")
-
-
-def parse_regularizers(text: str) -> tuple[tuple[str, float], ...]:
-    """``"kinetic=0.01,jacobian=0.01"`` -> ``(("kinetic", 0.01), ("jacobian", 0.01))``
-    ('' = none); a ValueError names the bad item."""
-    from jaxode.train.regularize import check_weights
-
-    out = []
-    for item in filter(None, (x.strip() for x in text.split(","))):
-        name, eq, weight = item.partition("=")
-        try:
-            out.append((name.strip(), float(weight)))
-        except ValueError:
-            raise ValueError(f"expected NAME=WEIGHT, e.g. kinetic=0.01, got {item!r}") from None
-        if not eq:
-            raise ValueError(f"expected NAME=WEIGHT, e.g. kinetic=0.01, got {item!r}")
-    check_weights(dict(out))
-    return tuple(out)
+    """A --resume must find its run and use that run's settings (`SAFE_ON_RESUME`
+    excepted; more epochs are allowed): `jaxode.cli.check_resume`."""
+    cli.check_resume(parser, os.path.join(cfg.runs_dir, cfg.name), "classify", cfg.to_dict(),
+                     free=[k for k in SAFE_ON_RESUME if k != "epochs"], may_grow=("epochs",),
+                     may_change="more --epochs, --tol-sweep, --no-per-sample and --no-progress")
 
 
 def check_args(parser, args) -> None:
@@ -469,7 +297,7 @@ def check_args(parser, args) -> None:
     from jaxode.ode import SOLVERS
     from jaxode.train.phases import parse_schedule
 
-    _cli.check_args(parser, args,
+    cli.check_args(parser, args,
                     positive=("channels", "epochs", "batch_size", "eval_batch_size", "lr",
                               "tol", "euler_steps", "max_train_batches", "max_steps"),
                     non_negative=("dropout", "weight_decay", "train_limit", "test_limit",
@@ -478,16 +306,13 @@ def check_args(parser, args) -> None:
                              "regularizers": parse_regularizers})
     if args.steer is not None and not 0 < args.steer < float("inf"):
         parser.error(f"argument --steer: expected a positive number, got {args.steer!r}.")
-    _cli.check_widths(parser, "channels", args.channels)
+    cli.check_widths(parser, "channels", args.channels)
     if args.dropout is not None and not args.dropout < 1:
         parser.error(f"argument --dropout: expected a probability in [0, 1), got "
                      f"{args.dropout!r}; pass e.g. 0.5.")
     if args.ema_decay is not None and not 0 < args.ema_decay < 1:
         parser.error(f"argument --ema: expected a decay in (0, 1), got {args.ema_decay!r}; "
                      "pass e.g. 0.999.")
-    if args.solver is not None and args.solver not in SOLVERS:
-        parser.error(f"argument --solver: unknown solver {args.solver!r}; choose from "
-                     f"{', '.join(SOLVERS)}.")
     if args.phases is not None:
         try:
             parse_schedule(args.phases)
@@ -496,21 +321,20 @@ def check_args(parser, args) -> None:
     if args.tol is not None and args.tol < MIN_TOL:
         parser.error(f"argument --tol: {args.tol!r} is below {MIN_TOL:g}, which float32 "
                      f"solves cannot meet; pass e.g. --tol 1e-3.")
-    if args.config not in names():
-        parser.error(f"argument --config: unknown config {args.config!r}; choose one of "
-                     f"{', '.join(names())} (see --list).")
     from jaxode.models import MODELS
 
-    if args.model is not None and args.model not in MODELS:
-        parser.error(f"argument --model: unknown model {args.model!r}; choose one of "
-                     f"{', '.join(MODELS)}.")
+    for flag, value, allowed in (("--solver", args.solver, SOLVERS), ("--model", args.model, MODELS),
+                                 ("--config", args.config, names())):
+        if value is not None and value not in allowed:
+            parser.error(f"argument {flag}: unknown {flag[2:]} {value!r}; choose one of "
+                         f"{', '.join(allowed)}{' (see --list)' if flag == '--config' else ''}.")
     if args.dataset is not None:
         try:
-            _cli.dataset_spec(args.dataset)
+            cli.dataset_spec(args.dataset)
         except ValueError as e:
             parser.error(f"argument --dataset: {e}")
     for dest in ("data_root",):
-        _cli.check_existing(parser, dest, getattr(args, dest))
+        cli.check_existing(parser, dest, getattr(args, dest))
 
 
 def check_config(parser, cfg: ClassifyConfig) -> None:
@@ -535,38 +359,15 @@ def check_config(parser, cfg: ClassifyConfig) -> None:
 
 
 def choose_run_folder(parser, args, cfg: ClassifyConfig, log=print):
-    """The run folder of this command line, checked before any data is read.
-
-    - ``--resume``: RUNS_DIR/NAME as given (continue it).
-    - an explicit ``--name``: its folder must be missing or empty, else exit status 2
-      advising another ``--name`` or ``--resume``.
-    - the default name: an empty or missing folder is used; one that holds a run is
-      kept, and this run goes to NAME-2 (NAME-3, ...).
-
-    The folder is claimed at once (`jaxode.train.rundir.claim_run_dir`, an exclusive
-    create), so two runs started together never share it.  Returns ``(cfg, created)``:
-    `cfg` with the chosen name and the folder this call claimed (None on --resume),
-    which `main` releases again if the run stops before writing anything into it."""
+    """The run folder of this command line, claimed before any data is read: on
+    ``--resume`` RUNS_DIR/NAME as given; otherwise `jaxode.cli.claim_run_folder` (an
+    explicit ``--name`` must be new, a default name that holds a run moves on to
+    NAME-2, ...).  Returns ``(cfg with the chosen name, the claimed folder or None)``;
+    `main` releases the folder if the run stops before writing into it."""
     path = os.path.join(cfg.runs_dir, cfg.name)
     if args.resume:
         return cfg, None
-    if args.name is not None:
-        _cli.check_new_run_dir(parser, "--name", path, also=", or pass --resume to continue it")
-        from jaxode.train.rundir import claim_run_dir
-
-        if not claim_run_dir(path):
-            parser.error(f"argument --name: another run claimed {path!r} a moment ago; pass "
-                         "another --name.")
-        return cfg, path
-    try:
-        created = _cli.new_numbered_run_dir(path)
-    except OSError as e:
-        parser.error(f"argument --runs-dir: cannot create a run folder {path!r} "
-                     f"({e.strerror or e}); pass a --runs-dir in a writable folder.")
-    if created != path:
-        log(f"run folder {path} already holds an earlier run, which is kept as it is; this "
-            f"run goes to {created} (pass --name NAME to choose the folder, or --resume to "
-            "continue the earlier run).")
+    created = cli.claim_run_folder(parser, path, explicit=args.name is not None, log=log)
     return cfg.replace(name=cfg.name + created[len(path):]), created
 
 
@@ -574,8 +375,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list:
-        for n in names():
-            print(f"{n:28s} {describe(n)}")
+        print_list("classify")
         return 0
     check_args(parser, args)
     cfg = config_from_args(args)
@@ -586,7 +386,7 @@ def main(argv=None) -> int:
     from jaxode.train.rundir import release_run_dir
 
     try:
-        with _cli.data_errors_exit():
+        with cli.data_errors_exit():
             data = load_data(cfg)
         run(cfg, resume=args.resume, progress=not args.no_progress, data=data, claimed=True)
     except BaseException:

@@ -167,7 +167,7 @@ def _plot_losses(path, log):
 
 
 def main(argv=None):
-    from experiments._cli import ArgumentParser
+    from jaxode.cli import ArgumentParser
 
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/curve", help="run folder (must be new or empty)")
@@ -191,13 +191,15 @@ def main(argv=None):
     p.add_argument("--tol", type=float, default=1e-5, help="rtol = atol of the adjoint phases")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny sizes: a quick check only")
-    args = p.parse_args(argv)
+    from experiments import configs
+
+    args = configs.parse(p, "curve", argv, default="paper")
     if args.schedule is not None:
         args.euler_iters, args.finetune_iters = _hybrid_schedule(p, args.schedule)
     if args.smoke:
         args.hidden, args.euler_iters, args.finetune_iters = 32, 20, 3
         args.pure_iters, args.pure_seconds = 5, 30.0
-    from experiments._cli import check_args  # issue 9: bad arguments stop here (exit 2)
+    from jaxode.cli import check_args  # issue 9: bad arguments stop here (exit 2)
 
     check_args(p, args, positive=("hidden", "lr", "euler_iters", "euler_steps", "pure_iters",
                                   "pure_seconds", "tol"),

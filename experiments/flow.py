@@ -132,7 +132,7 @@ def _grid(half, n):
 
 
 def main(argv=None):
-    from experiments._cli import ArgumentParser
+    from jaxode.cli import ArgumentParser
 
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/flow", help="run folder (must be new or empty)")
@@ -162,10 +162,12 @@ def main(argv=None):
     p.add_argument("--grid", type=int, default=100, help="grid points per axis of the density plot")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny sizes: a quick check only")
-    args = p.parse_args(argv)
+    from experiments import configs
+
+    args = configs.parse(p, "flow", argv, default="paper")
     if args.smoke:
         args.iters, args.hidden, args.test_size, args.grid = 5, 8, 200, 20
-    from experiments._cli import check_args, split_list  # issue 9: bad arguments stop here
+    from jaxode.cli import check_args, split_list  # issue 9: bad arguments stop here
 
     check_args(p, args, positive=("iters", "batch", "hidden", "depth", "g_hidden", "lr", "tol",
                                   "test_size", "g_lr"), non_negative=("seed", "clip"),

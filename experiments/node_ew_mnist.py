@@ -76,7 +76,7 @@ def _summarise(history, phases):
 
 
 def main(argv=None):
-    from experiments._cli import ArgumentParser
+    from jaxode.cli import ArgumentParser
 
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/node_ew_mnist")
@@ -99,8 +99,10 @@ def main(argv=None):
     p.add_argument("--strategies", default="euler-then-adjoint,pure-adjoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true")
-    args = p.parse_args(argv)
-    from experiments._cli import check_args, dataset_spec  # issue 9: bad arguments stop here
+    from experiments import configs
+
+    args = configs.parse(p, "node_ew_mnist", argv, default="cpu")
+    from jaxode.cli import check_args, dataset_spec  # issue 9: bad arguments stop here
 
     check_args(p, args, positive=("euler_steps", "batch_size", "lr", "tol"),
                non_negative=("train_limit", "test_limit", "seed", "g_lr_scale"),
@@ -114,7 +116,7 @@ def main(argv=None):
     phases = parse_schedule(args.schedule)
     epochs = total_epochs(phases)
 
-    from experiments._cli import data_errors_exit, stop
+    from jaxode.cli import data_errors_exit, stop
     from jaxode.data import load_dataset
 
     with data_errors_exit():

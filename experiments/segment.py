@@ -40,7 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import _cli
+from experiments.configs import get_config, names as config_names, print_list
+from experiments.configs.segnode import DEFAULTS
+from jaxode import cli as _cli
 from jaxode.compile_log import compile_count
 from jaxode.data import camvid, synthetic_seg
 from jaxode.nn.hrnet import STEM_CHANNELS
@@ -56,26 +58,9 @@ from jaxode.train.seg_metrics import (iou_from_confusion, median_time, miou, pix
 
 MODELS = ("segnode", "baseline")
 
-# Named configurations: the paper's settings and small ones for a CPU.
-CONFIGS = {
-    "smoke": dict(data="synthetic", widths=(4, 8, 16, 32), blocks=1, baseline_modules=2,
-                  crop=(48, 48), scale=(0.75, 1.5), batch_size=8, epochs=3,
-                  synthetic_size=(64, 64), n_train=64, n_eval=16, eval_batch=8,
-                  rtol=1e-2, atol=1e-2, lr_segnode=0.1, lr_baseline=1e-3,
-                  max_train_batches=None, eval_limit=None),
-    "camvid-small": dict(data="camvid", widths=(8, 16, 32, 64), blocks=1, baseline_modules=2,
-                         crop=(96, 128), scale=(0.25, 0.5), batch_size=4, epochs=1,
-                         eval_downscale=4, eval_batch=4, rtol=1e-2, atol=1e-2,
-                         lr_segnode=0.1, lr_baseline=1e-3, max_train_batches=40,
-                         eval_limit=24),
-    "camvid-paper": dict(data="camvid", widths=(48, 96, 192, 384), blocks=4,
-                         baseline_modules=6, crop=(360, 480), scale=(0.5, 2.0),
-                         batch_size=16, epochs=484, eval_downscale=1, eval_batch=4,
-                         rtol=1e-3, atol=1e-3, lr_segnode=0.1, lr_baseline=1e-4,
-                         max_train_batches=None, eval_limit=None),
-}
-_DEFAULTS = dict(solver="dopri5", field_modules=1, seed=0, eval_downscale=1,
-                 synthetic_size=(64, 64), n_train=64, n_eval=16, weight_decay_baseline=0.05)
+# Named configurations (`experiments.configs.segnode`), by name; the tests add their own.
+CONFIGS = {name: get_config(name, "segment") for name in config_names("segment")}
+_DEFAULTS = DEFAULTS
 
 
 # ----------------------------------------------------------------------------- data
@@ -602,8 +587,11 @@ examples:
     p.add_argument("--models", default=None,
                    help="comma-separated subset of segnode,baseline (default: both; with "
                         "--resume: the run's models)")
-    p.add_argument("--data-path", default=None,
-                   help="CamVid zip or folder (default: $JAXODE_DATA/camvid-segnet.zip)")
+    p.add_argument("--list", action="store_true", help="list the named configurations and exit")
+    p.add_argument("--data-root", "--data-path", dest="data_path", default=None,
+                   action=_cli.renamed("--data-path", "--data-root"),
+                   help="CamVid zip or folder (default: $JAXODE_DATA/camvid-segnet.zip; "
+                        "--data-path is the old name of this flag)")
     p.add_argument("--cache-dir", default=None, help="where decoded CamVid npz files are cached")
     p.add_argument("--run-name", default=None, help="run folder name under runs/")
     p.add_argument("--resume", action="store_true",
@@ -655,6 +643,9 @@ examples:
                    help="split the analysis evaluates (default: val)")
     g.add_argument("--out", default=None, help="analysis folder (default: RUN/analysis)")
     args = p.parse_args(argv)
+    if args.list:
+        print_list("segment")
+        raise SystemExit(0)
     check_args(p, args)
     return args
 
@@ -722,8 +713,8 @@ def check_args(parser, args) -> None:
                   "field_modules", "num_steps", "rtol", "lr_segnode", "lr_baseline",
                   "max_train_batches", "eval_limit", "table2_batch", "memory_budget_gb",
                   "chunk_epochs"),
-        non_negative=("atol", "seed"), choices={"models": MODELS},
-        existing=("data_path",))
+        non_negative=("atol", "seed"), choices={"models": MODELS})
+    _cli.check_existing(parser, "data_root", args.data_path)
     if args.resume:
         if args.table2:
             parser.error("argument --resume: continues a training run; drop --table2.")

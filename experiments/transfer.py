@@ -33,7 +33,7 @@ import numpy as np
 
 
 def parse_args(argv=None):
-    from experiments._cli import ArgumentParser
+    from jaxode.cli import ArgumentParser
 
     p = ArgumentParser(prog="python -m experiments.transfer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,14 +97,16 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="transfer")
     p.add_argument("--runs-dir", default="runs")
-    args = p.parse_args(argv)
+    from experiments import configs
+
+    args = configs.parse(p, "transfer", argv, default="paper")
     _check_args(p, args)
     return args
 
 
 def _check_args(parser, args):
     """Bad command lines end here, before any data is read or program compiled."""
-    from experiments._cli import check_args, check_list
+    from jaxode.cli import check_args, check_list
 
     check_args(parser, args,
                positive=("quick_channels", "quick_tol", "quick_train_size", "quick_epochs",
@@ -140,7 +142,7 @@ def _check_args(parser, args):
                          "config.json there); pass a folder written by experiments.classify "
                          "or by --quick-train.")
     if args.quick_train:  # fit() never deletes an earlier run's checkpoints
-        from experiments._cli import check_new_run_dir, split_list
+        from jaxode.cli import check_new_run_dir, split_list
 
         for kind in split_list(args.quick_models):
             check_new_run_dir(parser, "--name",
@@ -155,6 +157,7 @@ def _check_args(parser, args):
 
 
 TINY_CLASSES, TINY_PER_CLASS = 200, 50
+RESULT_FILES = ("config.json", "results.csv", "accuracy_vs_t.png", "summary.json")
 QUICK_MODELS = {"resnet": "carrara-resnet", "resode": "carrara-resode",
                 "odeonly": "carrara-odeonly"}
 
@@ -174,11 +177,10 @@ def _quick_factory(kind: str, channels: int, tol: float):
 
 def quick_train(args, log=print):
     """Train small Carrara-style nets on a stratified CIFAR-10 subset (CPU-sized)."""
+    from jaxode.cli import data_errors_exit
     from jaxode.data import load_dataset
     from jaxode.train import ClassificationTask, RunDir, TrainConfig, dataset_batches, fit
     from jaxode.transfer import stratified_subset
-
-    from experiments._cli import data_errors_exit
 
     with data_errors_exit():
         train = load_dataset("cifar10", "train", root=args.data_root, cache_dir=args.cache_dir)
@@ -216,104 +218,6 @@ def quick_train(args, log=print):
     return models
 
 
-def load_run(run_dir: str):
-    """A trained classifier from a run folder, weights from its newest checkpoint (EMA
-    weights when the run kept them).
-
-    Two layouts of ``config.json`` are understood: a run of `experiments.classify`
-    (``{"classify": {...}}``: the model is rebuilt with its `build_model`, the input
-    normalisation with its `build_task`), and the quick runs of this module
-    (``{"model": NAME, "model_kwargs": {...}, "task": {"mean", "std"}}``).
-
-    **Returns:** ``(model, name, norm)`` with `norm` the (mean, std) input
-    normalisation or None.
-    """
-    import equinox as eqx
-    import jax
-
-    from jaxode.models.classifiers import make_model
-    from jaxode.ode import trainable
-
-    with open(os.path.join(run_dir, "config.json")) as f:
-        cfg = json.load(f)
-    norm = None
-    if isinstance(cfg.get("classify"), dict):
-        import dataclasses
-
-        from experiments.classify import build_model, build_task, load_data
-        from experiments.configs.classify import ClassifyConfig
-
-        fields = {f.name for f in dataclasses.fields(ClassifyConfig)}
-        raw = {k: v for k, v in cfg["classify"].items() if k in fields}
-        for k, v in raw.items():
-            if isinstance(v, list):
-                raw[k] = tuple(tuple(x) if isinstance(x, list) else x for x in v)
-        ccfg = ClassifyConfig(**raw)
-        train, _ = load_data(ccfg)
-        model = build_model(ccfg, train.num_classes, train.image_shape[-1], jax.random.PRNGKey(0))
-        task = build_task(ccfg, train)
-        norm = None if task.mean is None else (task.mean, task.std)
-        name = ccfg.model
-    else:
-        name = cfg.get("model")
-        if not isinstance(name, str):
-            raise ValueError(f"{run_dir}/config.json names no model ('model' key); cannot rebuild it.")
-        model = make_model(name, key=jax.random.PRNGKey(0), **dict(cfg.get("model_kwargs") or {}))
-        task = cfg.get("task") if isinstance(cfg.get("task"), dict) else {}
-        if task.get("mean") is not None:
-            norm = (tuple(task["mean"]), tuple(task["std"]))
-    ckpt = os.path.join(run_dir, "checkpoints")
-    epochs = _epochs_newest_first(ckpt)
-    if not epochs:
-        raise FileNotFoundError(f"no checkpoint in {ckpt}; train the model first.")
-    errors = []
-    for epoch in epochs:  # a damaged newest checkpoint falls back to an older one
-        try:
-            state, has_ema = _read_weights(ckpt, epoch, model)
-            break
-        except (OSError, ValueError) as e:
-            errors.append(f"checkpoint {epoch}: {str(e)[:200]}")
-    else:
-        raise ValueError(f"no checkpoint in {ckpt} could be read into a {name!r} model built "
-                         f"from config.json ({'; '.join(errors)}); retrain the model.")
-    if errors:
-        print(f"warning: {errors[0]}; using checkpoint {epoch} of {run_dir}.")
-    model = state["model"]
-    if has_ema:
-        params = eqx.filter(model, trainable(model))
-        model = eqx.combine(jax.tree_util.tree_unflatten(
-            jax.tree_util.tree_structure(params), state["ema"]), model)
-    return model, name, norm
-
-
-def _epochs_newest_first(ckpt: str) -> list[int]:
-    from jaxode.train.checkpoint import complete_epochs, latest_checkpoint
-
-    newest = latest_checkpoint(ckpt)
-    rest = [e for e in reversed(complete_epochs(ckpt)) if e != newest]
-    return ([newest] if newest is not None else []) + rest
-
-
-def _read_weights(ckpt: str, epoch: int, model):
-    """``({"ema", "model"}, has_ema)`` of checkpoint `epoch` read into `model`.  Leaves are
-    stored in PyTree order of {"ema", "model", "opt_state"}: the EMA list (when the run
-    kept one) and the model are read; the optimiser state that follows is not needed."""
-    import equinox as eqx
-    import jax
-
-    from jaxode.ode import trainable
-
-    with open(os.path.join(ckpt, f"ckpt-{epoch:04d}.json")) as f:
-        meta = json.load(f)
-    has_ema = (meta.get("config") or {}).get("ema_decay") is not None
-    ema = jax.tree_util.tree_leaves(eqx.filter(model, trainable(model))) if has_ema else None
-    path = os.path.join(ckpt, f"ckpt-{epoch:04d}.eqx")
-    try:
-        return eqx.tree_deserialise_leaves(path, {"ema": ema, "model": model}), has_ema
-    except Exception as e:  # noqa: BLE001 - truncated file, wrong shapes, ...
-        raise ValueError(f"could not read {path} ({type(e).__name__}: {e})") from e
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -325,10 +229,12 @@ def main(argv=None, log=print):
     import matplotlib.pyplot as plt
     from tqdm.auto import tqdm
 
-    from experiments._cli import data_errors_exit, stop
+    from experiments.transfer_finetune import finetune_compare, finetune_full
+    from jaxode import transfer as tr
+    from jaxode.cli import data_errors_exit, keep_previous_results, stop
     from jaxode.data.load import resolve_path
     from jaxode.data.tiny_imagenet import load_tiny_imagenet_val
-    from jaxode import transfer as tr
+    from jaxode.train import load_run
 
     out = os.path.join(args.runs_dir, args.name)
     data = None
@@ -342,7 +248,8 @@ def main(argv=None, log=print):
     for spec in args.checkpoint:
         nm, run_dir = spec.split("=", 1)
         with data_errors_exit():
-            model, kind, norm = load_run(run_dir)
+            trained = load_run(run_dir)
+        model, norm = trained.model, trained.norm
         channels = getattr(model, "in_channels", 3)
         if channels != 3:
             stop(f"--checkpoint {nm}={run_dir}: that model was trained on {channels}-channel "
@@ -356,7 +263,7 @@ def main(argv=None, log=print):
                 log(f"trained {nm}: --checkpoint {nm}={entry['source']}")
             return {"trained": {nm: e["source"] for nm, e in models.items()}}
     os.makedirs(out, exist_ok=True)  # only now: a command that stops early writes nothing
-    _keep_previous_results(out, log)
+    keep_previous_results(out, RESULT_FILES, prefix="finetune-", log=log)
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(vars(args), f, indent=2)
 
@@ -451,13 +358,6 @@ def main(argv=None, log=print):
     return summary
 
 
-def _split(y, seed):
-    """The held-out split shared by every fine-tune recipe: stratified 80/20."""
-    from sklearn.model_selection import train_test_split
-
-    return train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=seed)
-
-
 def _svm_indices(times, kind, step):
     """Indices of the feature times the SVM is run at: all for the Residual Net and
     when `step` is None, else the ODE times that are multiples of `step`, and t = 1."""
@@ -466,82 +366,6 @@ def _svm_indices(times, kind, step):
         return list(range(len(times)))
     picked = [j for j, t in enumerate(times) if abs(t / step - round(t / step)) < 1e-6]
     return picked if last in picked else picked + [last]
-
-
-RESULT_FILES = ("config.json", "results.csv", "accuracy_vs_t.png", "summary.json")
-
-
-def _keep_previous_results(out, log):
-    """A re-run into the same folder reuses its feature cache; the earlier results
-    (and the run folders of earlier full fine-tunes, which a new one would clear) are
-    moved to ``previous/<time>/`` first, so nothing written before is lost."""
-    old = [f for f in RESULT_FILES if os.path.exists(os.path.join(out, f))]
-    old += sorted(f for f in os.listdir(out) if f.startswith("finetune-"))
-    if not old:
-        return
-    dest = os.path.join(out, "previous", time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(dest, exist_ok=True)
-    for f in old:
-        os.replace(os.path.join(out, f), os.path.join(dest, f))
-    log(f"earlier results of {out} moved to {dest}")
-
-
-def finetune_compare(tr, X, y, n_classes, Cs, args):
-    """SVM (C by CV on the 80 %) and, unless --finetune-mode full, a linear head
-    trained by gradient descent on the frozen features; both scored on the 20 %."""
-    i_tr, i_va = _split(y, args.seed)
-    svm = tr.svm_cv(X[i_tr], y[i_tr], Cs=Cs, folds=args.folds, seed=args.seed,
-                    n_jobs=args.n_jobs, solver=args.svm_solver)
-    out = {"split": "stratified 80/20", "n_train": int(len(i_tr)), "n_val": int(len(i_va)),
-           "svm_val_accuracy": float(np.mean(svm["model"].predict(X[i_va]) == y[i_va])),
-           "svm_best_C": svm["best_C"]}
-    if args.finetune_mode in ("head", "both"):
-        head = tr.linear_probe(X[i_tr], y[i_tr], X[i_va], y[i_va], num_classes=n_classes,
-                               epochs=args.finetune_epochs, seed=args.seed)
-        out.update(head_val_accuracy=head["val_accuracy"],
-                   head_train_accuracy=head["train_accuracy"])
-    return out
-
-
-def finetune_full(tr, entry, images, y, n_classes, t, args, run_path, log):
-    """Fine-tune the whole network cut at t (`jaxode.transfer.truncated_classifier`)
-    with a new head, on the same 80/20 split as the SVM; a run folder of its own."""
-    import jax
-
-    from jaxode.data import Dataset
-    from jaxode.train import ClassificationTask, RunDir, TrainConfig, dataset_batches, fit
-
-    if tr.is_ode_model(entry["model"]) and t <= 0.0:
-        log("full fine-tune skipped: at t* = 0 an ODE net has no ODE block left "
-            "(choose --finetune-t > 0)")
-        return {"full_skipped": "t* = 0"}
-    i_tr, i_va = _split(y, args.seed)
-    names = tuple(str(c) for c in range(n_classes))
-
-    def subset(i, nm):
-        return Dataset(images[i], y[i].astype(np.int32), n_classes, names, nm)
-
-    train, val = subset(i_tr, "tiny-imagenet/val[80%]"), subset(i_va, "tiny-imagenet/val[20%]")
-    model = tr.truncated_classifier(entry["model"], t, n_classes,
-                                    key=jax.random.PRNGKey(args.seed))
-    mean, std = entry["norm"] if entry["norm"] is not None else (None, None)
-    task = ClassificationTask(crop_padding=4, flip=True,
-                              mean=None if mean is None else tuple(mean),
-                              std=None if std is None else tuple(std))
-    config = TrainConfig(epochs=args.full_epochs, batch_size=min(50, len(train)),
-                         lr=args.full_lr, weight_decay=1e-4, lr_schedule="cosine",
-                         seed=args.seed)
-    run = RunDir(run_path, {"t": t, "source": entry["source"], "train": config.to_dict(),
-                            "n_train": len(train), "n_val": len(val)})
-    t0 = time.perf_counter()
-    res = fit(model, task,
-              lambda e: dataset_batches(train, config.batch_size, seed=(args.seed, e),
-                                        drop_last=True),
-              lambda: dataset_batches(val, 250, shuffle=False), config=config, run=run, log=log)
-    return {"full_val_accuracy": float(res.history[-1]["eval_acc"]),
-            "full_train_accuracy": float(res.history[-1].get("train_acc", float("nan"))),
-            "full_epochs": args.full_epochs, "full_lr": args.full_lr,
-            "full_seconds": time.perf_counter() - t0, "full_run": run.path}
 
 
 if __name__ == "__main__":

@@ -138,3 +138,34 @@ def test_second_run_of_the_same_command_keeps_the_first(tmp_path, capsys):
     second = json.loads((tmp_path / "smoke-digits-2" / "summary.json").read_text())
     assert second["config"] == "smoke-digits-2" and second["epochs"] == 1
     assert any((tmp_path / "smoke-digits-2" / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("stored_facts", [True, False])
+def test_load_run_rebuilds_a_classify_run_and_predicts(tmp_path, stored_facts):
+    """`jaxode.train.load_run` on a classify run folder: the checkpoint's weights (not the
+    template's), the run's preprocessing, logits equal to the model called directly.  Runs
+    written before issue 17 have no ``"data"`` entry: the facts come from the dataset."""
+    import equinox as eqx
+
+    from jaxode.data.augment import channel_stats, to_model_input
+    from jaxode.train import load_run, save_checkpoint
+
+    cfg = get_config("smoke-digits").replace(channels=4, solver="euler", euler_steps=2,
+                                             normalize=True, train_limit=200)
+    train, test = classify.load_data(cfg)
+    trained = classify.build_model(cfg, 10, 1, jax.random.PRNGKey(7))  # load_run uses key 0
+    mean, std = (tuple(float(v) for v in s) for s in channel_stats(train.images))
+    config = {"classify": cfg.to_dict()}
+    if stored_facts:
+        config["data"] = {"num_classes": 10, "in_channels": 1, "mean": mean, "std": std}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_checkpoint(str(tmp_path / "checkpoints"), 1,
+                    {"ema": None, "model": trained, "opt_state": None}, {"epoch": 1})
+    run = load_run(str(tmp_path))
+    assert run.name == "carrara-odeonly" and run.epoch == 1
+    np.testing.assert_allclose(run.norm[0], mean, rtol=1e-6)
+    images = test.images[:5]
+    m, sd = (jax.numpy.asarray(v, jax.numpy.float32)[None, :, None, None] for v in (mean, std))
+    x = (to_model_input(images) - m) / sd
+    expected, _ = eqx.filter_jit(lambda m, x: m(x, inference=True))(trained, x)
+    np.testing.assert_allclose(run.predict(images), expected, rtol=1e-5, atol=1e-5)

@@ -155,12 +155,12 @@ def test_reconstruction_loss_is_mse_of_centre_crop():
 def fake_run(tmp_path_factory, tiny_odenet, make_image_folder):
     """A tiny image folder and a 'classify' run folder of an untrained width-4 ODE-Net
     (config.json + checkpoint, as `experiments.dcn classify` writes them)."""
-    from experiments import dcn  # noqa: F401
+    from experiments.configs import get_config
     from jaxode.train import save_checkpoint
 
     root = tmp_path_factory.mktemp("dcn_probe")
     make_image_folder(root / "data", {"cat": 3, "dog": 3, "ship": 2})
-    cfg = dict(dcn.SMOKE, widths=(4, 4, 4), tol=0.1, batch_size=4)
+    cfg = dict(get_config("smoke", "dcn"), widths=(4, 4, 4), tol=0.1, batch_size=4)
     conf = {"model": "odenet", "seed": 0, "max_half_width": 8, "support": "margin",
             "margin": 1, **cfg, "train": {"ema_decay": None}}
     run = root / "run"
@@ -173,10 +173,10 @@ def fake_run(tmp_path_factory, tiny_odenet, make_image_folder):
 
 
 def test_load_run_reads_the_checkpoint(fake_run):
-    from experiments import dcn
+    from experiments import dcn_figures
 
     root, model = fake_run
-    loaded, cfg = dcn.load_run(str(root / "run"), tol=0.05, max_steps=64)
+    loaded, cfg = dcn_figures.load_run(str(root / "run"), tol=0.05, max_steps=64)
     a = jax.tree_util.tree_leaves(eqx.filter(model.blocks[0].field, eqx.is_array))
     b = jax.tree_util.tree_leaves(eqx.filter(loaded.blocks[0].field, eqx.is_array))
     assert all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(a, b))

@@ -1,4 +1,5 @@
-"""Every command in the README and docs/ still parses (issue 18).
+"""Every command in the README and docs/ parses, and every documented program runs in its
+smoke form (issues 18 and 17).
 
 The commands are collected from the markdown itself (code spans and code blocks,
 ``\\`` continuations joined, ``# comments`` dropped), so a command added to a doc is
@@ -10,11 +11,12 @@ covered without editing this test.  Running all of them for real would take hour
   stop right after parsing: a flag the program no longer has, a bad choice or a bad
   number fails here, and nothing runs);
 - runs ``--help`` of every program named in the docs, for real, in this process;
-- runs ``python -m experiments.classify --list`` for real.
-
-The README's training command in its smoke form runs for real in
-`tests/test_classify.py` (two 1-batch runs of ``--config smoke-digits``), and the
-smoke forms of segment and dcn in their own test files.
+- runs ``--list`` of every experiment for real;
+- runs every documented *program* (module, and subcommand for ``experiments.dcn``) in its
+  smoke form: tiny configs and limits, for real, here (`SMOKE_HERE`) when that costs
+  seconds, or names the test that already runs it (`SMOKE_ELSEWHERE`, checked to exist),
+  or says why it cannot run on a CPU (`NEEDS_GPU`, skipped with that reason).  A program
+  newly documented without a smoke form fails `test_every_documented_program_has_a_smoke_form`.
 """
 
 import argparse
@@ -24,6 +26,7 @@ import os
 import re
 import shlex
 
+import jax
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,3 +119,137 @@ def test_classify_list_runs(capsys):
 
     assert main(["--list"]) == 0
     assert "smoke-digits" in capsys.readouterr().out
+
+
+LISTS = {"experiments.classify": "chen-mnist-odenet", "experiments.dcn": "smoke",
+         "experiments.segment": "camvid-small", "experiments.flow": "smoke",
+         "experiments.curve": "smoke", "experiments.node_ew_mnist": "smoke",
+         "experiments.transfer": "smoke"}
+
+
+@pytest.mark.parametrize("module", sorted(LISTS))
+def test_every_experiment_lists_its_configs(module, capsys):
+    """``--list`` works for every experiment: each names its configs and what they reproduce."""
+    try:
+        status = importlib.import_module(module).main(["--list"])
+    except SystemExit as e:
+        status = e.code
+    out = capsys.readouterr().out
+    assert status in (None, 0) and LISTS[module] in out and len(out.splitlines()) >= 2
+
+
+# ------------------------------------------ every documented program, in its smoke form
+
+
+def program(module: str, argv: list[str]) -> str:
+    """``experiments.dcn contrast`` for a dcn subcommand, else the module."""
+    if module == "experiments.dcn" and argv and not argv[0].startswith("-"):
+        return f"{module} {argv[0]}"
+    return module
+
+
+DOCUMENTED = sorted({program(m, a) for _, m, a in COMMANDS})
+
+# Run for real below, in an empty folder, with tiny sizes (seconds each).  Each entry is a
+# chain of commands (a later one may read what an earlier one wrote) and the files the
+# chain must leave behind.
+_CLASSIFY = ["--config", "smoke-digits", "--channels", "4", "--solver", "euler",
+             "--euler-steps", "2", "--epochs", "1", "--batch-size", "32", "--train-limit", "64",
+             "--test-limit", "16", "--eval-batch-size", "16", "--tol-sweep", "",
+             "--no-per-sample", "--no-progress", "--runs-dir", "runs"]
+SMOKE_HERE = {
+    "experiments.classify": ([("experiments.classify", _CLASSIFY)],
+                             ["runs/smoke-digits/summary.json"]),
+    "experiments.flow": ([("experiments.flow", [
+        "--config", "smoke", "--densities", "moons", "--models", "fixed", "--iters", "2",
+        "--hidden", "4", "--test-size", "20", "--grid", "4", "--out", "flow"])],
+        ["flow/summary.json"]),
+    "experiments.curve": ([("experiments.curve", [
+        "--config", "smoke", "--hidden", "4", "--euler-iters", "2", "--euler-steps", "4",
+        "--finetune-iters", "1", "--pure-iters", "1", "--pure-seconds", "5", "--out",
+        "curve"])], ["curve/summary.json"]),
+}
+
+# Programs whose smoke form another test runs for real: "file::test".
+SMOKE_ELSEWHERE = {
+    "benchmarks.tolerance":
+        "tests/test_bench_tolerance.py::test_sweep_reuses_one_compilation_and_writes_files",
+    "experiments.dcn classify": "tests/test_gpu_campaign.py::test_dry_run_end_to_end",
+    "experiments.dcn contrast": "tests/test_dcn_experiments.py::test_contrast_and_completion_cli",
+    "experiments.dcn completion": "tests/test_dcn_experiments.py::test_contrast_and_completion_cli",
+    "experiments.dcn small-data-table":
+        "tests/test_dcn_experiments.py::test_small_data_table_groups_seeds_and_skips_unfinished",
+    "experiments.segment": "tests/test_segment_resume.py::test_chunks_and_resume_equal_one_run",
+    "experiments.transfer":
+        "tests/test_transfer_cli.py::test_transfer_cli_writes_results_and_reuses_features",
+    "benchmarks.suite": "tests/test_bench_suite.py::test_suite_tiny_cnf",
+    "benchmarks.memory":
+        "tests/test_bench_memory.py::test_cli_writes_results_and_counts_euler_evaluations",
+    "benchmarks.scaling":
+        "tests/test_bench_scaling.py::test_two_host_devices_give_the_single_device_loss_and_gradients",
+    "benchmarks.profile_field":
+        "tests/test_profile_field.py::test_tiny_run_writes_results_and_counts_canonical_convolutions",
+    "benchmarks.stage_data":
+        "tests/test_gpu_campaign.py::test_stage_data_writes_loadable_zips_within_the_limit",
+    "benchmarks.kill_resume":
+        "tests/test_reliability_kill.py::test_three_kills_lose_nothing_and_reproduce_the_run",
+}
+
+# Programs no CPU test runs in full, and why (each test below is skipped with the reason).
+NOT_ON_CPU = {
+    "benchmarks.gpu_campaign": "the campaign itself needs the lent GPU; its --dry-run (the "
+                               "same code at tiny sizes) runs in tests/test_gpu_campaign.py",
+    "experiments.dcn small-data": "trains the DCN field (one XLA compile of its training step "
+                                  "takes ~30-60 s on 2 cores); the same training code runs "
+                                  "through `dcn classify` in tests/test_gpu_campaign.py",
+    "experiments.node_ew_mnist": "its smoke config trains four models for two epochs "
+                                 "(minutes on 2 cores); docs/results/reliability.md measured it",
+    "benchmarks.dcn_kernel_cost": "compiles a DCN training step per support mode (~1 min each "
+                                  "on 2 cores); its argument checks run in "
+                                  "tests/test_reliability_cli.py",
+    "benchmarks.gradient_accuracy": "needs a float64 reference solve per strategy (minutes); "
+                                    "docs/results/ode_core.md gives the measured run",
+    "experiments.dcn reconstruct": "compiles the encoder-decoder's training step (~40 s on 2 "
+                                   "cores); tests/test_dcn_experiments.py::test_reconstruct_cli "
+                                   "runs it with JAXODE_SLOW_TESTS=1",
+    "benchmarks.odeblock": "times every gradient mode of the Chen block, each its own XLA "
+                           "compile (~2 min on 2 cores even at tiny sizes); "
+                           "docs/results/benchmarks.md gives the measured run",
+    "benchmarks.fidelity": "compares every model with its reference port (minutes); "
+                           "docs/models.md gives the measured run",
+    "benchmarks.node_ew_smoke_probe": "a diagnosis run of issue 18 (minutes); "
+                                      "docs/results/reliability.md gives its output",
+}
+
+
+def test_every_documented_program_has_a_smoke_form():
+    covered = set(SMOKE_HERE) | set(SMOKE_ELSEWHERE) | set(NOT_ON_CPU)
+    missing = [p for p in DOCUMENTED if p not in covered]
+    assert not missing, f"documented programs without a smoke form here: {missing}"
+    for prog, where in SMOKE_ELSEWHERE.items():
+        path, name = where.split("::")
+        with open(os.path.join(ROOT, path)) as f:
+            assert f"def {name}(" in f.read(), f"{prog}: {where} does not exist"
+
+
+@pytest.mark.parametrize("prog", sorted(SMOKE_HERE))
+def test_documented_program_runs_in_smoke_form(prog, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    chain, outputs = SMOKE_HERE[prog]
+    for module, argv in chain:
+        try:  # JAX's default promotion, as a user runs it (optax's Adam needs it)
+            with jax.numpy_dtype_promotion("standard"):
+                status = importlib.import_module(module).main(list(argv))
+        except SystemExit as e:
+            status = e.code
+        assert status in (None, 0) or isinstance(status, (dict, list)), (
+            f"`python -m {module} {' '.join(argv)}` ended with {status}: "
+            f"{capsys.readouterr().err[-500:]}")
+    for out in outputs:
+        assert (tmp_path / out).exists(), f"{prog} did not write {out}"
+
+
+@pytest.mark.parametrize("prog", sorted(NOT_ON_CPU))
+def test_documented_program_not_run_on_cpu(prog):
+    pytest.skip(f"{prog}: {NOT_ON_CPU[prog]}")

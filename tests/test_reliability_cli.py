@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from experiments import _cli
+from jaxode import cli as _cli
 from jaxode.fields.conv_odefunc import ConvODEFunc
 from jaxode.fields.dcn import DCNField
 from jaxode.fields.multires import MultiResField
@@ -74,7 +74,8 @@ def _files(root) -> dict[str, bytes]:
 def _refused(module: str, argv: list[str], capsys) -> str:
     """Run ``experiments.<module>.main(argv)``: it must stop with exit status 2 without
     compiling anything.  Returns the last line of stderr (argparse's error line)."""
-    main = importlib.import_module(f"experiments.{module}").main  # before counting
+    name = module if "." in module else f"experiments.{module}"
+    main = importlib.import_module(name).main  # before counting
     before = len(_COMPILES)
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -114,10 +115,10 @@ BAD_ARGS = [
     ("dcn", ["small-data", "--seeds", "0,-1"], ["--seeds", "'-1'"]),
     ("dcn", ["small-data", "--per-class", "0"], ["--per-class", "got 0"]),
     ("dcn", ["small-data", "--epoch-factor", "-1"], ["--epoch-factor", "-1"]),
-    ("dcn", ["kernel-cost", "--repeats", "0"], ["--repeats", "got 0"]),
-    ("dcn", ["kernel-cost", "--batch", "-2"], ["--batch", "-2"]),
-    ("dcn", ["kernel-cost", "--tol", "inf"], ["--tol", "inf"]),
-    ("dcn", ["kernel-cost", "--modes", "exact,fft"], ["--modes", "'fft'", "separable"]),
+    ("benchmarks.dcn_kernel_cost", ["--repeats", "0"], ["--repeats", "got 0"]),
+    ("benchmarks.dcn_kernel_cost", ["--batch", "-2"], ["--batch", "-2"]),
+    ("benchmarks.dcn_kernel_cost", ["--tol", "inf"], ["--tol", "inf"]),
+    ("benchmarks.dcn_kernel_cost", ["--modes", "exact,fft"], ["--modes", "'fft'", "separable"]),
     ("dcn", ["benchmark"], ["'benchmark'"]),
     # segment
     ("segment", ["--epochs", "0"], ["--epochs", "got 0"]),
@@ -140,8 +141,8 @@ BAD_ARGS = [
     ("segment", ["--num-steps", "4"], ["--num-steps", "'dopri5'"]),
     ("segment", ["--solver", "euler", "--num-steps", "0"], ["--num-steps", "got 0"]),
     ("segment", ["--config", "camvid"], ["--config", "'camvid'"]),
-    ("segment", ["--config", "camvid-small", "--data-path", "nope.zip"],
-     ["--data-path", "'nope.zip'", "does not exist"]),
+    ("segment", ["--config", "camvid-small", "--data-root", "nope.zip"],
+     ["--data-root", "'nope.zip'", "does not exist"]),
     # node_ew_mnist
     ("node_ew_mnist", ["--schedule", "euler:x"], ["--schedule", "'euler:x'"]),
     ("node_ew_mnist", ["--schedule", "euler:0,adjoint:2"], ["--schedule", "'euler:0'"]),
@@ -193,9 +194,18 @@ def test_cli_refuses_bad_arguments(module, argv, fragments, capsys, tmp_path):
     assert _files(tmp_path) == {} and os.listdir(tmp_path) == [], "wrote files"
 
 
+def test_segment_old_data_path_flag_still_works_and_warns(capsys):
+    """``--data-path`` is the old name of segment's ``--data-root``: same value, a
+    FutureWarning naming the new flag."""
+    with pytest.warns(FutureWarning, match="--data-root"):
+        line = _refused("segment", ["--config", "camvid-small", "--data-path", "nope.zip"],
+                        capsys)
+    assert "--data-root" in line and "'nope.zip'" in line and "does not exist" in line
+
+
 def test_every_cli_checks_its_arguments(capsys):
     """Each CLI refuses at least one bad number and one bad name in the table above."""
-    assert {m for m, _, _ in BAD_ARGS} == set(CLIS)
+    assert {m for m, _, _ in BAD_ARGS if "." not in m} == set(CLIS)
     for m in CLIS:
         assert sum(1 for mm, a, _ in BAD_ARGS if mm == m) >= 5
 
@@ -235,7 +245,7 @@ def test_rerun_into_an_earlier_run_loses_nothing(module, argv, folder, flag, cap
 
 def test_kernel_cost_keeps_an_earlier_result_file(capsys, tmp_path):
     (tmp_path / "cost.json").write_text('{"rows": []}')
-    line = _refused("dcn", ["kernel-cost", "--out", "cost.json"], capsys)
+    line = _refused("benchmarks.dcn_kernel_cost", ["--out", "cost.json"], capsys)
     assert "--out" in line and "'cost.json' already exists" in line
     assert (tmp_path / "cost.json").read_text() == '{"rows": []}'
 
@@ -471,7 +481,7 @@ WIDTH_ARGS = [
                                                     "multiple of 32", "e.g. 32 or 64"]),
     ("dcn", ["classify", "--widths", "8,16,48"], ["--widths", "width 48", "48 channels"]),
     ("dcn", ["small-data", "--widths", "33,64,128"], ["--widths", "width 33"]),
-    ("dcn", ["kernel-cost", "--widths", "16,32,100"], ["--widths", "width 100",
+    ("benchmarks.dcn_kernel_cost", ["--widths", "16,32,100"], ["--widths", "width 100",
                                                       "e.g. 96 or 128"]),
     ("classify", ["--channels", "40"], ["--channels", "width 40", "cannot be split into 32",
                                         "e.g. 32 or 64"]),

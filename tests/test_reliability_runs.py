@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import _cli
+from jaxode import cli as _cli
 from jaxode.models import Head, PreActBlock, ResNetClassifier, Sequence
 from jaxode.train import ClassificationTask, RunDir, TrainConfig, dataset_batches, fit
 from jaxode.train.checkpoint import load_newest_intact, save_checkpoint
@@ -277,7 +277,7 @@ def test_unwritable_cache_warns_and_runs_without_it(tmp_path):
 def test_transfer_falls_back_from_a_damaged_newest_checkpoint(tmp_path, capsys):
     """Before: a damaged newest ``.eqx`` stopped `transfer --checkpoint` although an
     older checkpoint was intact."""
-    from experiments.transfer import load_run
+    from jaxode.train import load_run
     from jaxode.models import make_model
 
     kwargs = {"num_classes": 10, "channels": 4, "dropout": 0.0}
@@ -290,7 +290,7 @@ def test_transfer_falls_back_from_a_damaged_newest_checkpoint(tmp_path, capsys):
         save_checkpoint(str(run / "checkpoints"), epoch, {"model": m, "opt_state": None,
                                                           "ema": None}, {"epoch": epoch})
     (run / "checkpoints" / "ckpt-0002.eqx").write_bytes(b"damaged")
-    model, name, _ = load_run(str(run))
+    model = load_run(str(run)).model
     assert "using checkpoint 1" in capsys.readouterr().out
     same = jax.tree_util.tree_map(lambda a, b: bool(np.array_equal(a, b)),
                                   eqx.filter(model, eqx.is_array),

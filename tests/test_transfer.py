@@ -165,7 +165,7 @@ def test_load_run_reads_model_and_ema_from_a_checkpoint(tmp_path, with_ema):
 
     import equinox as eqx
 
-    from experiments.transfer import load_run
+    from jaxode.train import load_run
     from jaxode.models.classifiers import make_model
     from jaxode.ode import trainable
     from jaxode.train import save_checkpoint
@@ -179,7 +179,8 @@ def test_load_run_reads_model_and_ema_from_a_checkpoint(tmp_path, with_ema):
     save_checkpoint(str(tmp_path / "checkpoints"), 3,
                     {"model": trained, "opt_state": momentum, "ema": ema},
                     {"config": {"ema_decay": 0.999 if with_ema else None}})
-    model, name, norm = load_run(str(tmp_path))
+    run = load_run(str(tmp_path))
+    model, name, norm = run.model, run.name, run.norm
     assert norm is None
     assert name == "chen-odenet"
     got = jax.tree_util.tree_leaves(eqx.filter(model, trainable(model)))

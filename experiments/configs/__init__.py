@@ -1,48 +1,115 @@
-"""Named experiment configurations, looked up by name (``--config NAME``).
+"""Named experiment configurations: one module per paper, looked up by ``--config NAME``.
 
-A config is a function registered with `register` that returns a config object
-(`experiments.configs.classify.ClassifyConfig` for the classification pipeline).
-Names: ``carrara-cifar10-{resnet,resode,odeonly}``, ``chen-mnist-{odenet,resnet}``
-and the small ``smoke-*`` variants; `names()` lists them.
+The convention (issue 17): ``experiments/configs/<paper>.py`` -- `carrara`, `chen`,
+`dcn`, `node_ew`, `segnode`, `flows` -- registers each named config with
+``@register(name, experiment)``.  The function's docstring says which table or figure
+of the paper the config reproduces (first line) and the command that runs it; every
+paper setting has a quick ``smoke`` variant for a CPU check.  ``--list`` of every
+experiment prints its names and first lines.
+
+What a config *is* depends on the experiment that reads it:
+
+- ``classify``: a `experiments.configs.classify.ClassifyConfig` (the flat record that
+  a run's ``config.json["classify"]`` holds, so earlier runs stay resumable);
+- ``dcn`` / ``segment``: a dict of settings the experiment merges with its flags;
+- ``flow`` / ``curve`` / ``node_ew_mnist``: a dict of *flag defaults*
+  (argparse destinations), applied by `parse` before the command line, so any flag
+  given explicitly still wins.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
 from typing import Any, Callable
 
-_REGISTRY: dict[str, Callable[[], Any]] = {}
+PAPERS = ("carrara", "chen", "dcn", "node_ew", "segnode", "flows")
+
+_REGISTRY: dict[str, dict[str, Callable[[], Any]]] = {}
 
 
-def register(name: str):
-    """Decorator: make a zero-argument config function available as `name`."""
+def register(name: str, experiment: str = "classify"):
+    """Decorator: make a zero-argument config function available as `name` to
+    `experiment` (``python -m experiments.<experiment> --config NAME``)."""
 
     def deco(fn):
-        if name in _REGISTRY:
-            raise ValueError(f"config {name!r} is registered twice.")
-        _REGISTRY[name] = fn
+        table = _REGISTRY.setdefault(experiment, {})
+        if name in table:
+            raise ValueError(f"config {name!r} of {experiment} is registered twice.")
+        table[name] = fn
         return fn
 
     return deco
 
 
-def _load_all():
-    from experiments.configs import classify  # noqa: F401  (registers its configs)
+def _load_all() -> None:
+    for paper in PAPERS:  # importing a module registers its configs
+        importlib.import_module(f"experiments.configs.{paper}")
 
 
-def names() -> list[str]:
+def names(experiment: str = "classify") -> list[str]:
+    """The config names of `experiment`, sorted."""
     _load_all()
-    return sorted(_REGISTRY)
+    return sorted(_REGISTRY.get(experiment, {}))
 
 
-def get_config(name: str):
-    """The config registered as `name` (a fresh object)."""
+def get_config(name: str, experiment: str = "classify"):
+    """The config registered as `name` for `experiment` (a fresh object)."""
     _load_all()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown config {name!r}; choose one of {', '.join(sorted(_REGISTRY))}.")
-    return _REGISTRY[name]()
+    table = _REGISTRY.get(experiment, {})
+    if name not in table:
+        raise ValueError(f"unknown config {name!r} of {experiment}; choose one of "
+                         f"{', '.join(sorted(table))} (see --list).")
+    return table[name]()
 
 
-def describe(name: str) -> str:
+def describe(name: str, experiment: str = "classify") -> str:
+    """First docstring line of a config: the paper table it reproduces."""
     _load_all()
-    doc = (_REGISTRY[name].__doc__ or "").strip().splitlines()
+    doc = (_REGISTRY[experiment][name].__doc__ or "").strip().splitlines()
     return doc[0] if doc else ""
+
+
+def command(name: str, experiment: str = "classify") -> str:
+    """The command line that runs config `name`, as its docstring states it."""
+    _load_all()
+    doc = _REGISTRY[experiment][name].__doc__ or ""
+    return next((ln.strip() for ln in doc.splitlines() if "python -m experiments." in ln), "")
+
+
+def print_list(experiment: str, out=None) -> None:
+    """``--list``: one line per config, its name and what it reproduces."""
+    out = out or sys.stdout
+    for n in names(experiment):
+        print(f"{n:28s} {describe(n, experiment)}", file=out)
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def parse(parser, experiment: str, argv=None, default: str | None = None):
+    """Parse `argv` with `parser` after adding ``--config`` and ``--list``: the named
+    config (default `default`) becomes the flags' defaults (`parser.set_defaults`),
+    so explicit flags override it.  ``--list`` prints the configs and exits 0.
+
+    The config name is read from `argv` directly, not by a second parse, so the
+    parser runs exactly once (the docs' command test stops it right there)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    choices = names(experiment)
+    parser.add_argument("--config", default=default, choices=choices,
+                        help=f"named configuration (default: {default}; see --list)")
+    parser.add_argument("--list", action="store_true",
+                        help="list the named configurations and exit")
+    if "--list" in argv:
+        print_list(experiment)
+        raise SystemExit(0)
+    name = _flag_value(argv, "--config") or default
+    if name in choices:  # an unknown name is refused by the parse below
+        parser.set_defaults(**get_config(name, experiment))
+    return parser.parse_args(argv)

@@ -1,15 +1,15 @@
-"""Named configurations of `experiments.classify`: the papers' settings and smoke runs.
+"""The config record of `experiments.classify` (the named configs are in
+`experiments.configs.carrara` and `experiments.configs.chen`).
 
-Each config names the paper, the table it reproduces and the command that runs it.
-Command-line flags override single fields (``--epochs 2`` etc.).
+Command-line flags override single fields (``--epochs 2`` etc.).  The record is flat
+because a run's ``config.json["classify"]`` stores it field by field and ``--resume``
+compares those fields with the command line (older runs stay resumable).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
-
-from experiments.configs import register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,95 +83,3 @@ class ClassifyConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-# --------------------------------------------------------------------- the papers
-
-
-def _carrara(model: str, **kw) -> ClassifyConfig:
-    # Carrara et al., Sec. 4.1: SGD 0.1, momentum 0.9, wd 1e-4, batch 128, plateau
-    # x0.1, dropout 0.5, crop + colour jitter + flip, 200 epochs on CIFAR-10.
-    base = dict(
-        model=model, dataset="cifar10", channels=256, dropout=0.5, epochs=200,
-        batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4, lr_schedule="plateau",
-        plateau_metric="train_loss", plateau_patience=10, crop_padding=4, flip=True,
-        color_jitter=(0.4, 0.4, 0.4), normalize=True, tol=1e-3,
-        tol_sweep=(1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4),
-    )
-    base.update(kw)
-    return ClassifyConfig(**base)
-
-
-@register("carrara-cifar10-resnet")
-def carrara_cifar10_resnet():
-    """Carrara et al. Table 1, Residual Net (7.92M params, paper test error 7.28%).
-    python -m experiments.classify --config carrara-cifar10-resnet --data-root DATA"""
-    return _carrara("carrara-resnet", name="carrara-cifar10-resnet",
-                    description="Carrara et al. Table 1: Residual Net on CIFAR-10")
-
-
-@register("carrara-cifar10-resode")
-def carrara_cifar10_resode():
-    """Carrara et al. Table 1, Res-ODE Net (2.02M params, paper 7.80%, 3.8 +- 0.4 steps)."""
-    return _carrara("carrara-resode", name="carrara-cifar10-resode",
-                    description="Carrara et al. Table 1: Res-ODE Net on CIFAR-10")
-
-
-@register("carrara-cifar10-odeonly")
-def carrara_cifar10_odeonly():
-    """Carrara et al. Table 1, ODE-only Net (1.20M params, paper 9.17%, 7.8 +- 1.5 steps)."""
-    return _carrara("carrara-odeonly", name="carrara-cifar10-odeonly",
-                    description="Carrara et al. Table 1: ODE-only Net on CIFAR-10")
-
-
-def _chen(model: str, **kw) -> ClassifyConfig:
-    # Chen et al. Sec. 7.1 via torchdiffeq's odenet_mnist example: SGD 0.1 (batch 128),
-    # momentum 0.9, 160 epochs, x0.1 at 60/100/140, crop 28 with padding 4, no
-    # normalisation, dopri5 rtol = atol = 1e-3, adjoint.
-    base = dict(
-        model=model, dataset="mnist", channels=64, dropout=0.0, epochs=160, batch_size=128,
-        lr=0.1, momentum=0.9, weight_decay=0.0, lr_schedule="step",
-        milestones=(60, 100, 140), crop_padding=4, tol=1e-3,
-    )
-    base.update(kw)
-    return ClassifyConfig(**base)
-
-
-@register("chen-mnist-odenet")
-def chen_mnist_odenet():
-    """Chen et al. Table 1, ODE-Net ('conv' down-sampling: 208,266 params; paper 0.42%)."""
-    return _chen("chen-odenet", name="chen-mnist-odenet",
-                 description="Chen et al. Table 1: MNIST ODE-Net")
-
-
-@register("chen-mnist-resnet")
-def chen_mnist_resnet():
-    """Chen et al. Table 1, ResNet ('conv' down-sampling: 576,778 params; paper 0.41%)."""
-    return _chen("chen-resnet", name="chen-mnist-resnet",
-                 description="Chen et al. Table 1: MNIST six-block ResNet")
-
-
-# ------------------------------------------------------------------------ smoke runs
-
-
-@register("smoke-digits")
-def smoke_digits():
-    """README command: ODE-only net on 8x8 digits, 32 channels, 10 epochs (~96% test acc).
-
-    3x3 stride-2 stem -> 4x4 feature maps, dopri5 + backsolve adjoint, rtol = atol =
-    1e-3; about two minutes on an idle 2-core CPU."""
-    return ClassifyConfig(
-        name="smoke-digits", description="ODE-only net on sklearn digits (smoke run)",
-        model="carrara-odeonly", dataset="digits", channels=32, dropout=0.0,
-        model_kwargs=(("stem_kernel", 3), ("stem_stride", 2), ("stem_padding", 1)),
-        epochs=10, batch_size=32, eval_batch_size=120, lr=0.1, weight_decay=1e-4,
-        lr_schedule="cosine", tol=1e-3, tol_sweep=(1e-1, 1e-2, 1e-3, 1e-4),
-    )
-
-
-@register("smoke-mnist-odenet")
-def smoke_mnist_odenet():
-    """Chen's ODE-Net on a 6,000-image MNIST subset for one epoch (CPU check)."""
-    return chen_mnist_odenet().replace(
-        name="smoke-mnist-odenet", epochs=1, train_limit=6000, test_limit=1000,
-        lr_schedule="constant", tol_sweep=(1e-2, 1e-3), description="MNIST ODE-Net, short")

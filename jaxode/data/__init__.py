@@ -7,6 +7,6 @@ Entry points: `load_dataset(spec, split, root=..., cache_dir=...)` -> `Dataset`
 """
 
 from jaxode.data.dataset import Dataset, iterate_batches
-from jaxode.data.load import SPECS, load_dataset
+from jaxode.data.load import SPECS, load_classification, load_dataset
 
-__all__ = ["Dataset", "iterate_batches", "load_dataset", "SPECS"]
+__all__ = ["Dataset", "iterate_batches", "load_dataset", "load_classification", "SPECS"]

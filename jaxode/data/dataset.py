@@ -87,6 +87,26 @@ class Dataset:
             name=name or self.name,
         )
 
+    def sample(self, n: int | None, seed: int = 0) -> "Dataset":
+        """`n` examples drawn without replacement (kept in their order); all of them
+        when `n` is None or at least the size of the set."""
+        if n is None or n >= len(self):
+            return self
+        idx = np.random.default_rng(seed).permutation(len(self))[:n]
+        return self.subset(np.sort(idx))
+
+    def per_class(self, per_class: int, seed: int) -> "Dataset":
+        """`per_class` examples drawn *with* replacement from each class (the small-data
+        regime of Tomen et al., Table 2, as their reference code draws it)."""
+        empty = [c for c in range(self.num_classes) if not np.any(self.labels == c)]
+        if empty:
+            raise ValueError(f"{self.name!r} has no images of class(es) {empty}, so it cannot "
+                             f"give {per_class} per class; use the full training set.")
+        rng = np.random.default_rng(seed)
+        idx = np.concatenate([rng.choice(np.flatnonzero(self.labels == c), per_class,
+                                         replace=True) for c in range(self.num_classes)])
+        return self.subset(np.sort(idx), name=f"{self.name}[{per_class}/class,seed {seed}]")
+
     def __repr__(self) -> str:
         return (
             f"Dataset(name={self.name!r}, n={len(self)}, image_shape={self.image_shape}, "

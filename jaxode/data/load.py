@@ -24,7 +24,7 @@ import os
 from jaxode.data.cache import cached
 from jaxode.data.dataset import Dataset
 
-__all__ = ["load_dataset", "data_root", "resolve_path", "SPECS"]
+__all__ = ["load_dataset", "load_classification", "data_root", "resolve_path", "SPECS"]
 
 SPECS = ("digits", "mnist", "cifar10", "tiny-imagenet", "folder:PATH", "tfds:NAME")
 
@@ -138,6 +138,29 @@ def load_dataset(
     raise ValueError(
         f"Unknown dataset spec {spec!r}; use one of {', '.join(SPECS)}."
     )
+
+
+def load_classification(spec: str, *, root: str | None = None, train_limit: int | None = None,
+                        test_limit: int | None = None, cache_dir: str | None = None):
+    """``(train, test)`` `Dataset`s of `spec` for a classifier, each optionally cut to
+    its first `train_limit` / `test_limit` examples.  A ValueError refuses an empty set
+    or a training set of fewer than two classes, naming the flags to check."""
+    import numpy as np
+
+    train = load_dataset(spec, "train", root=root, cache_dir=cache_dir)
+    test = load_dataset(spec, "test", root=root, cache_dir=cache_dir)
+    if train_limit is not None:
+        train = train.subset(slice(0, train_limit))
+    if test_limit is not None:
+        test = test.subset(slice(0, test_limit))
+    for ds in (train, test):
+        if len(ds) == 0 or (ds is train and len(np.unique(ds.labels)) < 2):
+            raise ValueError(
+                f"dataset {ds.name!r} has {len(ds)} examples of "
+                f"{len(np.unique(ds.labels))} class(es); a classifier needs at least two "
+                "classes in training and a non-empty test set (check --dataset, "
+                "--train-limit, --test-limit).")
+    return train, test
 
 
 def _folder(path: str, split: str, cache_dir: str | None, name: str | None) -> Dataset:

@@ -14,6 +14,7 @@ from jaxode.models.classifiers import (
     PreActBlock,
     ResNetClassifier,
     Sequence,
+    build_classifier,
     carrara_odeonly,
     carrara_resnet,
     carrara_resode,
@@ -26,6 +27,7 @@ from jaxode.models.classifiers import (
 __all__ = [
     "MODELS",
     "make_model",
+    "build_classifier",
     "Head",
     "PreActBlock",
     "Sequence",

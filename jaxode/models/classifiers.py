@@ -30,7 +30,7 @@ models, the outputs of the residual blocks for residual networks.
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import equinox as eqx
 import jax
@@ -382,3 +382,29 @@ def make_model(name: str, **kwargs) -> eqx.Module:
         if v is not None and (isinstance(v, bool) or not hasattr(v, "__index__") or v < low):
             raise ValueError(f"make_model({name!r}): {arg} must be an int >= {low}, got {v!r}.")
     return MODELS[name](**kwargs)
+
+
+ADAPTIVE = ("dopri5", "tsit5", "bosh3")
+
+
+def build_classifier(settings: Mapping[str, Any], num_classes: int, in_channels: int, key):
+    """The classifier a run's settings describe (the fields of
+    `experiments.configs.classify.ClassifyConfig`, as saved in a run's
+    ``config.json["classify"]``): `model`, `channels`, `dropout`, `model_kwargs` and,
+    for ODE models, the SolveConfig from `solver`, `tol` (rtol = atol), `adjoint`,
+    `max_steps` and `euler_steps` (the steps of a fixed-step solver)."""
+    name = settings["model"]
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}.")
+    kwargs = dict(settings.get("model_kwargs") or ())
+    kwargs.update(num_classes=num_classes, in_channels=in_channels,
+                  dropout=settings.get("dropout", 0.0), key=key)
+    if settings.get("channels") is not None:
+        kwargs["channels"] = settings["channels"]
+    if "resnet" not in name:
+        solver, tol = settings.get("solver", "dopri5"), settings.get("tol", 1e-3)
+        fixed = {} if solver in ADAPTIVE else {"num_steps": settings.get("euler_steps", 10)}
+        kwargs["solve"] = SolveConfig(solver=solver, rtol=tol, atol=tol,
+                                      adjoint=settings.get("adjoint", "backsolve"),
+                                      max_steps=settings.get("max_steps", 4096), **fixed)
+    return make_model(name, **kwargs)

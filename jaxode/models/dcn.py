@@ -68,6 +68,8 @@ __all__ = [
     "build_model",
     "build_autoencoder",
     "count_params",
+    "with_support",
+    "learned_scales",
 ]
 
 celu = jax.nn.celu
@@ -390,3 +392,38 @@ def centre_crop(x, size: int = 28):
     h, w = x.shape[-2:]
     top, left = (h - size) // 2, (w - size) // 2
     return x[..., top:top + size, left:left + size]
+
+
+def with_support(model, support: str = "separable", max_half_width: int = 8, margin: int = 1):
+    """`model` with every SRF layer's kernel support set (docs/dcn_kernel_size.md):
+    ``separable`` (1-D passes; the grid only bounds the truncation), ``margin``
+    (per-layer masked grid r(sigma_init) + `margin`), or ``exact`` / ``max`` /
+    ``switch`` of `jaxode.nn.srf.refresh_support` with `max_half_width`."""
+    if support == "margin":
+        return refresh_support(model, "exact", margin=margin)
+    if support == "separable":
+        return refresh_support(model, "separable")
+    return refresh_support(model, support, max_half_width=max_half_width)
+
+
+def learned_scales(model) -> dict:
+    """sigma of every SRF layer, by its PyTree path (Fig. 3a / 3b): a float for a
+    shared-scale layer, a list for sigma^ji, {"t", "sigma"} at t = 0, 1, 2 for a meta
+    layer."""
+    import numpy as np
+
+    from jaxode.nn.srf import MetaSRFConv2d, SRFConv2d, SRFConv2dPerFilter
+
+    kinds = (SRFConv2d, SRFConv2dPerFilter, MetaSRFConv2d)
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(
+            model, is_leaf=lambda x: isinstance(x, kinds))[0]:
+        name = jax.tree_util.keystr(path)
+        if isinstance(leaf, SRFConv2d):
+            out[name] = float(leaf.sigma)
+        elif isinstance(leaf, SRFConv2dPerFilter):
+            out[name] = np.asarray(leaf.sigma).ravel().tolist()
+        elif isinstance(leaf, MetaSRFConv2d):
+            out[name] = {"t": [0.0, 1.0, 2.0],
+                         "sigma": [float(leaf.sigma_at(t)) for t in (0.0, 1.0, 2.0)]}
+    return out

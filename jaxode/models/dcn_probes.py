@@ -39,6 +39,7 @@ import dataclasses
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxode.data import augment as aug
 from jaxode.models.dcn import centre_crop
@@ -55,6 +56,10 @@ __all__ = [
     "feature_difference",
     "block1_trajectory",
     "ReconstructionTask",
+    "probe_batches",
+    "probe_step",
+    "probe_pass",
+    "PROBE_TRACES",
 ]
 
 #: naive: only the input changes; block1: T_1 -> c T_1; all: T_i -> c T_i in every ODE
@@ -198,3 +203,48 @@ class ReconstructionTask:
     def eval_metrics(self, model, batch, key):
         err, nfe = self._mse(model, batch, key)
         return {"loss": err, "nfe": nfe}
+
+
+# ------------------------------------------------------------- a whole test set
+
+
+def probe_batches(test, batch_size: int):
+    """Fixed-size float batches (N, 3, H, W) of a `Dataset`, the last one padded by
+    repeating images (one compiled program for every batch); yields
+    ``(x, labels, n_real)``."""
+    n = len(test)
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, start + batch_size) % n
+        yield aug.to_model_input(test.images[idx]), test.labels[idx], min(batch_size, n - start)
+
+
+PROBE_TRACES: list = []  # one entry per trace (= compilation) of `probe_step`
+
+
+@eqx.filter_jit
+def probe_step(model, x, y, c, time_scale, input_scale, mask_size):
+    """Correct predictions, forward NFE per ODE block (batch mean) and step-limit flags
+    for the input ``c * centre_mask(x, mask_size)`` with block-wise time and input
+    factors (`scaled_forward`).  c, the factors, the mask size and the blocks' t1 are
+    traced: one compiled program per model shape serves every contrast, mode and mask."""
+    PROBE_TRACES.append(1)
+    logits, stats = scaled_forward(model, centre_mask(x, mask_size), c, time_scale, input_scale)
+    correct = jnp.argmax(logits, -1) == y
+    nfe = jnp.stack([jnp.asarray(s.nfe, jnp.float32).mean() for s in stats] or [0.0])
+    hit = jnp.stack([jnp.asarray(s.max_steps_reached).any() for s in stats] or [False])
+    return correct, nfe, hit
+
+
+def probe_pass(model, test, batch_size: int, c, time_scale, input_scale, mask_size=0):
+    """``(accuracy, mean forward NFE per ODE block, batches that hit the step limit)``
+    of `model` over the whole `test` set under contrast `c` and a centre mask."""
+    correct, count, nfes, hits = 0, 0, [], []
+    for x, y, n in probe_batches(test, batch_size):
+        ok, nfe, hit = jax.device_get(probe_step(
+            model, x, jnp.asarray(y), jnp.float32(c), time_scale, input_scale,
+            jnp.int32(mask_size)))
+        correct += int(np.sum(ok[:n]))
+        count += n
+        nfes.append(nfe)
+        hits.append(hit)
+    return correct / count, np.mean(nfes, axis=0), int(np.sum(np.any(hits, axis=1)))

@@ -116,6 +116,7 @@ from jaxode.train.more_tasks import DensityTask, RegressionTask, SegmentationTas
 from jaxode.train.optim import freeze_all_but, scale_groups, scale_theta1, sgd_momentum
 from jaxode.train.parallel import data_mesh, replicate, shard_batch
 from jaxode.train.rundir import RunDir
+from jaxode.train.runs import Run, load_run
 from jaxode.train.schedules import PlateauState, learning_rate
 from jaxode.train.tasks import ClassificationTask, dataset_batches
 from jaxode.train.utils import (count_params, is_ode_block, ode_blocks, solver_metrics,
@@ -141,6 +142,8 @@ __all__ = [
     "solver_metrics",
     "NonFiniteLossError",
     "RunDir",
+    "Run",
+    "load_run",
     "ClassificationTask",
     "dataset_batches",
     "data_mesh",

@@ -1,4 +1,8 @@
-"""Argument checks shared by the experiment command lines (issue 9, bad input).
+"""The shared command-line layer of the experiments and benchmarks (issue 9, bad input).
+
+`ArgumentParser` (errors that say what to do), the argument checks below, `renamed`
+(an old flag name kept as a deprecated alias) and `stop` / `data_errors_exit` (bad
+data or run folders end the program with one line, exit status 2).
 
 The checks run right after ``argparse`` has parsed the command line, before any data
 is read and before any JAX program is compiled.  A failed check goes through
@@ -29,11 +33,12 @@ import contextlib
 import math
 import os
 import sys
+import warnings
 from typing import Callable, Iterable, Mapping, NoReturn
 
 __all__ = ["ArgumentParser", "check_args", "check_numbers", "check_list", "check_existing",
            "check_new_run_dir", "check_new_file", "check_widths", "data_errors_exit",
-           "dataset_spec", "flag_name", "new_numbered_run_dir", "split_list", "stop"]
+           "dataset_spec", "flag_name", "new_numbered_run_dir", "renamed", "split_list", "stop"]
 
 
 _ADVICE = (("invalid int value", "pass a whole number"),
@@ -54,6 +59,24 @@ class ArgumentParser(argparse.ArgumentParser):
                 message = f"{message}; {advice}."
                 break
         super().error(message)
+
+
+def renamed(old: str, new: str) -> type[argparse.Action]:
+    """An argparse action that stores the value like ``store`` and, when the flag was
+    given by its `old` name, warns (`FutureWarning`) that `new` replaces it::
+
+        p.add_argument("--data-root", "--data-path", dest="data_path",
+                       action=renamed("--data-path", "--data-root"))
+    """
+
+    class Renamed(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            if option_string == old:
+                warnings.warn(f"{old} is deprecated and will be removed; use {new} (same "
+                              "meaning).", FutureWarning, stacklevel=2)
+            setattr(namespace, self.dest, values)
+
+    return Renamed
 
 
 def flag_name(dest: str) -> str:
@@ -285,3 +308,149 @@ def check_args(parser, args, *, positive: Iterable[str] = (), non_negative: Iter
         check_existing(parser, dest, getattr(args, dest))
     for dest in new_run_dirs:
         check_new_run_dir(parser, flag_name(dest), getattr(args, dest))
+
+
+# ------------------------------------------------------------ flag texts and run folders
+
+
+def parse_milestones(text: str) -> tuple[int, ...]:
+    """``"60,100,140"`` -> ``(60, 100, 140)``: positive epochs, in increasing order."""
+    try:
+        out = tuple(int(m) for m in split_list(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a comma-separated list of epochs; write e.g. "
+                         "60,100,140.") from None
+    if any(m < 1 for m in out) or list(out) != sorted(set(out)):
+        raise ValueError(f"{text!r}: the milestones must be positive epochs in increasing "
+                         "order, e.g. 60,100,140.")
+    return out
+
+
+# The solves run in float32 (machine epsilon 1.2e-7): a tighter tolerance cannot be
+# met, and the solver spends all its max_steps trying (e.g. --tol-sweep 1e-12).
+MIN_TOL = 1e-6
+
+
+def parse_tolerances(text: str) -> tuple[float, ...]:
+    """``"1e-1,1e-2"`` -> ``(0.1, 0.01)``; ``""`` -> no sweep.  Each must be finite and
+    at least `MIN_TOL`."""
+    try:
+        out = tuple(float(t) for t in split_list(text))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a comma-separated list of tolerances; write "
+                         "e.g. 1e-1,1e-2,1e-3 (or '' for no sweep).") from None
+    if not all(MIN_TOL <= t < float("inf") for t in out):
+        raise ValueError(f"{text!r}: every tolerance must be a finite number >= {MIN_TOL:g} "
+                         "(float32 solves cannot meet a tighter one), e.g. 1e-1,1e-2,1e-3.")
+    return out
+
+
+def parse_regularizers(text: str) -> tuple[tuple[str, float], ...]:
+    """``"kinetic=0.01,jacobian=0.01"`` -> ``(("kinetic", 0.01), ("jacobian", 0.01))``
+    ('' = none); a ValueError names the bad item (`jaxode.train.regularize`)."""
+    from jaxode.train.regularize import check_weights
+
+    out = []
+    for item in split_list(text):
+        name, eq, weight = item.partition("=")
+        try:
+            out.append((name.strip(), float(weight)))
+        except ValueError:
+            raise ValueError(f"expected NAME=WEIGHT, e.g. kinetic=0.01, got {item!r}") from None
+        if not eq:
+            raise ValueError(f"expected NAME=WEIGHT, e.g. kinetic=0.01, got {item!r}")
+    check_weights(dict(out))
+    return tuple(out)
+
+
+def settings_differences(saved: Mapping, now: Mapping, *, free: Iterable[str] = (),
+                         may_grow: Iterable[str] = ()) -> list[str]:
+    """``key: saved -> now`` for every setting that differs between a run's saved
+    settings and the command line's, except the `free` keys (they may change on a
+    resume) and the `may_grow` keys when they only grew (e.g. more epochs)."""
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        old, new = saved.get(key), now.get(key)
+        if old == new or key in tuple(free):
+            continue
+        if (key in tuple(may_grow) and isinstance(old, int) and isinstance(new, int)
+                and new >= old):
+            continue
+        out.append(f"{key}: {old!r} -> {new!r}")
+    return out
+
+
+def check_resume(parser, path: str, section: str, now: Mapping, *, free: Iterable[str] = (),
+                 may_grow: Iterable[str] = (), may_change: str = "") -> None:
+    """A ``--resume`` of the run in `path` must find it (``config.json``) and use its
+    settings: ``config.json[section]`` is compared with `now` (`settings_differences`)
+    and a resume with other settings is refused, listing them (exit status 2).
+    `may_change` names the flags that may differ, for the advice."""
+    import json
+
+    from jaxode.train.rundir import _jsonable
+
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            saved = json.load(f)[section]
+    except FileNotFoundError:
+        parser.error(f"argument --resume: {path!r} holds no run (no config.json); pass the "
+                     "--name of an earlier run, or drop --resume.")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        parser.error(f"argument --resume: {path}/config.json cannot be read ({e}); restore "
+                     "it from a backup, or start a new run without --resume.")
+    diff = settings_differences(saved, _jsonable(dict(now)), free=free, may_grow=may_grow)
+    if diff:
+        parser.error(f"argument --resume: these settings differ from the run in {path!r}: "
+                     f"{'; '.join(diff)}. Pass the original flags (only {may_change or 'none'} "
+                     "may change), or start a new run with --name.")
+
+
+def claim_run_folder(parser, path: str, *, explicit: bool, flag: str = "--name",
+                     log=print) -> str:
+    """Claim the run folder of a fresh run before any data is read and return it.
+
+    An `explicit` folder (the user named it) must be missing or empty, else exit
+    status 2 advising another `flag` or ``--resume``.  A default folder that holds a
+    run is kept and the run goes to ``PATH-2`` (``PATH-3``, ...), said in one line.
+    The claim is an exclusive create (`jaxode.train.rundir.claim_run_dir`), so two
+    runs started together never share a folder."""
+    from jaxode.train.rundir import claim_run_dir
+
+    if explicit:
+        check_new_run_dir(parser, flag, path, also=", or pass --resume to continue it")
+        if not claim_run_dir(path):
+            parser.error(f"argument {flag}: another run claimed {path!r} a moment ago; pass "
+                         f"another {flag}.")
+        return path
+    try:
+        created = new_numbered_run_dir(path)
+    except OSError as e:
+        parser.error(f"argument --runs-dir: cannot create a run folder {path!r} "
+                     f"({e.strerror or e}); pass a --runs-dir in a writable folder.")
+    if created != path:
+        log(f"run folder {path} already holds an earlier run, which is kept as it is; this "
+            f"run goes to {created} (pass {flag} NAME to choose the folder, or --resume to "
+            "continue the earlier run).")
+    return created
+
+
+def keep_previous_results(out: str, files: Iterable[str], *, prefix: str | None = None,
+                          log=print) -> str | None:
+    """Before a re-run writes into `out` again, move the earlier results there (the
+    `files` that exist and every entry whose name starts with `prefix`) to
+    ``out/previous/<time>/``, so nothing written before is lost.  Returns that folder
+    (None when there was nothing to move)."""
+    import time
+
+    old = [f for f in files if os.path.exists(os.path.join(out, f))]
+    if prefix:
+        old += sorted(f for f in os.listdir(out) if f.startswith(prefix))
+    if not old:
+        return None
+    dest = os.path.join(out, "previous", time.strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(dest, exist_ok=True)
+    for f in old:
+        os.replace(os.path.join(out, f), os.path.join(dest, f))
+    log(f"earlier results of {out} moved to {dest}")
+    return dest

@@ -1,0 +1,43 @@
+"""Chen et al., "Neural Ordinary Differential Equations" (Sec. 7.1, Table 1): the MNIST
+ODE-Net and its six-block ResNet.
+
+Training as torchdiffeq's odenet_mnist example: SGD lr 0.1 (batch 128), momentum 0.9,
+160 epochs, lr x0.1 at epochs 60/100/140, random crop 28 with padding 4, no input
+normalisation; dopri5 with rtol = atol = 1e-3 and the backsolve adjoint.
+"""
+
+from __future__ import annotations
+
+from experiments.configs import register
+from experiments.configs.classify import ClassifyConfig
+
+PAPER = dict(
+    dataset="mnist", channels=64, dropout=0.0, epochs=160, batch_size=128, lr=0.1,
+    momentum=0.9, weight_decay=0.0, lr_schedule="step", milestones=(60, 100, 140),
+    crop_padding=4, tol=1e-3,
+)
+
+
+@register("chen-mnist-odenet")
+def chen_mnist_odenet():
+    """Chen et al. Table 1, ODE-Net ('conv' down-sampling: 208,266 params; paper 0.42%).
+    python -m experiments.classify --config chen-mnist-odenet --data-root DATA"""
+    return ClassifyConfig(model="chen-odenet", name="chen-mnist-odenet",
+                          description="Chen et al. Table 1: MNIST ODE-Net", **PAPER)
+
+
+@register("chen-mnist-resnet")
+def chen_mnist_resnet():
+    """Chen et al. Table 1, ResNet ('conv' down-sampling: 576,778 params; paper 0.41%).
+    python -m experiments.classify --config chen-mnist-resnet --data-root DATA"""
+    return ClassifyConfig(model="chen-resnet", name="chen-mnist-resnet",
+                          description="Chen et al. Table 1: MNIST six-block ResNet", **PAPER)
+
+
+@register("smoke-mnist-odenet")
+def smoke_mnist_odenet():
+    """Smoke form of chen-mnist-odenet: a 6,000-image MNIST subset for one epoch.
+    python -m experiments.classify --config smoke-mnist-odenet --data-root DATA"""
+    return chen_mnist_odenet().replace(
+        name="smoke-mnist-odenet", epochs=1, train_limit=6000, test_limit=1000,
+        lr_schedule="constant", tol_sweep=(1e-2, 1e-3), description="MNIST ODE-Net, short")
