@@ -192,7 +192,7 @@ SMOKE_ELSEWHERE = {
     "benchmarks.stage_data":
         "tests/test_gpu_campaign.py::test_stage_data_writes_loadable_zips_within_the_limit",
     "benchmarks.kill_resume":
-        "tests/test_reliability_kill.py::test_three_kills_lose_nothing_and_reproduce_the_run",
+        "tests/test_reliability_kill.py::test_kills_in_checkpoint_writes_lose_nothing_and_reproduce_the_run",
 }
 
 # Programs no CPU test runs in full, and why (each test below is skipped with the reason).
