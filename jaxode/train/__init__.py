@@ -67,10 +67,15 @@ whole set as numpy arrays (used for Table-1-style statistics, e.g. solver steps 
 image mean +- std from ``per_sample`` solves); `with_batch_mode(model, "per_sample")`
 and `with_tolerance(model, tol)` rewrite every ODEBlock's SolveConfig (tolerances are
 arrays: a sweep does not recompile).
+
+`load_run(run_dir)` reads a run folder back (final weights or newest checkpoint):
+``.model``, ``.config`` and ``.predict(uint8_images)`` -> logits; `export_final` keeps
+only a finished run's evaluation weights (`jaxode.train.load`).
 """
 
 from jaxode.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from jaxode.train.config import TrainConfig
+from jaxode.train.load import Run, export_final, load_run
 from jaxode.train.loop import FitResult, NonFiniteLossError, evaluate, fit
 from jaxode.train.parallel import data_mesh, replicate, shard_batch
 from jaxode.train.rundir import RunDir
@@ -83,6 +88,9 @@ __all__ = [
     "fit",
     "evaluate",
     "FitResult",
+    "load_run",
+    "export_final",
+    "Run",
     "NonFiniteLossError",
     "RunDir",
     "ClassificationTask",
