@@ -55,18 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def evaluate_run(run, *, data_root=None, limit=None, batch_size=500,
-                 batch_mode="per_sample", tol=None, progress=False) -> dict:
-    """Test error, steps/NFE per image (mean, std, min, max) and times of a loaded `run`."""
+def run_test_set(run, *, data_root=None, limit=None):
+    """The test split of the run's dataset: its first `limit` images, by default as
+    many as the run itself was evaluated on (its ``test_limit``; None = all)."""
     from jaxode.data import load_dataset
-    from jaxode.train import (dataset_batches, evaluate, ode_blocks, with_batch_mode,
-                              with_tolerance)
 
     cfg = run.config["classify"]
     test = load_dataset(cfg["dataset"], "test", root=data_root or cfg.get("data_root"))
     n = limit if limit is not None else cfg.get("test_limit")
-    if n is not None:
-        test = test.subset(slice(0, n))
+    return test if n is None else test.subset(slice(0, n))
+
+
+def evaluate_run(run, *, data_root=None, limit=None, batch_size=500,
+                 batch_mode="per_sample", tol=None, progress=False) -> dict:
+    """Test error, steps/NFE per image (mean, std, min, max) and times of a loaded `run`."""
+    from jaxode.train import (dataset_batches, evaluate, ode_blocks, with_batch_mode,
+                              with_tolerance)
+
+    cfg = run.config["classify"]
+    test = run_test_set(run, data_root=data_root, limit=limit)
     model = with_batch_mode(run.model, batch_mode)
     if tol is not None:
         model = with_tolerance(model, tol)

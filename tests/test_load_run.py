@@ -126,3 +126,21 @@ def test_evaluate_command_refuses_bad_input(tmp_path, capsys):
             evaluate.main(argv)
         assert e.value.code == 2
         assert words in capsys.readouterr().err
+
+
+def test_steps_figures_from_a_run_folder(tiny_run, tmp_path, capsys):
+    from experiments import steps_figures
+
+    path, summary, _ = tiny_run
+    out = tmp_path / "figs"
+    assert steps_figures.main([path, "--out", str(out), "--tols", "1e-1,1e-2", "--examples",
+                               "2", "--batch-size", str(EVAL_BATCH)]) == 0
+    for name in ("steps_hist.png", "fig1_steps.png", "tol_sweep.png"):
+        assert (out / name).stat().st_size > 1000
+    r = json.loads((out / "figures.json").read_text())
+    steps = np.load(f"{path}/test_steps_per_image.npy")
+    values, counts = np.unique(steps, return_counts=True)
+    assert r["steps_counts"] == {str(int(v)): int(c) for v, c in zip(values, counts)}
+    assert r["test_error"] == pytest.approx(summary["test_error"], abs=1e-6)
+    assert (r["epoch"], r["weights"], len(r["tol_sweep"])) == (1, "checkpoint", 2)
+    assert "epoch 1 of 1 (checkpoint weights)" in capsys.readouterr().out
