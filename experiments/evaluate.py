@@ -69,8 +69,7 @@ def run_test_set(run, *, data_root=None, limit=None):
 def evaluate_run(run, *, data_root=None, limit=None, batch_size=500,
                  batch_mode="per_sample", tol=None, progress=False) -> dict:
     """Test error, steps/NFE per image (mean, std, min, max) and times of a loaded `run`."""
-    from jaxode.train import (dataset_batches, evaluate, ode_blocks, with_batch_mode,
-                              with_tolerance)
+    from jaxode.train import dataset_batches, evaluate, ode_blocks, with_batch_mode, with_tolerance
 
     cfg = run.config["classify"]
     test = run_test_set(run, data_root=data_root, limit=limit)
@@ -96,8 +95,8 @@ def evaluate_run(run, *, data_root=None, limit=None, batch_size=500,
 
 def report(r: dict) -> str:
     lines = [f"run: {r['run']} ({r['weights']} weights, epoch {r['epoch']})",
-             f"test error: {100 * r['test_error']:.2f}%  on {r['images']:,} images of "
-             f"{r['dataset']}"]
+             (f"test error: {100 * r['test_error']:.2f}%  on {r['images']:,} images of "
+              f"{r['dataset']}")]
     if "steps_mean" in r:
         lines.append(f"solver steps per image ({r['batch_mode']}, tol {r['tol']:g}): "
                      f"{r['steps_mean']:.2f} +- {r['steps_std']:.2f} "
