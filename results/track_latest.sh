@@ -5,6 +5,7 @@
 # Usage (repository root):  bash results/track_latest.sh && git commit -m "results: ..."
 set -euo pipefail
 cd "$(dirname "$0")/.."
+git add results/logs results/README.md 2>/dev/null || true
 for run in results/*/; do
   run=${run%/}
   [ -f "$run/config.json" ] || continue
