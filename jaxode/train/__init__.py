@@ -106,10 +106,15 @@ whole set as numpy arrays (used for Table-1-style statistics, e.g. solver steps 
 image mean +- std from ``per_sample`` solves); `with_batch_mode(model, "per_sample")`
 and `with_tolerance(model, tol)` rewrite every ODEBlock's SolveConfig (tolerances are
 arrays: a sweep does not recompile).
+
+`load_run(run_dir)` reads a run folder back (final weights or newest checkpoint):
+``.model``, ``.config`` and ``.predict(uint8_images)`` -> logits; `export_final` keeps
+only a finished run's evaluation weights (`jaxode.train.load`).
 """
 
 from jaxode.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from jaxode.train.config import TrainConfig
+from jaxode.train.load import export_final
 from jaxode.train.loop import (FitResult, NonFiniteLossError, evaluate, fit, make_optimizer,
                                summarise, train_state)
 from jaxode.train.more_tasks import DensityTask, RegressionTask, SegmentationTask
@@ -140,6 +145,7 @@ __all__ = [
     "is_ode_block",
     "with_solve",
     "solver_metrics",
+    "export_final",
     "NonFiniteLossError",
     "RunDir",
     "Run",

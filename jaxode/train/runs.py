@@ -14,7 +14,8 @@ run kept them) and returns a `Run`::
     logits = run.predict(test.images)         # raw uint8 (N, H, W, C) -> (N, classes)
 
 Three kinds of ``config.json`` are understood: a classification run
-(``{"classify": {...}}``, `experiments.classify`), a model named with its factory
+(``{"classify": {...}}``, `experiments.classify`; read by
+`jaxode.train.load.load_classify_run`, which also takes a finished run's final weights), a model named with its factory
 arguments (``{"model": NAME, "model_kwargs": {...}, "task": {"mean", "std"}}``, e.g.
 the quick runs of `experiments.transfer`), and a DCN run (``{"model": DCN name,
 "widths", "tol"}``, `experiments.dcn`).  Segmentation runs are not read here yet.
@@ -99,9 +100,11 @@ def load_run(run_dir: str, *, log=print) -> Run:
     """The trained model of `run_dir` (see the module docstring); a FileNotFoundError
     or ValueError says what is missing or damaged and what to do."""
     cfg = _read_config(run_dir)
-    if isinstance(cfg.get("classify"), dict):
-        model, name, norm = _classifier_of_classify_run(cfg)
-    elif _is_dcn(cfg.get("model")):
+    if isinstance(cfg.get("classify"), dict):  # final weights, phases, per-image predict
+        from jaxode.train.load import load_classify_run
+
+        return load_classify_run(run_dir)
+    if _is_dcn(cfg.get("model")):
         model, name, norm = _dcn_template(cfg), cfg["model"], None
     elif isinstance(cfg.get("model"), str):
         from jaxode.models import make_model
@@ -138,22 +141,6 @@ def _dcn_template(cfg: dict):
         lambda k: DCNClassifier(cfg["model"], widths,
                                 config=SolveConfig(rtol=tol, atol=tol), key=k),
         jax.random.PRNGKey(0))
-
-
-def _classifier_of_classify_run(cfg: dict):
-    """Model, name and input normalisation of an `experiments.classify` run.  Runs
-    written since issue 17 store the data's shape and statistics in ``"data"``; for
-    older ones they are recomputed from the run's training set."""
-    from jaxode.models.classifiers import build_classifier
-
-    settings = cfg["classify"]
-    data = cfg.get("data")
-    if not isinstance(data, dict):
-        data = training_set_facts(settings)
-    model = build_classifier(settings, data["num_classes"], data["in_channels"],
-                             jax.random.PRNGKey(0))
-    norm = (tuple(data["mean"]), tuple(data["std"])) if data.get("mean") is not None else None
-    return model, settings["model"], norm
 
 
 def training_set_facts(settings: dict, train=None) -> dict:

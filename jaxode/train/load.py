@@ -1,0 +1,372 @@
+"""Reading a run folder back: `load_run(run_dir)` -> `Run` with `.model`, `.config`
+and `.predict(images)`.
+
+This is the one reader of a run folder written by `experiments.classify` (see
+`jaxode.train.rundir` for the layout).  The weights come from either
+
+- ``final.eqx`` + ``final.json``: the final evaluation weights of a finished run
+  (written by `export_final`; the EMA weights when the run used EMA), or
+- ``checkpoints/``: the newest intact training checkpoint (a run still training, or
+  one not yet exported); the evaluation weights are taken from it exactly as
+  `jaxode.train.fit` evaluates (EMA weights when ``ema_decay`` is set, the ODE blocks
+  solved as in the last epoch's phase).
+
+When both are present the one with the later epoch is used (a run resumed after its
+export is read from its checkpoints).
+
+`Run.predict` applies the run's own test-time preprocessing
+(`ClassificationTask.prepare` with ``train=False``: uint8 -> float in [0, 1],
+per-channel normalisation when the run used it; no augmentation) and returns logits.
+ODE blocks are solved one image at a time (``per_sample``) by default, so an image's
+logits do not depend on the other images of its batch; ``batch_mode="joint"``
+reproduces the per-batch solves of the evaluation during training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import types
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FINAL_WEIGHTS = "final.eqx"
+FINAL_META = "final.json"
+
+# Image shape (H, W, C) and class count of the datasets the project knows by name, so
+# that a run can be loaded without its data.  Other datasets are read once for them.
+KNOWN_DATASETS = {
+    "digits": ((8, 8, 1), 10),
+    "mnist": ((28, 28, 1), 10),
+    "cifar10": ((32, 32, 3), 10),
+    "tiny-imagenet": ((64, 64, 3), 200),
+}
+
+
+@dataclasses.dataclass
+class Run:
+    """A loaded run.
+
+    - `path`: the run folder.
+    - `config`: ``config.json`` as the run wrote it (``config["classify"]`` holds the
+      experiment's settings, ``config["train"]`` the `TrainConfig`).
+    - `model`: the evaluation weights (EMA weights if the run used EMA).
+    - `task`: the `ClassificationTask` with the run's preprocessing.
+    - `epoch`: epochs trained when these weights were saved.
+    - `source`: ``"final"`` (``final.eqx``) or ``"checkpoint"``.
+    - `image_shape`: (H, W, C) of the images the run was trained on; `num_classes`.
+    """
+
+    path: str
+    config: dict
+    model: Any
+    task: Any
+    epoch: int
+    source: str
+    image_shape: tuple[int, int, int]
+    num_classes: int
+
+    @property
+    def name(self) -> str:
+        """The model's name (`jaxode.models.MODELS`)."""
+        return self.config["classify"]["model"]
+
+    @property
+    def norm(self) -> tuple | None:
+        """``(mean, std)`` per channel of the run's input normalisation, or None."""
+        return None if self.task.mean is None else (tuple(self.task.mean), tuple(self.task.std))
+
+    def predict(self, images, *, batch_size: int = 250, batch_mode: str = "per_sample",
+                return_stats: bool = False):
+        """Logits ``(N, num_classes)`` (numpy float32) of raw uint8 images ``(N, H, W, C)``.
+
+        `batch_size` images are solved per compiled call (the last batch is padded by
+        repeating images, which leaves per-sample results unchanged).  `batch_mode`:
+        ``per_sample`` (default) or ``joint`` for the ODE blocks.  With `return_stats`,
+        also a dict of per-image ``nfe`` and ``steps`` (forward solver statistics,
+        zeros for a model without ODE blocks)."""
+        from jaxode.train.utils import with_batch_mode
+
+        images = self.check_images(images)
+        if batch_mode not in ("per_sample", "joint"):
+            raise ValueError(f"batch_mode must be 'per_sample' or 'joint', got {batch_mode!r}.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        model = with_batch_mode(self.model, batch_mode)
+        n = images.shape[0]
+        size = min(batch_size, max(n, 1))
+        logits, nfe, steps = [], [], []
+        for start in range(0, n, size):
+            chunk = images[start:start + size]
+            m = chunk.shape[0]
+            if m < size:
+                chunk = chunk[np.arange(size) % m]
+            out, aux = _forward(model, self.task, jnp.asarray(chunk))
+            logits.append(np.asarray(out)[:m])
+            nfe.append(np.asarray(_per_image(aux, "nfe", size))[:m])
+            steps.append(np.asarray(_per_image(aux, "steps", size))[:m])
+        if n == 0:
+            empty = np.zeros((0, self.num_classes), np.float32)
+            return (empty, {"nfe": np.zeros(0), "steps": np.zeros(0)}) if return_stats else empty
+        logits = np.concatenate(logits)
+        if return_stats:
+            return logits, {"nfe": np.concatenate(nfe), "steps": np.concatenate(steps)}
+        return logits
+
+    def check_images(self, images) -> np.ndarray:
+        """`images` as a uint8 numpy array of this run's shape, or a clear error."""
+        images = np.asarray(images)
+        h, w, c = self.image_shape
+        if images.dtype != np.uint8:
+            raise TypeError(
+                f"predict takes raw uint8 images (0..255), as stored in the dataset, got dtype "
+                f"{images.dtype}; pass the original pixels (the run's preprocessing is applied "
+                "inside), e.g. jaxode.data.load_dataset('mnist', 'test').images.")
+        if images.ndim == 3 and c == 1:
+            images = images[..., None]
+        if images.ndim != 4 or images.shape[-1] != c:
+            raise ValueError(
+                f"predict takes images shaped (N, H, W, {c}) (channels last), got "
+                f"{images.shape}; this run was trained on {h}x{w}x{c} images.")
+        return images
+
+
+def _per_image(aux, name, n):
+    v = aux.get(name) if isinstance(aux, dict) else None
+    if v is None:
+        return jnp.zeros((n,), jnp.float32)
+    return jnp.broadcast_to(jnp.asarray(v, jnp.float32), (n,))
+
+
+@eqx.filter_jit
+def _forward(model, task, images):
+    # The test-time path of ClassificationTask: no augmentation, so the key is unused.
+    x = task.prepare(images, jax.random.PRNGKey(0), train=False)
+    return model(x, key=None, inference=True)
+
+
+# ------------------------------------------------------------------------ reading
+
+
+def _tuples(x):
+    """JSON lists back to the tuples of the frozen (hashable) configs."""
+    if isinstance(x, list):
+        return tuple(_tuples(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _tuples(v) for k, v in x.items()}
+    return x
+
+
+def _read_json(path: str, what: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path} not found: {what}. Pass the folder of a run made by "
+            "`python -m experiments.classify` (it holds config.json).") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} cannot be read ({e}); restore it from git "
+                         "(`git checkout -- PATH`) or a backup.") from e
+
+
+# What a classify run's settings default to when an older config.json lacks them.
+_SETTING_DEFAULTS = dict(data_root=None, normalize=False, train_limit=None, crop_padding=0,
+                         flip=False, color_jitter=0.0, seed=0)
+
+
+def _classify_config(config: dict, path: str):
+    """The run's ``classify`` settings as attributes (the library reads them without
+    importing `experiments`; `build_classifier` takes the same mapping)."""
+    if not isinstance(config.get("classify"), dict):
+        raise ValueError(
+            f"{path}/config.json has no 'classify' section (keys: {sorted(config)}); "
+            "this reader takes the runs of experiments.classify.")
+    saved = {k: _tuples(v) for k, v in config["classify"].items()}
+    return types.SimpleNamespace(**{**_SETTING_DEFAULTS, **saved})
+
+
+def _dataset_info(cfg, data_root):
+    """(image_shape, num_classes) of the run's dataset, without reading it if known."""
+    if cfg.dataset in KNOWN_DATASETS:
+        return KNOWN_DATASETS[cfg.dataset]
+    from jaxode.data import load_dataset
+
+    test = load_dataset(cfg.dataset, "test", root=data_root or cfg.data_root)
+    return tuple(test.image_shape), int(test.num_classes)
+
+
+def _task(cfg, meta: dict | None, data_root):
+    """The run's ClassificationTask; normalisation statistics come from ``final.json``
+    or, for a checkpoint, from the training set as `experiments.classify` computed them."""
+    from jaxode.train.tasks import ClassificationTask
+
+    mean = std = None
+    if cfg.normalize:
+        if meta is not None and meta.get("mean") is not None:
+            mean, std = tuple(meta["mean"]), tuple(meta["std"])
+        else:
+            from jaxode.data import load_dataset
+            from jaxode.data.augment import channel_stats
+
+            try:
+                train = load_dataset(cfg.dataset, "train", root=data_root or cfg.data_root)
+            except (FileNotFoundError, ValueError) as e:
+                raise FileNotFoundError(
+                    f"this run normalises its inputs with the training set's channel "
+                    f"statistics, which are computed from {cfg.dataset!r} ({e}); pass "
+                    "data_root=FOLDER (or set JAXODE_DATA), or export the run's final "
+                    "weights once (export_final stores the statistics).") from e
+            if cfg.train_limit is not None:
+                train = train.subset(slice(0, cfg.train_limit))
+            mean, std = channel_stats(train.images)
+    return ClassificationTask(crop_padding=cfg.crop_padding, flip=cfg.flip,
+                              color_jitter=cfg.color_jitter, mean=mean, std=std)
+
+
+def _build(cfg, image_shape, num_classes):
+    """The run's model with fresh weights (a template to read weights into)."""
+    from jaxode.models.classifiers import build_classifier
+
+    return build_classifier(vars(cfg), num_classes, image_shape[-1], jax.random.PRNGKey(cfg.seed))
+
+
+def _train_config(train_cfg: dict):
+    from jaxode.train.config import TrainConfig
+
+    return TrainConfig(**_tuples(train_cfg))
+
+
+def _phase_model(model, tcfg, epochs_done: int):
+    """`model` with its ODE blocks solved as in epoch `epochs_done` (the phase that
+    `fit` trained and evaluated that epoch with; unchanged without phases)."""
+    from jaxode.train.phases import apply_phase, parse_schedule, phase_at
+    from jaxode.train.utils import ode_blocks
+
+    blocks = ode_blocks(model)
+    if not tcfg.phases or not blocks:
+        return model
+    phase = phase_at(parse_schedule(tcfg.phases), max(epochs_done - 1, 0))
+    return apply_phase(model, phase, blocks[0].config, tcfg.euler_steps)
+
+
+def _from_checkpoint(model, tcfg, folder: str):
+    """(epoch, evaluation model) from the newest intact checkpoint, as `fit` builds them."""
+    from jaxode.train.checkpoint import load_newest_intact
+    from jaxode.train.loop import _eval_model, train_state
+
+    found = load_newest_intact(folder, lambda e: train_state(_phase_model(model, tcfg, e), tcfg),
+                               log=lambda msg: None)
+    if found is None:
+        return None
+    epoch, state, _ = found
+    return epoch, _eval_model(state["model"], state["ema"])
+
+
+def load_classify_run(run_dir: str, *, data_root: str | None = None) -> Run:
+    """Load the run in `run_dir` (a folder of `experiments.classify`).
+
+    `data_root` is needed only for a dataset outside `KNOWN_DATASETS`, or for a run
+    with input normalisation that has no ``final.json`` yet (its statistics are
+    recomputed from the training set).  Raises FileNotFoundError (no run, or no
+    weights yet) or ValueError (a damaged or foreign folder), each saying what to do."""
+    path = os.path.abspath(run_dir)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"run folder {run_dir!r} does not exist; pass the folder of a "
+                                "run, e.g. results/mnist-chen-resnet.")
+    config = _read_json(os.path.join(path, "config.json"), "this is not a run folder")
+    cfg = _classify_config(config, path)
+    final_meta = None
+    if os.path.exists(os.path.join(path, FINAL_META)):
+        final_meta = _read_json(os.path.join(path, FINAL_META), "the final weights' record")
+    if final_meta is not None:
+        image_shape, num_classes = tuple(final_meta["image_shape"]), int(final_meta["num_classes"])
+    else:
+        image_shape, num_classes = _dataset_info(cfg, data_root)
+    from jaxode.train.checkpoint import latest_checkpoint
+
+    ckpt_dir = os.path.join(path, "checkpoints")
+    newest = latest_checkpoint(ckpt_dir)
+    if newest is None and final_meta is None:
+        raise FileNotFoundError(
+            f"{path} holds no weights yet (neither {FINAL_WEIGHTS} nor a checkpoint in "
+            "checkpoints/): wait for the first epoch to finish, or resume the run.")
+    template = _build(cfg, image_shape, num_classes)
+    tcfg = _train_config(config["train"])
+    task = _task(cfg, final_meta or config.get("data"), data_root)
+    ckpt = None
+    if newest is not None and (final_meta is None or newest > int(final_meta["epoch"])):
+        ckpt = _from_checkpoint(template, tcfg, ckpt_dir)
+    if ckpt is not None:
+        epoch, model = ckpt
+        source = "checkpoint"
+    elif final_meta is not None:
+        model = _read_final(path, _phase_model(template, tcfg, int(final_meta["epoch"])))
+        epoch, source = int(final_meta["epoch"]), "final"
+    else:  # only damaged checkpoints (load_newest_intact raised otherwise)
+        raise FileNotFoundError(f"{ckpt_dir} holds no readable checkpoint.")
+    return Run(path=path, config=config, model=model, task=task, epoch=epoch, source=source,
+               image_shape=tuple(int(s) for s in image_shape), num_classes=num_classes)
+
+
+def _read_final(path: str, template):
+    try:
+        return eqx.tree_deserialise_leaves(os.path.join(path, FINAL_WEIGHTS), template)
+    except (OSError, ValueError, EOFError, RuntimeError, TypeError) as e:
+        raise ValueError(
+            f"{path}/{FINAL_WEIGHTS} is damaged or does not match the model of config.json "
+            f"({type(e).__name__}: {str(e)[:200]}); restore it from git.") from e
+
+
+# ------------------------------------------------------------------------ writing
+
+
+def export_final(run_dir: str, *, remove_checkpoints: bool = False,
+                 data_root: str | None = None) -> str:
+    """Write the evaluation weights of the run's newest checkpoint to ``final.eqx``
+    (weights only: no optimiser state) and ``final.json`` (epoch, image shape, class
+    count, normalisation statistics).
+
+    With `remove_checkpoints`, ``checkpoints/`` is deleted afterwards -- only once the
+    written file has been read back and gives the same weights.  Returns the path of
+    ``final.eqx``."""
+    from jaxode.train.rundir import write_json
+
+    run = load_run(run_dir, data_root=data_root)
+    if run.source != "checkpoint":
+        raise ValueError(f"{run.path} has no checkpoint newer than its {FINAL_WEIGHTS} "
+                         f"(epoch {run.epoch}); nothing to export.")
+    out = os.path.join(run.path, FINAL_WEIGHTS)
+    tmp = f"{out}.tmp-{os.getpid()}"
+    eqx.tree_serialise_leaves(tmp, run.model)
+    meta = {"epoch": run.epoch, "image_shape": list(run.image_shape),
+            "num_classes": run.num_classes, "mean": run.task.mean, "std": run.task.std,
+            "from": f"checkpoints/ckpt-{run.epoch:04d}.eqx"}
+    check = eqx.tree_deserialise_leaves(tmp, run.model)
+    same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
+        jax.tree_util.tree_leaves(eqx.filter(check, eqx.is_array)),
+        jax.tree_util.tree_leaves(eqx.filter(run.model, eqx.is_array))))
+    if not same:
+        os.remove(tmp)
+        raise RuntimeError(f"{tmp} did not read back identically; nothing was changed.")
+    os.replace(tmp, out)
+    write_json(os.path.join(run.path, FINAL_META), meta)
+    if remove_checkpoints:
+        planned = int(run.config["train"]["epochs"])
+        if run.epoch < planned:
+            raise ValueError(
+                f"{run.path} has trained {run.epoch} of its {planned} epochs; its checkpoints "
+                "are what a resume continues from, so they were kept (final.eqx was written). "
+                "Remove them only once the run has finished.")
+        reread = load_run(run.path, data_root=data_root)
+        if reread.source != "final" or reread.epoch != run.epoch:
+            raise RuntimeError("the exported weights do not load back as the final ones; "
+                               "checkpoints/ was kept.")
+        shutil.rmtree(os.path.join(run.path, "checkpoints"))
+    return out

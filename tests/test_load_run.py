@@ -1,0 +1,147 @@
+"""`jaxode.train.load_run`: a run folder read back predicts what the trainer measured.
+
+One tiny `experiments.classify` run (8-channel ODE-only net on 96 digits, one epoch,
+two Euler steps, EMA on so that the evaluation weights differ from the trained ones)
+is the truth: its logged evaluation (joint solves, EMA weights) and its final
+per-image evaluation must be reproduced by ``load_run(dir).predict`` from raw uint8
+images, before and after `export_final` keeps only the final weights.
+"""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import optax
+import pytest
+
+from experiments import classify
+from experiments.configs import get_config
+from jaxode.data import load_dataset
+from jaxode.train import load_run
+from jaxode.train.load import FINAL_WEIGHTS, export_final
+
+EVAL_BATCH = 20
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = get_config("smoke-digits").replace(
+        name="tiny", runs_dir=str(runs), channels=8, epochs=1, train_limit=96, test_limit=40,
+        batch_size=32, eval_batch_size=EVAL_BATCH, solver="euler", euler_steps=2,
+        adjoint="direct", ema_decay=0.5, tol_sweep=(), fig_examples=0)
+    summary = classify.run(cfg, progress=False, log=lambda *a: None)
+    test = load_dataset("digits", "test").subset(slice(0, 40))
+    return os.path.join(str(runs), "tiny"), summary, test
+
+
+def _xent(logits, labels):
+    return np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def test_predict_matches_the_trainers_evaluation(tiny_run):
+    path, summary, test = tiny_run
+    run = load_run(path)
+    assert run.source == "checkpoint" and run.epoch == 1 and run.num_classes == 10
+    assert run.config["classify"]["ema_decay"] == 0.5
+    # the final evaluation of classify: one solve per image, EMA weights
+    logits, stats = run.predict(test.images, batch_size=EVAL_BATCH, return_stats=True)
+    assert logits.shape == (40, 10) and logits.dtype == np.float32
+    acc = float(np.mean(np.argmax(logits, -1) == test.labels))
+    assert acc == pytest.approx(summary["test_accuracy"], abs=1e-6)
+    np.testing.assert_array_equal(stats["steps"], np.load(f"{path}/test_steps_per_image.npy"))
+    # the per-epoch evaluation of fit (EMA weights): its mean test loss, which the
+    # fixed-step solves make the same for per-image and joint solves
+    row = summary["history"][-1]
+    assert float(np.mean(_xent(logits, test.labels))) == pytest.approx(row["eval_loss"], rel=1e-5)
+    joint = run.predict(test.images, batch_size=EVAL_BATCH, batch_mode="joint")
+    assert float(np.mean(_xent(joint, test.labels))) == pytest.approx(row["eval_loss"], rel=1e-5)
+    assert float(np.mean(np.argmax(joint, -1) == test.labels)) == pytest.approx(row["eval_acc"])
+
+
+def test_predict_refuses_preprocessed_or_misshaped_images(tiny_run):
+    path, _, test = tiny_run
+    run = load_run(path)
+    with pytest.raises(TypeError, match="raw uint8"):
+        run.predict(test.images.astype(np.float32) / 255)
+    with pytest.raises(ValueError, match=r"\(N, H, W, 1\)"):
+        run.predict(np.repeat(test.images, 3, axis=-1))
+
+
+def test_export_final_keeps_predictions_and_drops_checkpoints(tiny_run, tmp_path):
+    path, _, test = tiny_run
+    copy = str(tmp_path / "tiny")
+    shutil.copytree(path, copy)
+    before = load_run(copy).predict(test.images, batch_size=EVAL_BATCH)
+    ckpt_bytes = os.path.getsize(f"{copy}/checkpoints/ckpt-0001.eqx")
+    export_final(copy, remove_checkpoints=True)
+    assert not os.path.exists(f"{copy}/checkpoints")
+    # weights only: no optimiser state (momentum) and no second (trained) weight copy
+    assert os.path.getsize(f"{copy}/{FINAL_WEIGHTS}") < ckpt_bytes / 2
+    run = load_run(copy)
+    assert run.source == "final" and run.epoch == 1
+    np.testing.assert_array_equal(run.predict(test.images, batch_size=EVAL_BATCH), before)
+    with pytest.raises(ValueError, match="nothing to export"):
+        export_final(copy)
+
+
+def test_load_run_explains_bad_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_run(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_run(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"classify": {"model": "chen-odenet"},
+                                                      "train": {"epochs": 1}}))
+    with pytest.raises(FileNotFoundError, match="no weights yet"):
+        load_run(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"segment": {}}))
+    with pytest.raises(ValueError, match="no 'classify' section"):
+        load_run(str(tmp_path))
+
+
+def test_evaluate_command_reports_the_runs_numbers(tiny_run, capsys):
+    from experiments import evaluate
+
+    path, summary, _ = tiny_run
+    assert evaluate.main([path, "--json", "--batch-size", str(EVAL_BATCH)]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (r["images"], r["epoch"], r["weights"]) == (40, 1, "checkpoint")
+    assert r["test_error"] == pytest.approx(summary["test_error"], abs=1e-6)
+    assert r["steps_mean"] == pytest.approx(summary["steps_mean"])
+    assert r["nfe_mean"] == pytest.approx(summary["nfe_mean"])
+    assert r["nfe_std"] == pytest.approx(summary["nfe_std"])
+    assert evaluate.main([path, "--batch-size", str(EVAL_BATCH), "--limit", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "test error:" in out and "on 10 images" in out and "NFE per image:" in out
+
+
+def test_evaluate_command_refuses_bad_input(tmp_path, capsys):
+    from experiments import evaluate
+
+    for argv, words in (([str(tmp_path / "nope")], "is not a folder"),
+                        ([str(tmp_path)], "config.json"),
+                        ([str(tmp_path), "--limit", "0"], "--limit"),
+                        ([str(tmp_path), "--tol", "1e-9"], "--tol")):
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(argv)
+        assert e.value.code == 2
+        assert words in capsys.readouterr().err
+
+
+def test_steps_figures_from_a_run_folder(tiny_run, tmp_path, capsys):
+    from experiments import steps_figures
+
+    path, summary, _ = tiny_run
+    out = tmp_path / "figs"
+    assert steps_figures.main([path, "--out", str(out), "--tols", "1e-1,1e-2", "--examples",
+                               "2", "--batch-size", str(EVAL_BATCH)]) == 0
+    for name in ("steps_hist.png", "fig1_steps.png", "tol_sweep.png"):
+        assert (out / name).stat().st_size > 1000
+    r = json.loads((out / "figures.json").read_text())
+    steps = np.load(f"{path}/test_steps_per_image.npy")
+    values, counts = np.unique(steps, return_counts=True)
+    assert r["steps_counts"] == {str(int(v)): int(c) for v, c in zip(values, counts)}
+    assert r["test_error"] == pytest.approx(summary["test_error"], abs=1e-6)
+    assert (r["epoch"], r["weights"], len(r["tol_sweep"])) == (1, "checkpoint", 2)
+    assert "epoch 1 of 1 (checkpoint weights)" in capsys.readouterr().out
