@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from experiments import _cli
+from jaxode import cli as _cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     if not os.path.isdir(args.run_dir):
         parser.error(f"argument RUN_DIR: {args.run_dir!r} is not a folder; pass a run folder "
                      "such as results/mnist-chen-odenet.")
-    from experiments.classify import MIN_TOL
+    from jaxode.cli import MIN_TOL
     from jaxode.train import load_run
 
     if args.tol is not None and args.tol < MIN_TOL:

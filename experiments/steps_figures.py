@@ -4,9 +4,9 @@ tolerance sweep, drawn from a run folder read with `jaxode.train.load_run`.
 - ``steps_hist.png``: histogram of the adaptive solver's steps per test image (one
   dopri5 solve per image, ``per_sample``), with mean +- std.
 - ``fig1_steps.png``: Carrara et al. Fig. 1 -- the test images needing the most (top)
-  and fewest (bottom) steps, each with its count (`experiments.classify.steps_figure`).
+  and fewest (bottom) steps, each with its count (`experiments.classify_figures.steps_figure`).
 - ``tol_sweep.png``: test accuracy and NFE per image against the inference tolerance
-  rtol = atol (the trained weights unchanged; `experiments.classify.tolerance_sweep`).
+  rtol = atol (the trained weights unchanged; `jaxode.train.sweeps.tolerance_sweep`).
 - ``figures.json``: the numbers behind them, with the weights' epoch and source.
 
 A run still training is drawn from its newest checkpoint; every title says which
@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from experiments import _cli
+from jaxode import cli as _cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +76,9 @@ def steps_histogram(steps: np.ndarray, path: str, title: str) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from experiments.classify import parse_tolerances, steps_figure, tolerance_sweep
+    from experiments.classify_figures import plot_tolerance_sweep, steps_figure
+    from jaxode.cli import parse_tolerances
+    from jaxode.train.sweeps import tolerance_sweep
 
     _cli.check_args(parser, args, positive=("limit", "batch_size", "examples"),
                     parsers={"tols": parse_tolerances}, existing=("data_root",))
@@ -124,8 +126,8 @@ def main(argv=None) -> int:
     tols = parse_tolerances(args.tols)
     if tols:
         result["tol_sweep"] = tolerance_sweep(model, run.task, batches, tols,
-                                              batch_size=args.batch_size,
-                                              path=os.path.join(out, "tol_sweep.png"))
+                                              batch_size=args.batch_size)
+        plot_tolerance_sweep(result["tol_sweep"], os.path.join(out, "tol_sweep.png"))
     result["time_s"] = time.perf_counter() - t0
     with open(os.path.join(out, "figures.json"), "w") as f:
         json.dump(result, f, indent=1)

@@ -96,7 +96,7 @@ def test_load_run_explains_bad_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match="no weights yet"):
         load_run(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"segment": {}}))
-    with pytest.raises(ValueError, match="no 'classify' section"):
+    with pytest.raises(ValueError, match="no 'classify' or 'model' entry"):
         load_run(str(tmp_path))
 
 

@@ -237,10 +237,23 @@ def _build(cfg, image_shape, num_classes):
     return build_classifier(vars(cfg), num_classes, image_shape[-1], jax.random.PRNGKey(cfg.seed))
 
 
+def _checkpoint_train_config(folder: str, epoch: int | None) -> dict:
+    """The TrainConfig a checkpoint's metadata records (runs whose config.json has no
+    ``train`` section); {} (defaults) when there is none."""
+    if epoch is None:
+        return {}
+    try:
+        with open(os.path.join(folder, f"ckpt-{epoch:04d}.json")) as f:
+            return json.load(f).get("config") or {}
+    except (OSError, ValueError):
+        return {}
+
+
 def _train_config(train_cfg: dict):
     from jaxode.train.config import TrainConfig
 
-    return TrainConfig(**_tuples(train_cfg))
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in _tuples(train_cfg).items() if k in known})
 
 
 def _phase_model(model, tcfg, epochs_done: int):
@@ -257,16 +270,14 @@ def _phase_model(model, tcfg, epochs_done: int):
 
 
 def _from_checkpoint(model, tcfg, folder: str):
-    """(epoch, evaluation model) from the newest intact checkpoint, as `fit` builds them."""
-    from jaxode.train.checkpoint import load_newest_intact
-    from jaxode.train.loop import _eval_model, train_state
+    """(epoch, evaluation model) of the newest checkpoint that reads back: its model
+    weights, or its EMA weights when the run kept them (`runs.newest_weights`)."""
+    from jaxode.train.checkpoint import latest_checkpoint
+    from jaxode.train.runs import newest_weights
 
-    found = load_newest_intact(folder, lambda e: train_state(_phase_model(model, tcfg, e), tcfg),
-                               log=lambda msg: None)
-    if found is None:
-        return None
-    epoch, state, _ = found
-    return epoch, _eval_model(state["model"], state["ema"])
+    template = _phase_model(model, tcfg, latest_checkpoint(folder) or 0)
+    weights, epoch = newest_weights(folder, template, log=lambda msg: None)
+    return epoch, weights
 
 
 def load_classify_run(run_dir: str, *, data_root: str | None = None) -> Run:
@@ -285,10 +296,6 @@ def load_classify_run(run_dir: str, *, data_root: str | None = None) -> Run:
     final_meta = None
     if os.path.exists(os.path.join(path, FINAL_META)):
         final_meta = _read_json(os.path.join(path, FINAL_META), "the final weights' record")
-    if final_meta is not None:
-        image_shape, num_classes = tuple(final_meta["image_shape"]), int(final_meta["num_classes"])
-    else:
-        image_shape, num_classes = _dataset_info(cfg, data_root)
     from jaxode.train.checkpoint import latest_checkpoint
 
     ckpt_dir = os.path.join(path, "checkpoints")
@@ -297,8 +304,12 @@ def load_classify_run(run_dir: str, *, data_root: str | None = None) -> Run:
         raise FileNotFoundError(
             f"{path} holds no weights yet (neither {FINAL_WEIGHTS} nor a checkpoint in "
             "checkpoints/): wait for the first epoch to finish, or resume the run.")
+    if final_meta is not None:
+        image_shape, num_classes = tuple(final_meta["image_shape"]), int(final_meta["num_classes"])
+    else:
+        image_shape, num_classes = _dataset_info(cfg, data_root)
     template = _build(cfg, image_shape, num_classes)
-    tcfg = _train_config(config["train"])
+    tcfg = _train_config(config.get("train") or _checkpoint_train_config(ckpt_dir, newest))
     task = _task(cfg, final_meta or config.get("data"), data_root)
     ckpt = None
     if newest is not None and (final_meta is None or newest > int(final_meta["epoch"])):
@@ -338,7 +349,7 @@ def export_final(run_dir: str, *, remove_checkpoints: bool = False,
     ``final.eqx``."""
     from jaxode.train.rundir import write_json
 
-    run = load_run(run_dir, data_root=data_root)
+    run = load_classify_run(run_dir, data_root=data_root)
     if run.source != "checkpoint":
         raise ValueError(f"{run.path} has no checkpoint newer than its {FINAL_WEIGHTS} "
                          f"(epoch {run.epoch}); nothing to export.")
@@ -364,7 +375,7 @@ def export_final(run_dir: str, *, remove_checkpoints: bool = False,
                 f"{run.path} has trained {run.epoch} of its {planned} epochs; its checkpoints "
                 "are what a resume continues from, so they were kept (final.eqx was written). "
                 "Remove them only once the run has finished.")
-        reread = load_run(run.path, data_root=data_root)
+        reread = load_classify_run(run.path, data_root=data_root)
         if reread.source != "final" or reread.epoch != run.epoch:
             raise RuntimeError("the exported weights do not load back as the final ones; "
                                "checkpoints/ was kept.")

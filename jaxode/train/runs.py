@@ -82,6 +82,9 @@ def _predict_batch(model, task, images):
 
 
 def _read_config(run_dir: str) -> dict:
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"run folder {run_dir!r} does not exist; pass the folder of a "
+                                "run, e.g. results/mnist-chen-resnet.")
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found; pass a run folder (it holds config.json "
@@ -96,14 +99,14 @@ def _read_config(run_dir: str) -> dict:
     return cfg
 
 
-def load_run(run_dir: str, *, log=print) -> Run:
+def load_run(run_dir: str, *, data_root: str | None = None, log=print) -> Run:
     """The trained model of `run_dir` (see the module docstring); a FileNotFoundError
     or ValueError says what is missing or damaged and what to do."""
     cfg = _read_config(run_dir)
     if isinstance(cfg.get("classify"), dict):  # final weights, phases, per-image predict
         from jaxode.train.load import load_classify_run
 
-        return load_classify_run(run_dir)
+        return load_classify_run(run_dir, data_root=data_root)
     if _is_dcn(cfg.get("model")):
         model, name, norm = _dcn_template(cfg), cfg["model"], None
     elif isinstance(cfg.get("model"), str):
