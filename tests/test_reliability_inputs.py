@@ -26,7 +26,7 @@ from jaxode.data.dataset import Dataset
 from jaxode.data.idx import load_mnist, read_idx
 from jaxode.data.load import load_dataset
 from jaxode.fields.conv_odefunc import ConvODEFunc
-from jaxode.models.classifiers import MODELS, make_model
+from jaxode.models.classifiers import make_model
 from jaxode.ode import ODEBlock, SolveConfig
 
 KEY = jax.random.PRNGKey(0)

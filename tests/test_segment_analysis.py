@@ -5,7 +5,6 @@ t1 or the tolerances does not recompile; the analysis CLI writes its files."""
 
 import csv
 import json
-import os
 
 import equinox as eqx
 import jax

@@ -10,7 +10,7 @@ import pytest
 
 from jaxode import transfer as tr
 from jaxode.data.augment import to_model_input
-from jaxode.models.classifiers import carrara_resnet, odeonly_net
+from jaxode.models.classifiers import odeonly_net
 from jaxode.ode import ODEBlock, SolveConfig
 
 TOL = 1e-6

@@ -17,7 +17,6 @@ import concurrent.futures as cf
 import io
 import multiprocessing
 import os
-import posixpath
 import zipfile
 from typing import Sequence
 
