@@ -1,8 +1,9 @@
-"""Reading a run folder back: `load_run(run_dir)` -> `Run` with `.model`, `.config`
-and `.predict(images)`.
+"""Reading a classification run back: `load_classify_run(run_dir)` -> `Run` with
+`.model`, `.config` and `.predict(images)`.
 
-This is the one reader of a run folder written by `experiments.classify` (see
-`jaxode.train.rundir` for the layout).  The weights come from either
+Users call `jaxode.train.load_run`, which sends the run folders of
+`experiments.classify` here (and reads DCN and transfer runs in `jaxode.train.runs`).
+The weights come from either
 
 - ``final.eqx`` + ``final.json``: the final evaluation weights of a finished run
   (written by `export_final`; the EMA weights when the run used EMA), or
