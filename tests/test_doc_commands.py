@@ -193,6 +193,7 @@ SMOKE_ELSEWHERE = {
         "tests/test_gpu_campaign.py::test_stage_data_writes_loadable_zips_within_the_limit",
     "benchmarks.kill_resume":
         "tests/test_reliability_kill.py::test_kills_in_checkpoint_writes_lose_nothing_and_reproduce_the_run",
+    "experiments.evaluate": "tests/test_load_run.py::test_evaluate_command_reports_the_runs_numbers",
 }
 
 # Programs no CPU test runs in full, and why (each test below is skipped with the reason).
