@@ -38,7 +38,8 @@ from typing import Callable, Iterable, Mapping, NoReturn
 
 __all__ = ["ArgumentParser", "check_args", "check_numbers", "check_list", "check_existing",
            "check_new_run_dir", "check_new_file", "check_widths", "data_errors_exit",
-           "dataset_spec", "flag_name", "new_numbered_run_dir", "renamed", "split_list", "stop"]
+           "dataset_spec", "flag_name", "new_numbered_run_dir", "renamed", "split_list", "stop",
+           "add_run_flags", "run_path"]
 
 
 _ADVICE = (("invalid int value", "pass a whole number"),
@@ -61,18 +62,20 @@ class ArgumentParser(argparse.ArgumentParser):
         super().error(message)
 
 
-def renamed(old: str, new: str) -> type[argparse.Action]:
+def renamed(old: str | Iterable[str], new: str) -> type[argparse.Action]:
     """An argparse action that stores the value like ``store`` and, when the flag was
     given by its `old` name, warns (`FutureWarning`) that `new` replaces it::
 
         p.add_argument("--data-root", "--data-path", dest="data_path",
                        action=renamed("--data-path", "--data-root"))
-    """
+
+    `old` may also be several old names."""
+    olds = {old} if isinstance(old, str) else set(old)
 
     class Renamed(argparse.Action):
         def __call__(self, parser, namespace, values, option_string=None):
-            if option_string == old:
-                warnings.warn(f"{old} is deprecated and will be removed; use {new} (same "
+            if option_string in olds:
+                warnings.warn(f"{option_string} is deprecated and will be removed; use {new} (same "
                               "meaning).", FutureWarning, stacklevel=2)
             setattr(namespace, self.dest, values)
 
@@ -454,3 +457,44 @@ def keep_previous_results(out: str, files: Iterable[str], *, prefix: str | None 
         os.replace(os.path.join(out, f), os.path.join(dest, f))
     log(f"earlier results of {out} moved to {dest}")
     return dest
+
+
+def add_run_flags(parser, *, configs: Iterable[str], default_config: str | None,
+                  describe: Callable[[str], str] | None = None, runs_dir: str = "runs",
+                  old_names: Iterable[str] = ()) -> None:
+    """Add the flags every training experiment shares, with the same names and meaning:
+
+    ``--config NAME`` (one of `configs`), ``--list`` (print the named configs and
+    exit), ``--data-root DIR`` (default ``$JAXODE_DATA``), ``--runs-dir DIR`` and
+    ``--name NAME`` (the run folder is RUNS_DIR/NAME, see `run_path`), ``--resume``
+    (continue that run from its newest checkpoint) and ``--no-progress``.
+
+    `old_names` are earlier spellings of ``--name`` (``--run-name``, ``--run``, ``--out``)
+    kept as deprecated aliases: they still work and warn (`renamed`)."""
+    configs = list(configs)
+    a = parser.add_argument
+    a("--config", default=default_config, metavar="NAME",
+      help="named configuration (see --list); other flags override its fields"
+           + (f" (default: {default_config})" if default_config else ""))
+    a("--list", action="store_true",
+      help="list the named configurations and exit" + (
+          ": " + "; ".join(f"{n} ({describe(n)})" if describe else n for n in configs)
+          if configs else ""))
+    a("--data-root", dest="data_root", default=None,
+      help="where the dataset files are (default: $JAXODE_DATA)")
+    a("--runs-dir", default=runs_dir, help=f"parent folder of run folders (default: {runs_dir})")
+    old_names = tuple(old_names)
+    kw = {"action": renamed(old_names, "--name")} if old_names else {}
+    a("--name", *old_names, dest="name", default=None, **kw,
+      help="run folder name under --runs-dir (default: the config's name)")
+    a("--resume", action="store_true",
+      help="continue the run in RUNS_DIR/NAME from its newest intact checkpoint")
+    a("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_path(args, default_name: str) -> str:
+    """The run folder of parsed `add_run_flags` arguments: RUNS_DIR/NAME, with NAME the
+    ``--name`` given or `default_name` (usually the config's name).  A NAME holding a
+    path separator (``runs/flow``, as the old ``--out`` took) is the folder itself."""
+    name = args.name or default_name
+    return name if os.sep in name or "/" in name else os.path.join(args.runs_dir, name)
