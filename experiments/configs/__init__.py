@@ -9,7 +9,7 @@ experiment prints its names and first lines.
 
 What a config *is* depends on the experiment that reads it:
 
-- ``classify``: a `experiments.configs.classify.ClassifyConfig` (the flat record that
+- ``classify``: a `jaxode.train.classify_config.ClassifyConfig` (the flat record that
   a run's ``config.json["classify"]`` holds, so earlier runs stay resumable);
 - ``dcn`` / ``segment``: a dict of settings the experiment merges with its flags;
 - ``flow`` / ``curve`` / ``node_ew_mnist``: a dict of *flag defaults*
@@ -68,13 +68,6 @@ def describe(name: str, experiment: str = "classify") -> str:
     _load_all()
     doc = (_REGISTRY[experiment][name].__doc__ or "").strip().splitlines()
     return doc[0] if doc else ""
-
-
-def command(name: str, experiment: str = "classify") -> str:
-    """The command line that runs config `name`, as its docstring states it."""
-    _load_all()
-    doc = _REGISTRY[experiment][name].__doc__ or ""
-    return next((ln.strip() for ln in doc.splitlines() if "python -m experiments." in ln), "")
 
 
 def print_list(experiment: str, out=None) -> None:
