@@ -1,10 +1,7 @@
 """Train and evaluate an image classifier: ODE-Nets (Chen et al. 2018; Carrara et al.)
-and their residual baselines.
-
-The recipe: config -> data -> model -> train (jaxode.train.fit) -> evaluation (test
-error, parameters, solver steps per image mean +- std from one adaptive solve per
-image, Fig. 1 of Carrara et al.: the test images needing most and fewest steps, and
-an inference-time sweep over tolerances) -> run folder ``runs/<name>/``.
+and their residual baselines.  The recipe: config -> data -> model -> `jaxode.train.fit`
+-> `jaxode.train.steps.evaluate_steps` (test error, solver steps per image, Carrara et
+al. Fig. 1, inference tolerance sweep) -> run folder ``runs/<name>/``.
 
 Examples::
 
@@ -37,47 +34,12 @@ from jaxode.cli import MIN_TOL, parse_milestones, parse_regularizers, parse_tole
 from jaxode.train.steps import evaluate_steps, sweep_lines
 
 
-# ------------------------------------------------------------------------- pieces
-
-
 def load_data(cfg: ClassifyConfig):
     """Train and test `Dataset`s (`jaxode.data.load_classification`)."""
     from jaxode.data import load_classification
 
     return load_classification(cfg.dataset, root=cfg.data_root, train_limit=cfg.train_limit,
                                test_limit=cfg.test_limit)
-
-
-def build_model(cfg: ClassifyConfig, num_classes: int, in_channels: int, key):
-    """The model named by `cfg.model`, its ODE block solved as `cfg` says
-    (`jaxode.models.build_classifier`)."""
-    from jaxode.models import build_classifier
-
-    return build_classifier(cfg.to_dict(), num_classes, in_channels, key)
-
-
-def build_task(cfg: ClassifyConfig, train, facts: dict | None = None):
-    """Cross-entropy with the config's augmentation and (if `cfg.normalize`) the
-    training set's per-channel mean/std (`facts`: `jaxode.train.runs.training_set_facts`)."""
-    from jaxode.train import ClassificationTask
-    from jaxode.train.runs import training_set_facts
-
-    facts = facts or training_set_facts(cfg.to_dict(), train)
-    return ClassificationTask(crop_padding=cfg.crop_padding, flip=cfg.flip,
-                              color_jitter=cfg.color_jitter, mean=facts["mean"],
-                              std=facts["std"])
-
-
-def train_config(cfg: ClassifyConfig):
-    """The `TrainConfig` of `cfg`: the fields the two records share, by name."""
-    from jaxode.train import TrainConfig
-
-    shared = {f.name for f in dataclasses.fields(TrainConfig)} & set(cfg.to_dict())
-    return TrainConfig(**{**{k: getattr(cfg, k) for k in shared},
-                          "regularizers": dict(cfg.regularizers)})
-
-
-# --------------------------------------------------------------------------- main
 
 
 def run(cfg: ClassifyConfig, *, resume: bool = False, progress: bool = True, log=print,
@@ -102,12 +64,12 @@ def run(cfg: ClassifyConfig, *, resume: bool = False, progress: bool = True, log
     train, test = load_data(cfg) if data is None else data
     log(f"data: {train!r}, {test!r}")
     in_channels = train.image_shape[-1]
-    model = build_model(cfg, train.num_classes, in_channels, jax.random.PRNGKey(cfg.seed))
+    model = cfg.build_model(train.num_classes, in_channels, jax.random.PRNGKey(cfg.seed))
     n_params = count_params(model)
     log(f"model: {cfg.model}  parameters: {n_params:,}")
     facts = training_set_facts(cfg.to_dict(), train)  # what `load_run` needs to rebuild it
-    task = build_task(cfg, train, facts)
-    tcfg = train_config(cfg).replace(progress=progress)
+    task = cfg.task(facts["mean"], facts["std"])
+    tcfg = cfg.train_config().replace(progress=progress)
     run_dir = RunDir(path,
                      {"classify": cfg.to_dict(), "train": tcfg.to_dict(), "data": facts,
                       "params": n_params, "devices": [str(d) for d in jax.local_devices()]})
@@ -151,9 +113,6 @@ def _report(s: dict, path: str, log) -> None:
     log(f"run folder: {path}")
 
 
-# ---------------------------------------------------------------------------- CLI
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(
         prog="python -m experiments.classify",
@@ -166,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
             "summary.json, checkpoints). A --resume must repeat the run's flags: only more "
             "--epochs, --tol-sweep, --no-per-sample and --no-progress may change."),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_run_flags(p, configs=names(), default_config="smoke-digits", describe=describe,
-                      old_names=("--run-name",))
+    cli.add_run_flags(p, configs=names(), default_config="smoke-digits",  # % is argparse's
+                      describe=lambda n: describe(n).replace("%", "%%"), old_names=("--run-name",))
     a = p.add_argument
     a("--model", help="carrara-resnet, carrara-resode, carrara-odeonly, chen-odenet, chen-resnet")
     a("--channels", type=int, help="width of the ODE block / residual blocks (GroupNorm with "
@@ -265,27 +224,6 @@ def check_args(parser, args) -> None:
                          f"{', '.join(allowed)}{' (see --list)' if flag == '--config' else ''}.")
 
 
-def check_config(parser, cfg: ClassifyConfig) -> None:
-    """Checks of the resolved config (a --config with overriding flags): the config's
-    model settings must suit the chosen model (smoke-digits' 3x3 stem is made for the
-    ODE nets; carrara-resnet has no stem_kernel)."""
-    import inspect
-
-    from jaxode.models import MODELS
-
-    accepted = inspect.signature(MODELS[cfg.model]).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
-        return
-    extra = [k for k, _ in cfg.model_kwargs if k not in accepted]
-    if extra:
-        suits = [m for m in MODELS
-                 if all(k in inspect.signature(MODELS[m]).parameters for k, _ in cfg.model_kwargs)]
-        models = " or ".join(suits) or "of the config"
-        parser.error(f"argument --model: config {cfg.name!r} sets {', '.join(extra)}, which "
-                     f"{cfg.model} does not take; use --model {models} with this config, or "
-                     "a --config made for that model (see --list).")
-
-
 def choose_run_folder(parser, args, cfg: ClassifyConfig, log=print):
     """The run folder of this command line, claimed before any data is read: on
     ``--resume`` RUNS_DIR/NAME as given; otherwise `jaxode.cli.claim_run_folder` (an
@@ -309,7 +247,10 @@ def main(argv=None) -> int:
     cfg = config_from_args(args)
     if args.resume:
         check_resume(parser, cfg)
-    check_config(parser, cfg)
+    try:
+        cfg.check_model()
+    except ValueError as e:
+        parser.error(f"argument --model: {e}")
     cfg, created = choose_run_folder(parser, args, cfg)
     from jaxode.train.rundir import release_run_dir
 

@@ -1,11 +1,7 @@
-"""Evaluate a shipped or running classification run: test error, solver steps and NFE
-per image (mean +- std), and the time it took.
-
-The run is read with `jaxode.train.load_run` (final weights, or the newest checkpoint
-of a run still training) and evaluated on its dataset's test split with the trainer's
-own evaluation (`Run.evaluate`).  ODE blocks are solved one image at a time
-(``per_sample``), so each image has its own adaptive step count, as in Chen et al.
-Table 1 / Carrara et al. Table 1 ("steps per image").
+"""Evaluate a shipped or running classification run (`jaxode.train.load_run`: final
+weights, or the newest checkpoint of a run still training) on its test split: test
+error, and solver steps and NFE per image (mean +- std) from one adaptive solve per
+image (``per_sample``), as in Chen et al. / Carrara et al. Table 1.
 
 Examples::
 

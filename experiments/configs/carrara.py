@@ -57,9 +57,7 @@ def smoke_carrara_cifar10_odeonly():
 def smoke_digits():
     """README command: ODE-only net on 8x8 digits, 32 channels, 10 epochs (~96% test acc).
     python -m experiments.classify --config smoke-digits
-
-    3x3 stride-2 stem -> 4x4 feature maps, dopri5 + backsolve adjoint, rtol = atol =
-    1e-3; about two minutes on an idle 2-core CPU."""
+    (3x3 stride-2 stem -> 4x4 feature maps; dopri5, backsolve adjoint, rtol = atol = 1e-3)"""
     return ClassifyConfig(
         name="smoke-digits", description="ODE-only net on sklearn digits (smoke run)",
         model="carrara-odeonly", dataset="digits", channels=32, dropout=0.0,

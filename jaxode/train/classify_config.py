@@ -86,6 +86,48 @@ class ClassifyConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def build_model(self, num_classes: int, in_channels: int, key):
+        """The model named by `model`, its ODE blocks solved as the record says
+        (`jaxode.models.build_classifier`)."""
+        from jaxode.models import build_classifier
+
+        return build_classifier(self.to_dict(), num_classes, in_channels, key)
+
+    def task(self, mean=None, std=None):
+        """Cross-entropy with this record's augmentation and the per-channel input
+        normalisation `mean` / `std` (None: none; `training_set_facts` computes them)."""
+        from jaxode.train.tasks import ClassificationTask
+
+        return ClassificationTask(crop_padding=self.crop_padding, flip=self.flip,
+                                  color_jitter=self.color_jitter, mean=mean, std=std)
+
+    def train_config(self):
+        """The `TrainConfig` of this record: the fields the two share, by name."""
+        from jaxode.train.config import TrainConfig
+
+        shared = {f.name for f in dataclasses.fields(TrainConfig)} & set(self.to_dict())
+        return TrainConfig(**{**{k: getattr(self, k) for k in shared},
+                              "regularizers": dict(self.regularizers)})
+
+    def check_model(self) -> None:
+        """A ValueError unless `model` takes the factory arguments of `model_kwargs`
+        (e.g. smoke-digits' 3x3 stem suits the ODE nets, not carrara-resnet)."""
+        import inspect
+
+        from jaxode.models import MODELS
+
+        def takes(name):
+            params = inspect.signature(MODELS[name]).parameters
+            return (any(p.kind is p.VAR_KEYWORD for p in params.values())
+                    or all(k in params for k, _ in self.model_kwargs))
+
+        if not takes(self.model):
+            suits = " or ".join(m for m in MODELS if takes(m)) or "of the config"
+            raise ValueError(
+                f"config {self.name!r} sets {', '.join(k for k, _ in self.model_kwargs)}, "
+                f"which {self.model} does not take; use --model {suits} with this config, "
+                "or a --config made for that model (see --list).")
+
     @classmethod
     def from_saved(cls, saved: dict) -> "ClassifyConfig":
         """The record of a run's ``config.json["classify"]``: JSON lists back to tuples;

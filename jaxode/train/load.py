@@ -91,8 +91,6 @@ def _dataset_info(cfg, data_root):
 def _task(cfg, meta: dict | None, data_root):
     """The run's ClassificationTask; normalisation statistics come from ``final.json``
     or, for a checkpoint, from the training set as `experiments.classify` computed them."""
-    from jaxode.train.tasks import ClassificationTask
-
     mean = std = None
     if cfg.normalize:
         if meta is not None and meta.get("mean") is not None:
@@ -112,15 +110,7 @@ def _task(cfg, meta: dict | None, data_root):
             if cfg.train_limit is not None:
                 train = train.subset(slice(0, cfg.train_limit))
             mean, std = channel_stats(train.images)
-    return ClassificationTask(crop_padding=cfg.crop_padding, flip=cfg.flip,
-                              color_jitter=cfg.color_jitter, mean=mean, std=std)
-
-
-def _build(cfg, image_shape, num_classes):
-    """The run's model with fresh weights (a template to read weights into)."""
-    from jaxode.models.classifiers import build_classifier
-
-    return build_classifier(cfg.to_dict(), num_classes, image_shape[-1], jax.random.PRNGKey(cfg.seed))
+    return cfg.task(mean, std)
 
 
 def _checkpoint_train_config(folder: str, epoch: int | None) -> dict:
@@ -193,7 +183,7 @@ def load_classify_run(run_dir: str, *, data_root: str | None = None) -> Run:
         image_shape, num_classes = tuple(final_meta["image_shape"]), int(final_meta["num_classes"])
     else:
         image_shape, num_classes = _dataset_info(cfg, data_root)
-    template = _build(cfg, image_shape, num_classes)
+    template = cfg.build_model(num_classes, image_shape[-1], jax.random.PRNGKey(cfg.seed))
     tcfg = _train_config(config.get("train") or _checkpoint_train_config(ckpt_dir, newest))
     task = _task(cfg, final_meta or config.get("data"), data_root)
     ckpt = None
