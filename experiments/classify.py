@@ -5,9 +5,8 @@ al. Fig. 1, inference tolerance sweep) -> run folder ``runs/<name>/``.
 
 Examples::
 
-    python -m experiments.classify --config smoke-digits          # ~2 min on a CPU
+    python -m experiments.classify --config smoke-digits          # ~4 min on a 2-core CPU
     python -m experiments.classify --config chen-mnist-odenet --data-root DATA
-    python -m experiments.classify --config carrara-cifar10-odeonly --epochs 1
     python -m experiments.classify --config smoke-digits --resume  # continue a run
     python -m experiments.classify --list                          # named configs
 
@@ -182,8 +181,7 @@ def config_from_args(args) -> ClassifyConfig:
     return get_config(args.config).replace(**changes)
 
 
-# Flags a --resume may change: more epochs, and what only the final evaluation uses.
-# (--no-progress is not part of the run's config at all.)
+# Settings a --resume may change: more epochs, and what only the final evaluation uses.
 SAFE_ON_RESUME = ("epochs", "tol_sweep", "per_sample_eval", "fig_examples")
 
 
@@ -206,8 +204,12 @@ def check_args(parser, args) -> None:
                    positive=("channels", "epochs", "batch_size", "eval_batch_size", "lr", "tol",
                              "euler_steps", "max_train_batches", "max_steps", "steer"),
                    non_negative=("dropout", "weight_decay", "train_limit", "test_limit", "seed"),
-                   parsers={**PARSED, "phases": parse_schedule, "dataset": cli.dataset_spec},
-                   existing=("data_root",))
+                   parsers={**PARSED, "dataset": cli.dataset_spec}, existing=("data_root",))
+    if args.phases is not None:
+        try:
+            parse_schedule(args.phases)
+        except ValueError as e:
+            parser.error(f"argument --schedule: {e}")
     cli.check_widths(parser, "channels", args.channels)
     for flag, value, ok, advice in (
             ("--dropout", args.dropout, lambda v: v < 1, "a probability in [0, 1), e.g. 0.5"),
