@@ -20,7 +20,7 @@ classification run (``{"classify": {...}}``, `experiments.classify`; read by
 the quick runs of `experiments.transfer`), and a DCN run (``{"model": DCN name,
 "widths", "tol"}``, `experiments.dcn`).  Segmentation runs (several models per folder) are not read here yet.  Code outside
 this module and `jaxode.train.load` asks them for paths (`checkpoint_dir`,
-`read_summary`) instead of spelling the layout.
+`has_weights`, `read_summary`) instead of spelling the layout.
 """
 
 from __future__ import annotations
@@ -157,7 +157,8 @@ def _forward(model, task, images):
     return logits, stats["nfe"], stats["steps"]
 
 
-def _read_config(run_dir: str) -> dict:
+def read_config(run_dir: str) -> dict:
+    """The run's ``config.json`` (a FileNotFoundError or ValueError says what to do)."""
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"run folder {run_dir!r} does not exist; pass the folder of a "
                                 "run, e.g. results/mnist-chen-resnet.")
@@ -178,7 +179,7 @@ def _read_config(run_dir: str) -> dict:
 def load_run(run_dir: str, *, data_root: str | None = None, log=print) -> Run:
     """The trained model of `run_dir` (see the module docstring); a FileNotFoundError
     or ValueError says what is missing or damaged and what to do."""
-    cfg = _read_config(run_dir)
+    cfg = read_config(run_dir)
     if isinstance(cfg.get("classify"), dict):  # final weights, phases, per-image predict
         from jaxode.train.load import load_classify_run
 
@@ -212,6 +213,15 @@ def load_run(run_dir: str, *, data_root: str | None = None, log=print) -> Run:
 def checkpoint_dir(run_dir: str) -> str:
     """The folder of a run's training checkpoints (`jaxode.train.checkpoint`)."""
     return os.path.join(run_dir, CHECKPOINTS)
+
+
+def has_weights(run_dir: str) -> bool:
+    """Whether `run_dir` holds weights to read: a checkpoint, or a finished classify
+    run's ``final.eqx`` (`jaxode.train.load.export_final`)."""
+    from jaxode.train.load import FINAL_WEIGHTS
+
+    return (latest_checkpoint(checkpoint_dir(run_dir)) is not None
+            or os.path.isfile(os.path.join(run_dir, FINAL_WEIGHTS)))
 
 
 def read_summary(run_dir: str) -> dict | None:
