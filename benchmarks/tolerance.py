@@ -32,7 +32,6 @@ Run (writes ``benchmarks/results/tolerance-<run>-<batch mode>-<machine>.{json,md
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time

@@ -80,7 +80,7 @@ class ClassifyConfig:
     runs_dir: str = "runs"
     data_parallel: bool = True
 
-    def replace(self, **changes) -> "ClassifyConfig":
+    def replace(self, **changes) -> ClassifyConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,7 +129,7 @@ class ClassifyConfig:
                 "or a --config made for that model (see --list).")
 
     @classmethod
-    def from_saved(cls, saved: dict) -> "ClassifyConfig":
+    def from_saved(cls, saved: dict) -> ClassifyConfig:
         """The record of a run's ``config.json["classify"]``: JSON lists back to tuples;
         settings an older run did not save take their defaults, unknown ones are left out."""
         known = {f.name for f in dataclasses.fields(cls)}
