@@ -210,3 +210,32 @@ def test_run_name_is_a_deprecated_alias_of_name():
     with pytest.warns(FutureWarning, match="--run-name is deprecated"):
         args = classify.build_parser().parse_args(["--run-name", "old"])
     assert args.name == "old"
+
+
+def test_one_run_type_for_a_model_named_with_its_factory_arguments(tmp_path):
+    """A run folder of another kind (``{"model": NAME, "model_kwargs", "task"}``, as the
+    quick runs of experiments.transfer write) gives the same `Run`: its predict applies
+    the saved normalisation and equals the checkpoint's model called directly."""
+    import equinox as eqx
+    import jax
+
+    from jaxode.data.augment import to_model_input
+    from jaxode.models import make_model
+    from jaxode.train import Run, save_checkpoint, with_batch_mode
+
+    kwargs = {"num_classes": 3, "channels": 4}
+    mean, std = (0.5,), (0.25,)
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model": "chen-odenet", "model_kwargs": kwargs, "task": {"mean": mean, "std": std}}))
+    trained = make_model("chen-odenet", key=jax.random.PRNGKey(7), **kwargs)
+    save_checkpoint(str(tmp_path / "checkpoints"), 2,
+                    {"ema": None, "model": trained, "opt_state": None}, {"epoch": 2})
+    run = load_run(str(tmp_path))
+    assert type(run) is Run and (run.name, run.epoch, run.norm) == ("chen-odenet", 2, (mean, std))
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1), dtype=np.uint8)
+    x = (to_model_input(images) - 0.5) / 0.25
+    direct, _ = eqx.filter_jit(lambda m, x: m(x, inference=True))(
+        with_batch_mode(trained, "per_sample"), x)
+    np.testing.assert_allclose(run.predict(images, batch_size=2), direct, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="not a classify run"):
+        run.test_set()

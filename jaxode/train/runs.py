@@ -117,15 +117,15 @@ class Run:
         return images
 
     def test_set(self, *, data_root: str | None = None, limit: int | None = None):
-        """The test split of the run's dataset: its first `limit` images, by default as
-        many as the run itself was evaluated on (its ``test_limit``; None = all)."""
+        """The test split of a classify run's dataset: its first `limit` images, by
+        default as many as the run itself was evaluated on (its ``test_limit``)."""
         from jaxode.data import load_dataset
 
-        settings = self.config.get("classify") or self.config
-        if "dataset" not in settings and not _is_dcn(self.name):
-            raise ValueError(f"{self.path}/config.json names no dataset; load the test set "
-                             "with jaxode.data.load_dataset.")
-        test = load_dataset(settings.get("dataset", "cifar10"), "test",
+        settings = self.config.get("classify") or {}
+        if "dataset" not in settings:
+            raise ValueError(f"{self.path} is not a classify run: its config.json names no "
+                             "dataset; load the test set with jaxode.data.load_dataset.")
+        test = load_dataset(settings["dataset"], "test",
                             root=data_root or settings.get("data_root"))
         n = limit if limit is not None else settings.get("test_limit")
         return test if n is None else test.subset(slice(0, int(n)))
