@@ -173,10 +173,10 @@ def fake_run(tmp_path_factory, tiny_odenet, make_image_folder):
 
 
 def test_load_run_reads_the_checkpoint(fake_run):
-    from experiments import dcn_figures
+    from jaxode.models.dcn_analysis import load_probe_run
 
     root, model = fake_run
-    loaded, cfg = dcn_figures.load_run(str(root / "run"), tol=0.05, max_steps=64)
+    loaded, cfg = load_probe_run(str(root / "run"), tol=0.05, max_steps=64)
     a = jax.tree_util.tree_leaves(eqx.filter(model.blocks[0].field, eqx.is_array))
     b = jax.tree_util.tree_leaves(eqx.filter(loaded.blocks[0].field, eqx.is_array))
     assert all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(a, b))
@@ -223,10 +223,10 @@ def test_reconstruct_cli(fake_run, monkeypatch):
     root, _ = fake_run
     monkeypatch.chdir(root)
     dcn.main(["reconstruct", "--model", "resnet_blocks", "--widths", "4,4,4", "--data-root",
-              "data", "--batch-size", "4", "--epochs", "1", "--run", "rec"])
-    s = json.loads((root / "rec" / "summary.json").read_text())
+              "data", "--batch-size", "4", "--epochs", "1", "--name", "rec"])
+    s = json.loads((root / "runs" / "rec" / "summary.json").read_text())
     assert s["train_images"] == 8 and s["test_images"] == 8 and np.isfinite(s["test_mse"])
-    assert 0 < s["test_mse"] < 1 and (root / "rec" / "reconstructions.png").exists()
+    assert 0 < s["test_mse"] < 1 and (root / "runs" / "rec" / "reconstructions.png").exists()
 
 
 @pytest.mark.parametrize("argv,needle", [
