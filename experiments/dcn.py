@@ -1,30 +1,16 @@
 """Deep Continuous Networks (Tomen, Pintea & van Gemert, ICML 2021): experiment recipes.
 
-Subcommands (the training ones take ``--config smoke`` for a CPU check and ``--config
-paper``; ``--list`` shows the named configs of `experiments.configs.dcn`):
+Training subcommands (named configs of `experiments.configs.dcn`, ``--list``):
+``classify`` (CIFAR-10, Tables 1, 5; learned sigma, Fig. 3a, 3b), ``small-data`` (K
+images per class, several seeds, Table 2) and ``reconstruct`` (the A.4 encoder-decoder,
+Table 3).  Analyses: ``small-data-table`` (Table 2 from finished runs) and the probes
+``contrast`` (Fig. 5) and ``completion`` (Fig. 3c, 4) in `experiments.dcn_figures`.
+Example: ``python -m experiments.dcn classify --model dcn_ode --config smoke``.
 
-- ``classify``: CIFAR-10 classification (Tables 1 and 5) with any model of
-  `jaxode.models.dcn.MODEL_NAMES`; writes the learned sigma of every SRF layer
-  (Fig. 3a) and, for ``dcn_sigma_ji``, the sigma^ji histograms (Fig. 3b).
-- ``small-data``: Table 2: K images per class drawn with replacement from each class,
-  several seeds; epochs and learning-rate milestones times ``--epoch-factor`` (A.2).
-- ``small-data-table``: Table 2 (mean +- std over seeds) from finished small-data runs.
-- ``contrast`` / ``completion``: probes of trained runs (Fig. 5; Fig. 3c, 4), in
-  `experiments.dcn_figures`.
-- ``reconstruct``: the A.4 encoder-decoder trained with MSE on CIFAR-10 (Table 3).
-
-Example::
-
-    python -m experiments.dcn classify --model dcn_ode --config smoke --data-root ../shared/data
-    python -m experiments.dcn small-data --model dcn_ode --per-class 20 --seeds 0,1,2
-    python -m experiments.dcn contrast --checkpoint runs/dcn-dcn_ode-paper-s0 --out runs/contrast
-    python -m experiments.dcn reconstruct --checkpoint runs/dcn-dcn_ode-paper-s0 --config paper
-
-Training goes through `jaxode.train.fit`, whose jitted step needs fixed shapes while
-sigma is learned: the default ``--support separable`` applies the N-jet filters as 1-D
-passes whose shapes do not depend on sigma (exact, no recompilation, the fastest; the
-other strategies and their cost: `docs/dcn_kernel_size.md`).  A layer whose r(sigma)
-outgrows its grid is truncated there and listed in ``summary.json`` (``support_overflow``).
+Training goes through `jaxode.train.fit`; the default ``--support separable`` applies the
+N-jet filters as 1-D passes whose shapes do not depend on the learned sigma (exact, no
+recompilation; the other strategies: `docs/dcn_kernel_size.md`).  A layer whose
+r(sigma) outgrows its grid is listed in ``summary.json`` (``support_overflow``).
 """
 
 from __future__ import annotations
@@ -66,17 +52,13 @@ def _build(name, cfg, key, args):
 
 
 def _fit(model, task, cfg, train, test, run_path, seed, args, about: dict):
-    """`jaxode.train.fit` with the paper's SGD (momentum 0.9, lr x0.1 at the milestones)
-    into the run folder `run_path`, whose config.json holds `about`, `cfg` and the
-    trainer's settings."""
-    from jaxode.train import RunDir, TrainConfig, dataset_batches, fit
+    """`jaxode.train.fit` with the paper's SGD into the run folder `run_path`, whose
+    config.json holds `about`, `cfg` and the trainer's settings."""
+    from jaxode.models.dcn_runs import paper_train_config
+    from jaxode.train import RunDir, dataset_batches, fit
 
-    tcfg = TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-                       momentum=0.9, weight_decay=0.0,
-                       lr_schedule="step" if cfg["milestones"] else "constant",
-                       milestones=tuple(cfg["milestones"]), gamma=0.1, seed=seed,
-                       progress=not args.no_progress, data_parallel=False,
-                       eval_every=args.eval_every)
+    tcfg = paper_train_config(cfg, seed=seed, progress=not args.no_progress,
+                              eval_every=args.eval_every)
     run = RunDir(run_path, {**about, "seed": seed, **cfg, "train": tcfg.to_dict()})
     bs = cfg["batch_size"]
     return fit(model, task,
@@ -86,23 +68,13 @@ def _fit(model, task, cfg, train, test, run_path, seed, args, about: dict):
                config=tcfg, run=run, eval_batch_size=bs, resume=args.resume)
 
 
-def _summary(run_path, result, about: dict, train, test) -> dict:
-    from jaxode.nn.srf import support_overflow
-    from jaxode.train.utils import count_params
-
-    summary = {**about, "params": count_params(result.model), "train_images": len(train),
-               "test_images": len(test), "support_overflow": support_overflow(result.model)}
-    with open(os.path.join(run_path, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    return summary
-
-
 def _train(name, cfg, train, test, run_path, seed, args) -> dict:
     """Train classifier `name` on `train`; write summary.json and the learned scales."""
     import jax
 
     from jaxode.models.dcn import learned_scales
     from jaxode.models.dcn_plots import plot_scales
+    from jaxode.models.dcn_runs import write_summary
     from jaxode.train import ClassificationTask
 
     model = _build(name, cfg, jax.random.PRNGKey(seed), args)
@@ -111,7 +83,7 @@ def _train(name, cfg, train, test, run_path, seed, args) -> dict:
     result = _fit(model, task, cfg, train, test, run_path, seed, args, about)
     accs = [r["eval_acc"] for r in result.history if r.get("eval_acc") is not None]
     scales = learned_scales(result.model)
-    summary = _summary(run_path, result, {
+    summary = write_summary(run_path, result, {
         "model": name, "seed": seed, "final_eval_acc": accs[-1] if accs else None,
         "best_eval_acc": max(accs) if accs else None,
         "final_eval_nfe": result.history[-1].get("eval_nfe"), "epochs": cfg["epochs"],
@@ -120,39 +92,27 @@ def _train(name, cfg, train, test, run_path, seed, args) -> dict:
     return summary
 
 
-def _cifar10(args, split: str, limit: int | None = None):
+def _data(args, cfg, seeds=None):
+    """``([train], test)`` of CIFAR-10 limited as `cfg` says -- or, given `seeds`, one
+    training set of ``cfg["per_class"]`` images per class for each seed -- each refused
+    (exit 2) when a DCN classifier cannot train on it, before a run folder exists."""
     from jaxode.data.load import load_dataset
+    from jaxode.models.dcn_runs import check_training_data
 
     with cli.data_errors_exit():
-        return load_dataset("cifar10", split, root=args.data_root).sample(limit)
-
-
-def _check_train_set(cfg, train, test) -> None:
-    """Training drops the last partial batch and a classifier needs two classes: refuse
-    a training set smaller than one batch or of one class, and an empty test set (here,
-    before a run folder is made or a model built)."""
-    n, classes = len(train), len(np.unique(train.labels))
-    if n < cfg["batch_size"]:
-        cli.stop(f"--batch-size {cfg['batch_size']} is larger than the training set ({n} "
-                 f"images); pass --batch-size {max(n, 1)} or less, or use more training "
-                 "images (--train-limit, --per-class).")
-    if classes < 2:
-        cli.stop(f"the training set {train.name!r} has {classes} class; a classifier needs "
-                 "at least two (check --data-root).")
-    if len(test) == 0:
-        cli.stop(f"the test set {test.name!r} is empty; check --data-root and --test-limit.")
-    for ds in (train, test):  # the models are built for CIFAR-10: RGB, 10 classes
-        if ds.image_shape[-1] != 3 or ds.num_classes > 10:
-            cli.stop(f"{ds.name!r} has images {ds.image_shape} and {ds.num_classes} classes; "
-                     "these models take RGB (H, W, 3) images of at most 10 classes "
-                     "(CIFAR-10 layout).")
+        train, test = (load_dataset("cifar10", split, root=args.data_root)
+                       for split in ("train", "test"))
+        test = test.sample(cfg["test_limit"])
+        trains = ([train.sample(cfg["train_limit"])] if seeds is None
+                  else [train.per_class(cfg["per_class"], seed) for seed in seeds])
+        for train in trains:
+            check_training_data(train, test, cfg["batch_size"])
+    return trains, test
 
 
 def cmd_classify(args):
     cfg = _resolve(args)
-    train = _cifar10(args, "train", cfg["train_limit"])
-    test = _cifar10(args, "test", cfg["test_limit"])
-    _check_train_set(cfg, train, test)
+    (train,), test = _data(args, cfg)
     s = _train(args.model, cfg, train, test, _run_paths(args)[0], args.seed, args)
     print(json.dumps({k: v for k, v in s.items() if k != "learned_sigma"}, indent=2))
 
@@ -161,12 +121,8 @@ def cmd_small_data(args):
     cfg = _resolve(args)
     cfg["epochs"] *= cfg["epoch_factor"]
     cfg["milestones"] = tuple(m * cfg["epoch_factor"] for m in cfg["milestones"])
-    train_all, test = _cifar10(args, "train"), _cifar10(args, "test", cfg["test_limit"])
     seeds = _seeds(cfg)
-    with cli.data_errors_exit():
-        subsets = [train_all.per_class(cfg["per_class"], seed) for seed in seeds]
-    for train in subsets:
-        _check_train_set(cfg, train, test)
+    subsets, test = _data(args, cfg, seeds)
     accs = np.array([_train(args.model, cfg, train, test, path, seed, args)["best_eval_acc"]
                      for seed, path, train in zip(seeds, _run_paths(args), subsets)], float)
     print(json.dumps({"model": args.model, "per_class": cfg["per_class"], "epochs": cfg["epochs"],
@@ -176,24 +132,16 @@ def cmd_small_data(args):
 
 def cmd_small_data_table(args):
     """Table 2 (mean +- std over seeds per model and size) from finished small-data runs."""
-    from jaxode.models.dcn_analysis import small_data_markdown, small_data_rows
-    from jaxode.models.dcn_plots import plot_small_data
+    from jaxode.models.dcn_analysis import small_data_markdown, small_data_report
 
     out = args.out or os.path.join(args.runs, "table2")
-    rows, unfinished = small_data_rows(args.runs)
-    if not rows:
-        raise SystemExit(f"error: no finished small-data run (RUN/summary.json) in "
-                         f"{args.runs!r}; run `python -m experiments.dcn small-data --name "
-                         "FOLDER` first.")
+    try:
+        rows, unfinished = small_data_report(args.runs, out)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     for run in unfinished:
         print(f"skipped (not finished): {run}")
-    text = small_data_markdown(rows)
-    with open(out + ".md", "w") as f:
-        f.write(text)
-    with open(out + ".json", "w") as f:
-        json.dump({"rows": rows, "unfinished": unfinished}, f, indent=2)
-    plot_small_data(rows, out + ".png")
-    print(text)
+    print(small_data_markdown(rows))
 
 
 def cmd_reconstruct(args):
@@ -204,21 +152,19 @@ def cmd_reconstruct(args):
     from jaxode.models.dcn import build_autoencoder, with_support
     from jaxode.models.dcn_plots import plot_reconstructions
     from jaxode.models.dcn_probes import ReconstructionTask
+    from jaxode.models.dcn_runs import write_summary
     from jaxode.ode import SolveConfig
     from jaxode.train import load_run
 
     cfg = _resolve(args)
-    train = _cifar10(args, "train", cfg["train_limit"])
-    test = _cifar10(args, "test", cfg["test_limit"])
-    encoder, name = None, args.model
+    (train,), test = _data(args, cfg)
     if args.checkpoint:  # the encoder's solver as trained: rtol = atol = its tol
         with cli.data_errors_exit():
             enc = load_run(args.checkpoint)
         encoder, name = enc.model, enc.config["model"]
         cfg["widths"], cfg["tol"] = enc.config["widths"], enc.config["tol"]
-    _check_train_set(cfg, train, test)
-    if encoder is None:
-        encoder = _build(name, cfg, jax.random.PRNGKey(args.seed), args)
+    else:
+        encoder, name = _build(args.model, cfg, jax.random.PRNGKey(args.seed), args), args.model
     ae = build_autoencoder(encoder, key=jax.random.PRNGKey(args.seed + 1),
                            config=SolveConfig(rtol=cfg["tol"], atol=cfg["tol"]))
     ae = with_support(ae, cfg["support"], args.max_half_width, args.margin)
@@ -226,7 +172,7 @@ def cmd_reconstruct(args):
     result = _fit(ae, ReconstructionTask(), cfg, train, test, run_path, args.seed, args,
                   {"model": name, "encoder_checkpoint": args.checkpoint})
     last = result.history[-1]  # the final epoch's evaluation on the whole test set
-    summary = _summary(run_path, result, {
+    summary = write_summary(run_path, result, {
         "model": name, "encoder_checkpoint": args.checkpoint, "epochs": cfg["epochs"],
         "test_mse": last["eval_loss"], "test_nfe": last.get("eval_nfe")}, train, test)
     plot_reconstructions(result.model, test, os.path.join(run_path, "reconstructions.png"), name)
@@ -244,11 +190,10 @@ def _run_paths(args) -> list[str]:
         return [cli.run_path(args, f"dcn-{args.model}-{args.config}-s{args.seed}")]
     if args.cmd == "reconstruct":
         return [cli.run_path(args, f"dcn-reconstruct-{args.model}-{args.config}")]
-    cfg = get_config(args.config, GROUPS[args.cmd])
-    per_class = args.per_class or cfg["per_class"]
+    cfg = _resolve(args)
     parent = cli.run_path(args, "") if args.name else args.runs_dir
-    return [os.path.join(parent, f"dcn-small-{args.model}-{per_class}-s{seed}")
-            for seed in _seeds({"seeds": args.seeds or cfg["seeds"]})]
+    return [os.path.join(parent, f"dcn-small-{args.model}-{cfg['per_class']}-s{seed}")
+            for seed in _seeds(cfg)]
 
 
 def check_args(parser, args) -> None:
@@ -307,15 +252,12 @@ def _training_parser(sub, cmd, help, description=None):
     q.add_argument("--lr", type=float, help="lr at batch 128 (scaled by batch/128)")
     q.add_argument("--widths", help="channels of the three stages, e.g. 32,64,128")
     q.add_argument("--support", choices=("separable", "switch", "max", "margin"),
-                   help="SRF kernel support (docs/dcn_kernel_size.md; default separable: "
-                        "1-D passes, exact for any sigma); switch = exact size chosen at run "
-                        "time, max = one masked 2R+1 grid, margin = r(sigma_init) + --margin")
+                   help="SRF kernel support (default separable; docs/dcn_kernel_size.md)")
     q.add_argument("--max-half-width", type=int, default=8,
                    help="largest kernel half-width R of the switch/max support (17x17)")
     q.add_argument("--margin", type=int, default=2)
     q.add_argument("--solver", choices=("dopri5", "euler", "rk4"),
-                   help="ODE solver (default dopri5, the paper's; euler / rk4 need "
-                        "--num-steps, for quick checks such as the GPU campaign's dry run)")
+                   help="ODE solver (default dopri5; euler / rk4 need --num-steps)")
     q.add_argument("--num-steps", type=int, help="steps of a fixed-step --solver per block")
     q.add_argument("--eval-every", type=int, default=1,
                    help="evaluate on the test set every N epochs (and after the last)")

@@ -1,17 +1,9 @@
-"""The probes of trained DCN runs (Tomen, Pintea & van Gemert, ICML 2021): input
-contrast (Fig. 5) and pattern completion (Fig. 3c, Fig. 4), the ``contrast`` and
-``completion`` subcommands of ``python -m experiments.dcn``.
-
-Each reads the run folders of ``--checkpoint`` and the CIFAR-10 test split, runs
-`jaxode.models.dcn_analysis` and writes a new ``--out`` folder of JSON and figures
-(`jaxode.models.dcn_plots`).
+"""The ``contrast`` (Fig. 5) and ``completion`` (Fig. 3c, Fig. 4) subcommands of
+``python -m experiments.dcn``: probes of trained DCN runs (``--checkpoint``) on the
+CIFAR-10 test split, written by `jaxode.models.dcn_analysis` into a new ``--out`` folder.
 """
 
 from __future__ import annotations
-
-import json
-import os
-import time
 
 import numpy as np
 
@@ -19,21 +11,15 @@ from jaxode import cli
 
 
 def _load_probe_inputs(args):
-    """Models of every --checkpoint (label = model name, numbered if repeated) and the
+    """The run folders of --checkpoint (`dcn_analysis.load_probe_runs`) and the
     (limited) CIFAR-10 test split."""
     from jaxode.data.load import load_dataset
-    from jaxode.models.dcn_analysis import load_probe_run
+    from jaxode.models.dcn_analysis import load_probe_runs
 
     with cli.data_errors_exit():
         test = load_dataset("cifar10", "test", root=args.data_root).sample(args.test_limit,
                                                                            seed=args.seed)
-        models = {}
-        for run_dir in args.checkpoint:
-            model, cfg = load_probe_run(run_dir, tol=args.tol, max_steps=args.max_steps)
-            label, k = cfg["model"], 2
-            while label in models:
-                label, k = f"{cfg['model']}-{k}", k + 1
-            models[label] = (model, run_dir)
+        models = load_probe_runs(args.checkpoint, tol=args.tol, max_steps=args.max_steps)
     if len(test) == 0:
         cli.stop("the test set is empty; check --data-root and --test-limit.")
     return models, test
@@ -110,60 +96,34 @@ def add_commands(sub) -> None:
     q.set_defaults(fn=lambda a: cmd_completion(a, *_load_probe_inputs(a)))
 
 
-def _bar(label):
+def cmd_contrast(args, models, test):
+    """Fig. 5 for every model (`jaxode.models.dcn_analysis.contrast_report`)."""
     from tqdm.auto import tqdm
 
-    return lambda items, desc: tqdm(items, desc=f"{desc} {label}")
+    from jaxode.models.dcn_analysis import contrast_report
 
-
-def cmd_contrast(args, models, test):
-    """Fig. 5 for every model: `dcn_analysis.contrast_sweep`, contrast.json and .png."""
-    from jaxode.models.dcn_analysis import contrast_sweep
-    from jaxode.models.dcn_plots import plot_contrast
-    from jaxode.models.dcn_probes import PROBE_TRACES
-
-    contrasts = [float(c) for c in cli.split_list(args.contrasts)]
-    modes = cli.split_list(args.modes)
-    os.makedirs(args.out, exist_ok=True)
-    rows, t_start = [], time.perf_counter()
-    for label, (model, run_dir) in models.items():
-        n_traces = len(PROBE_TRACES)
-        sweep = contrast_sweep(model, test, contrasts, modes, args.batch_size, _bar(label))
-        compiles = len(PROBE_TRACES) - n_traces
-        rows += [{"model": label, "run": run_dir, **r, "compiles": compiles} for r in sweep]
-        print(f"{label}: {len(sweep)} (mode, c) settings, {compiles} compile(s)")
-    out = {"test_images": len(test), "batch_size": args.batch_size, "tol": args.tol,
-           "seconds": time.perf_counter() - t_start, "rows": rows}
-    with open(os.path.join(args.out, "contrast.json"), "w") as f:
-        json.dump(out, f, indent=2)
-    plot_contrast(rows, os.path.join(args.out, "contrast.png"))
+    rows = contrast_report(models, test, args.out, contrasts=cli.split_list(args.contrasts),
+                           modes=cli.split_list(args.modes), batch_size=args.batch_size,
+                           tol=args.tol, progress=tqdm)
+    for label in models:
+        r = next(r for r in rows if r["model"] == label)
+        print(f"{label}: {sum(r['model'] == label for r in rows)} (mode, c) settings, "
+              f"{r['compiles']} compile(s)")
     for r in rows:
         print(f"{r['model']:>14} {r['mode']:>6} c={r['c']:<8.4g} acc {100 * r['acc']:5.1f}%  "
               f"NFE block1 {r['nfe_block1']:6.1f}  total {r['nfe_total']:6.1f}")
 
 
 def cmd_completion(args, models, test):
-    """Fig. 3c and Fig. 4 for every model: `dcn_analysis.completion_probe`,
-    completion.json, completion.png and one feature-map figure per model."""
-    from jaxode.models.dcn_analysis import completion_probe
-    from jaxode.models.dcn_plots import plot_completion, plot_feature_maps
+    """Fig. 3c and Fig. 4 for every model (`jaxode.models.dcn_analysis.completion_report`)."""
+    from tqdm.auto import tqdm
 
-    os.makedirs(args.out, exist_ok=True)
-    result = {"test_images": len(test), "d_images": min(args.d_images, len(test)),
-              "d_mask_size": args.d_mask_size, "models": {}}
-    t_start = time.perf_counter()
-    for label, (model, run_dir) in models.items():
-        r, example = completion_probe(
-            model, test, mask_sizes=[int(n) for n in cli.split_list(args.mask_sizes)],
-            d_mask_size=args.d_mask_size, d_images=args.d_images, times=args.times,
-            batch_size=args.batch_size, progress=_bar(label))
-        result["models"][label] = {"run": run_dir, **r}
-        plot_feature_maps(example, np.asarray(r["t"]),
-                          os.path.join(args.out, f"completion_maps_{label}.png"), label)
-    result["seconds"] = time.perf_counter() - t_start
-    with open(os.path.join(args.out, "completion.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    plot_completion(result, os.path.join(args.out, "completion.png"))
+    from jaxode.models.dcn_analysis import completion_report
+
+    result = completion_report(
+        models, test, args.out, mask_sizes=[int(n) for n in cli.split_list(args.mask_sizes)],
+        d_mask_size=args.d_mask_size, d_images=args.d_images, times=args.times,
+        batch_size=args.batch_size, progress=tqdm)
     for label, r in result["models"].items():
         acc = ", ".join(f"{n}: {100 * a:.1f}%" for n, a in r["accuracy_by_mask_size"].items())
         print(f"{label}: accuracy by mask size {acc}; D(t0) {r['D_mean'][0]:.3f} -> "

@@ -1,19 +1,13 @@
 """Transfer experiment (Carrara et al., Sec. 4.3): how well do the intermediate features
 z(t) of CIFAR-10-trained networks serve a new task, as a function of t?
 
-Recipe: trained classifiers (``--checkpoint NAME=RUN_DIR`` of `experiments.classify`,
-or small ones trained here with ``--quick-train``) -> Tiny-ImageNet-200 val resized to
-32x32 -> pooled features at t = 0, 0.05, ..., 1 (`jaxode.transfer.cached_features`)
--> per t a linear SVM, C by stratified k-fold CV (`jaxode.transfer_sweep.svm_sweep`)
--> optionally at t* a new linear head and a whole-network fine-tune, scored with the
-SVM on one held-out split -> RUNS_DIR/NAME/: results.csv, accuracy_vs_t.png,
-summary.json, config.json.
-
-Examples::
+Recipe: trained classifiers (``--checkpoint NAME=RUN_DIR``, or small ones trained here
+with ``--quick-train``) -> Tiny-ImageNet-200 val at 32x32 -> per feature time t a linear
+SVM, C by stratified k-fold CV (`jaxode.transfer_sweep`) -> optionally, at t*, a new
+linear head and a whole-network fine-tune on one held-out split -> RUNS_DIR/NAME/:
+results.csv, accuracy_vs_t.png, summary.json, config.json.  Example::
 
     python -m experiments.transfer --config smoke --quick-train
-    python -m experiments.transfer --checkpoint resode=runs/cifar-resode \\
-        --checkpoint resnet=runs/cifar-resnet --data-root /path/to/data
 """
 
 from __future__ import annotations
@@ -44,12 +38,10 @@ def parse_args(argv=None):
     a("--checkpoint", action="append", default=[], metavar="NAME=RUN_DIR",
       help="a trained classification run folder (repeatable)")
     a("--quick-train", action="store_true",
-      help="first train small Residual / Res-ODE / ODE-only nets on a CIFAR-10 subset here "
-           "(RUNS_DIR/NAME-quick-KIND; --resume continues them)")
+      help="first train small nets on a CIFAR-10 subset here (RUNS_DIR/NAME-quick-KIND)")
     a("--quick-models", default="resnet,resode,odeonly")
     a("--quick-channels", type=int, default=64,
-      help="width of the quick models (GroupNorm has 32 groups: at <= 32 channels each group "
-           "is one channel and the pooled features lose most of their information)")
+      help="width of the quick models (at <= 32 GroupNorm normalises channels one by one)")
     a("--quick-tol", type=float, default=1e-3, help="ODE rtol = atol of quick models")
     a("--quick-train-size", type=int, default=2000)
     a("--quick-epochs", type=int, default=3)
@@ -64,20 +56,17 @@ def parse_args(argv=None):
     a("--per-class", type=int, default=None, help="images per class (default all 50)")
     a("--time-step", type=float, default=0.05, help="spacing of the ODE feature times on [0, 1]")
     a("--svm-time-step", type=float, default=None,
-      help="run the SVM only at the feature times that are multiples of this (cached, so a "
-           "finer step later adds only the missing times)")
+      help="SVM only at the feature times that are multiples of this (results are cached)")
     a("--folds", type=int, default=5)
     a("--svm-solver", choices=("sklearn", "newton"), default="sklearn",
-      help="'sklearn': liblinear LinearSVC; 'newton': jaxode.svm, all classes at once, "
-           "warm-started along the C grid (faster; docs/results/transfer.md)")
+      help="liblinear LinearSVC, or jaxode.svm's Newton solver (faster, same objective)")
     a("--Cs", default="0.01,0.1,1,10,100")
     a("--n-jobs", type=int, default=-1)
     a("--finetune-t", type=float, default=None,
       help="also compare fine-tunes with the SVM at this t on a held-out split")
     a("--finetune-epochs", type=int, default=100, help="epochs of the linear head")
     a("--finetune-mode", choices=("head", "full", "both"), default="head",
-      help="'head': a new linear head on the frozen features; 'full': the whole network cut "
-           "at t* with a new head (SGD, crop + flip); 'both'")
+      help="a new linear head on the frozen features, the whole network cut at t*, or both")
     a("--full-epochs", type=int, default=3, help="epochs of the full fine-tune")
     a("--full-lr", type=float, default=0.01, help="lr of the full fine-tune (SGD 0.9, cosine)")
     a("--batch-size", type=int, default=250, help="feature-extraction batch")
@@ -90,9 +79,8 @@ def parse_args(argv=None):
     if config not in names("transfer"):
         p.error(f"argument --config: unknown config {config!r}; choose one of "
                 f"{', '.join(names('transfer'))} (see --list).")
-    p.set_defaults(**get_config(config, "transfer"))
+    p.set_defaults(name="transfer", **get_config(config, "transfer"))
     args = p.parse_args(argv)
-    args.name = args.name or "transfer"
     _check_args(p, args)
     return args
 
@@ -201,23 +189,17 @@ def finetune_full(entry, images, y, n_classes, t, args, run_path, log):
     import jax
 
     from jaxode import transfer as tr
-    from jaxode.data import Dataset
     from jaxode.train import ClassificationTask, RunDir, TrainConfig
-    from jaxode.transfer_sweep import heldout_split
+    from jaxode.transfer_sweep import heldout_datasets
 
     if tr.is_ode_model(entry["model"]) and t <= 0.0:
         log("full fine-tune skipped: at t* = 0 an ODE net has no ODE block left "
             "(choose --finetune-t > 0)")
         return {"full_skipped": "t* = 0"}
-    names_ = tuple(str(c) for c in range(n_classes))
-    train, val = (Dataset(images[i], y[i].astype(np.int32), n_classes, names_,
-                          f"tiny-imagenet/val[{part}]")
-                  for i, part in zip(heldout_split(y, args.seed), ("80%", "20%")))
+    train, val = heldout_datasets(images, y, n_classes, args.seed)
     model = tr.truncated_classifier(entry["model"], t, n_classes, key=jax.random.PRNGKey(args.seed))
-    mean, std = entry["norm"] if entry["norm"] is not None else (None, None)
-    task = ClassificationTask(crop_padding=4, flip=True,
-                              mean=None if mean is None else tuple(mean),
-                              std=None if std is None else tuple(std))
+    mean, std = (tuple(v) for v in entry["norm"]) if entry["norm"] is not None else (None, None)
+    task = ClassificationTask(crop_padding=4, flip=True, mean=mean, std=std)
     config = TrainConfig(epochs=args.full_epochs, batch_size=min(50, len(train)),
                          lr=args.full_lr, weight_decay=1e-4, lr_schedule="cosine",
                          seed=args.seed, progress=not args.no_progress)
@@ -231,24 +213,6 @@ def finetune_full(entry, images, y, n_classes, t, args, run_path, log):
             "full_seconds": time.perf_counter() - t0, "full_run": run.path}
 
 
-def _load_models(args):
-    from jaxode.train import load_run
-
-    models = {}
-    for spec in args.checkpoint:
-        nm, run_dir = spec.split("=", 1)
-        with cli.data_errors_exit():
-            trained = load_run(run_dir)
-        channels = getattr(trained.model, "in_channels", 3)
-        if channels != 3:
-            cli.stop(f"--checkpoint {nm}={run_dir}: that model was trained on {channels}-"
-                     "channel (grey) images, but Tiny-ImageNet is RGB; pass a run trained on "
-                     "RGB images (e.g. CIFAR-10, --config carrara-cifar10-*) or --quick-train.")
-        models[nm] = {"model": trained.model, "cifar_acc": None, "source": run_dir,
-                      "norm": trained.norm}
-    return models
-
-
 def main(argv=None, log=print):
     args = parse_args(argv)
     from tqdm.auto import tqdm
@@ -258,7 +222,7 @@ def main(argv=None, log=print):
     from jaxode.data.load import resolve_path
     from jaxode.data.tiny_imagenet import load_tiny_imagenet_val
 
-    out = cli.run_path(args, "transfer")
+    out = cli.run_path(args, args.name)
     data = None
     if not args.train_only:  # the target data first: a missing set stops before training
         with cli.data_errors_exit():
@@ -266,7 +230,8 @@ def main(argv=None, log=print):
                                 ("tiny-imagenet-200-val.zip", "tiny-imagenet-200"))
             data = load_tiny_imagenet_val(path, image_size=args.image_size,
                                           cache_dir=args.cache_dir)
-    models = _load_models(args)
+    with cli.data_errors_exit():
+        models = sweep.load_source_runs(args.checkpoint)
     if args.quick_train:
         models.update(quick_train(args, log))
         if args.train_only:
@@ -292,31 +257,18 @@ def main(argv=None, log=print):
                solver=args.svm_solver)
     summary = {"reported": (f"mean {args.folds}-fold stratified CV accuracy at the best C "
                             f"of {Cs} (max over the grid: slightly optimistic)"),
-               "svm_solver": args.svm_solver, "n_images": int(len(idx)),
+               "svm_solver": args.svm_solver, "n_images": len(idx),
                "n_classes": n_classes, "image_size": args.image_size, "models": {}}
     feat_dir = args.features_dir or os.path.join(out, "features")
     ts = tuple(float(t) for t in np.round(np.arange(0.0, 1.0 + 1e-9, args.time_step), 6))
     rows = []
     for nm, entry in models.items():
-        model, norm, t_start = entry["model"], entry["norm"], time.perf_counter()
-        feats = tr.cached_features(
-            feat_dir, model, images, ts=ts, batch_size=args.batch_size, desc=f"features {nm}",
+        mine, info, feats, times = sweep.measure_model(
+            feat_dir, nm, entry, images, y, ts, batch_size=args.batch_size, svm=svm,
             data_key=f"tiny-imagenet-val@{args.image_size}:{args.classes}:{args.per_class}:"
-                     f"{args.seed}",
-            mean=None if norm is None else tuple(norm[0]),
-            std=None if norm is None else tuple(norm[1]))
-        t_feat = time.perf_counter() - t_start
-        times, kind = tr.feature_times(model, ts), "ode" if tr.is_ode_model(model) else "resnet"
-        log(f"{nm}: features {feats.shape} in {t_feat:.0f} s")
-        mine = sweep.svm_sweep(feat_dir, nm, feats, y, times, kind=kind, **svm,
-                               step=args.svm_time_step, log=log,
-                               progress=lambda xs: tqdm(xs, desc=f"SVM {nm}", leave=False))
+                     f"{args.seed}", step=args.svm_time_step, log=log,
+            progress=lambda xs, nm=nm: tqdm(xs, desc=f"SVM {nm}", leave=False))
         rows += mine
-        best = max(mine, key=lambda r: r["cv_accuracy"])  # the first of equal maxima
-        info = {"kind": kind, "source": entry["source"], "cifar10_acc": entry["cifar_acc"],
-                "best_t": best["t"], "best_cv_accuracy": float(best["cv_accuracy"]),
-                "cv_accuracy_at_t1": float(mine[-1]["cv_accuracy"]), "feature_seconds": t_feat,
-                "n_features": int(feats.shape[2])}
         if args.finetune_t is not None:
             j = int(np.argmin(np.abs(times - args.finetune_t)))
             ft = sweep.finetune_compare(feats[:, j], y, n_classes, **svm, head_epochs=(
@@ -328,12 +280,7 @@ def main(argv=None, log=print):
             info["finetune"] = ft
         summary["models"][nm] = info
 
-    sweep.write_rows(rows, os.path.join(out, "results.csv"))
-    sweep.plot_accuracy_vs_t(rows, os.path.join(out, "accuracy_vs_t.png"), folds=args.folds,
-                             title=f"Tiny-ImageNet-200 val: {len(idx)} images, "
-                                   f"{n_classes} classes")
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    sweep.write_results(out, rows, summary, folds=args.folds)
     log(f"reported: {summary['reported']}")
     for nm, info in summary["models"].items():
         log(sweep.summary_line(nm, info))

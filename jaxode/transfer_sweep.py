@@ -12,14 +12,45 @@ one stratified 80/20 split (`heldout_split`), which the whole-network fine-tune 
 from __future__ import annotations
 
 import csv
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from jaxode import transfer as tr
 
-__all__ = ["svm_indices", "svm_sweep", "heldout_split", "finetune_compare", "write_rows",
-           "plot_accuracy_vs_t", "summary_line"]
+__all__ = [
+    "finetune_compare",
+    "heldout_datasets",
+    "heldout_split",
+    "load_source_runs",
+    "measure_model",
+    "plot_accuracy_vs_t",
+    "summary_line",
+    "svm_indices",
+    "svm_sweep",
+    "write_results",
+]
+
+
+def load_source_runs(specs: Sequence[str]) -> dict[str, dict]:
+    """The trained source networks of ``NAME=RUN_DIR`` specs (`jaxode.train.load_run`):
+    ``{NAME: {"model", "norm", "source", "cifar_acc": None}}``.  Raises ValueError for a
+    network trained on grey images (the target set is RGB)."""
+    from jaxode.train import load_run
+
+    models = {}
+    for spec in specs:
+        name, run_dir = spec.split("=", 1)
+        run = load_run(run_dir)
+        channels = getattr(run.model, "in_channels", 3)
+        if channels != 3:
+            raise ValueError(f"--checkpoint {name}={run_dir}: that model was trained on "
+                             f"{channels}-channel (grey) images, but Tiny-ImageNet is RGB; pass "
+                             "a run trained on RGB images (e.g. CIFAR-10, --config "
+                             "carrara-cifar10-*) or use --quick-train.")
+        models[name] = {"model": run.model, "cifar_acc": None, "source": run_dir,
+                        "norm": run.norm}
+    return models
 
 
 def svm_indices(times: np.ndarray, kind: str, step: float | None) -> list[int]:
@@ -50,11 +81,50 @@ def svm_sweep(cache_dir: str, name: str, feats: np.ndarray, y: np.ndarray, times
     return rows
 
 
+def measure_model(cache_dir: str, name: str, entry: dict, images: np.ndarray, y: np.ndarray,
+                  ts: Sequence[float], *, data_key: str, batch_size: int, svm: dict,
+                  step: float | None = None, progress: Callable | None = None,
+                  log: Callable[[str], None] = print):
+    """Features of one source network (`entry` of `load_source_runs`) at the times `ts`
+    (`jaxode.transfer.cached_features`) and its `svm_sweep` (`svm`: Cs, folds, seed,
+    n_jobs, solver).  Returns ``(rows, info, feats, times)``; `info` holds the best t
+    (the first of equal maxima), the accuracy at t = 1 and the feature time."""
+    import time
+
+    model, norm, t_start = entry["model"], entry["norm"], time.perf_counter()
+    feats = tr.cached_features(cache_dir, model, images, ts=ts, data_key=data_key,
+                               batch_size=batch_size, desc=f"features {name}",
+                               mean=None if norm is None else tuple(norm[0]),
+                               std=None if norm is None else tuple(norm[1]))
+    t_feat = time.perf_counter() - t_start
+    times, kind = tr.feature_times(model, ts), "ode" if tr.is_ode_model(model) else "resnet"
+    log(f"{name}: features {feats.shape} in {t_feat:.0f} s")
+    rows = svm_sweep(cache_dir, name, feats, y, times, kind=kind, step=step,
+                     progress=progress, log=log, **svm)
+    best = max(rows, key=lambda r: r["cv_accuracy"])
+    info = {"kind": kind, "source": entry["source"], "cifar10_acc": entry["cifar_acc"],
+            "best_t": best["t"], "best_cv_accuracy": float(best["cv_accuracy"]),
+            "cv_accuracy_at_t1": float(rows[-1]["cv_accuracy"]), "feature_seconds": t_feat,
+            "n_features": int(feats.shape[2])}
+    return rows, info, feats, times
+
+
 def heldout_split(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The held-out split every fine-tune comparison shares: stratified 80/20."""
     from sklearn.model_selection import train_test_split
 
     return train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=seed)
+
+
+def heldout_datasets(images: np.ndarray, y: np.ndarray, n_classes: int, seed: int):
+    """The two parts of `heldout_split` as `jaxode.data.Dataset` s (train 80 %, val 20 %),
+    for the whole-network fine-tune through `jaxode.train.fit`."""
+    from jaxode.data import Dataset
+
+    names = tuple(str(c) for c in range(n_classes))
+    return tuple(Dataset(images[i], y[i].astype(np.int32), n_classes, names,
+                         f"tiny-imagenet/val[{part}]")
+                 for i, part in zip(heldout_split(y, seed), ("80%", "20%")))
 
 
 def finetune_compare(X: np.ndarray, y: np.ndarray, n_classes: int, *, Cs: Sequence[float],
@@ -66,7 +136,7 @@ def finetune_compare(X: np.ndarray, y: np.ndarray, n_classes: int, *, Cs: Sequen
     i_tr, i_va = heldout_split(y, seed)
     svm = tr.svm_cv(X[i_tr], y[i_tr], Cs=Cs, folds=folds, seed=seed, n_jobs=n_jobs,
                     solver=solver)
-    out = {"split": "stratified 80/20", "n_train": int(len(i_tr)), "n_val": int(len(i_va)),
+    out = {"split": "stratified 80/20", "n_train": len(i_tr), "n_val": len(i_va),
            "svm_val_accuracy": float(np.mean(svm["model"].predict(X[i_va]) == y[i_va])),
            "svm_best_C": svm["best_C"]}
     if head_epochs is not None:
@@ -77,12 +147,21 @@ def finetune_compare(X: np.ndarray, y: np.ndarray, n_classes: int, *, Cs: Sequen
     return out
 
 
-def write_rows(rows: list[dict], path: str) -> None:
-    """`svm_sweep` rows of every model as one CSV table."""
-    with open(path, "w", newline="") as f:
+def write_results(out: str, rows: list[dict], summary: dict, *, folds: int) -> None:
+    """The results of a transfer run in the folder `out`: ``results.csv`` (the
+    `svm_sweep` rows of every model), ``accuracy_vs_t.png`` and ``summary.json``."""
+    import json
+    import os
+
+    with open(os.path.join(out, "results.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    plot_accuracy_vs_t(rows, os.path.join(out, "accuracy_vs_t.png"), folds=folds,
+                       title=f"Tiny-ImageNet-200 val: {summary['n_images']} images, "
+                             f"{summary['n_classes']} classes")
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
 
 
 def plot_accuracy_vs_t(rows: list[dict], path: str, *, folds: int, title: str) -> None:

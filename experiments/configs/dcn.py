@@ -1,9 +1,8 @@
-"""Tomen, Pintea & van Gemert, "Deep Continuous Networks" (ICML 2021): the settings of
-``python -m experiments.dcn``, one group per training subcommand -- ``dcn``
-(``classify``), ``dcn-small-data`` and ``dcn-reconstruct`` -- each with ``paper`` and
-``smoke``.  A config is a dict of settings the command's flags override; the learning
-rate is the one at batch 128, scaled by batch / 128 as in the reference code, and
-``support`` is the SRF kernel-support strategy (docs/dcn_kernel_size.md).
+"""Tomen, Pintea & van Gemert, "Deep Continuous Networks" (ICML 2021): settings of the
+training subcommands of ``python -m experiments.dcn``, one group each -- ``dcn``
+(``classify``), ``dcn-small-data``, ``dcn-reconstruct`` -- with ``paper`` and ``smoke``.
+A config is a dict the command's flags override; lr is the one at batch 128 (scaled by
+batch / 128); ``support`` is the SRF kernel support (docs/dcn_kernel_size.md).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ def paper():
 
 @register("smoke", "dcn")
 def smoke():
-    """Smoke form of paper: widths 8,16,32, 64 train / 64 test images, 1 epoch, tol 1e-2.
+    """Smoke form of Tables 1, 5: widths 8,16,32, 64 train / 64 test images, 1 epoch, tol 1e-2.
     python -m experiments.dcn classify --model dcn_ode --config smoke --data-root DATA"""
     return dict(paper(), epochs=1, batch_size=16, milestones=(), train_limit=64,
                 test_limit=64, widths=(8, 16, 32), tol=1e-2)

@@ -12,18 +12,33 @@ from __future__ import annotations
 import glob
 import json
 import os
+import time
 from collections import defaultdict
 
 import numpy as np
 
-__all__ = ["load_probe_run", "contrast_sweep", "completion_probe", "small_data_rows",
-           "small_data_markdown"]
+__all__ = [
+    "completion_probe",
+    "completion_report",
+    "contrast_report",
+    "contrast_sweep",
+    "load_probe_run",
+    "load_probe_runs",
+    "small_data_markdown",
+    "small_data_report",
+    "small_data_rows",
+]
 
 CIFAR10_CLASSES = 10
 
 
 def _no_bar(items, desc=None):
     return items
+
+
+def _labelled(progress, label):
+    """`progress(items, desc)` with the model's label after each description."""
+    return None if progress is None else (lambda items, desc: progress(items, f"{desc} {label}"))
 
 
 def load_probe_run(run_dir: str, tol: float | None = None, max_steps: int | None = None):
@@ -55,6 +70,19 @@ def load_probe_run(run_dir: str, tol: float | None = None, max_steps: int | None
     return with_solve_config(run.model, **changes), dict(run.config, epoch=run.epoch)
 
 
+def load_probe_runs(run_dirs, tol: float | None = None, max_steps: int | None = None) -> dict:
+    """``{label: (model, run_dir)}`` of `load_probe_run` for several run folders; the
+    label is the model's name, numbered (``odenet-2``) when it repeats."""
+    models = {}
+    for run_dir in run_dirs:
+        model, cfg = load_probe_run(run_dir, tol=tol, max_steps=max_steps)
+        label, k = cfg["model"], 2
+        while label in models:
+            label, k = f"{cfg['model']}-{k}", k + 1
+        models[label] = (model, run_dir)
+    return models
+
+
 def contrast_sweep(model, test, contrasts, modes, batch_size: int, progress=None) -> list[dict]:
     """Fig. 5: one row per (mode, c) with the test accuracy for the input c H, the mean
     forward NFE of every ODE block and in total, and how many batches hit the solver's
@@ -72,6 +100,29 @@ def contrast_sweep(model, test, contrasts, modes, batch_size: int, progress=None
     return rows
 
 
+def contrast_report(models: dict, test, out: str, *, contrasts, modes, batch_size: int,
+                    tol: float | None = None, progress=None) -> list[dict]:
+    """`contrast_sweep` of every model (``{label: (model, run_dir)}``) into the folder
+    `out`: ``contrast.json`` (the rows, each with the number of compilations its model
+    needed, and the settings) and ``contrast.png`` (Fig. 5).  Returns the rows."""
+    from jaxode.models.dcn_plots import plot_contrast
+    from jaxode.models.dcn_probes import PROBE_TRACES
+
+    os.makedirs(out, exist_ok=True)
+    rows, t_start = [], time.perf_counter()
+    for label, (model, run_dir) in models.items():
+        n_traces = len(PROBE_TRACES)
+        sweep = contrast_sweep(model, test, contrasts, modes, batch_size,
+                               _labelled(progress, label))
+        compiles = len(PROBE_TRACES) - n_traces
+        rows += [{"model": label, "run": run_dir, **r, "compiles": compiles} for r in sweep]
+    with open(os.path.join(out, "contrast.json"), "w") as f:
+        json.dump({"test_images": len(test), "batch_size": batch_size, "tol": tol,
+                   "seconds": time.perf_counter() - t_start, "rows": rows}, f, indent=2)
+    plot_contrast(rows, os.path.join(out, "contrast.png"))
+    return rows
+
+
 def completion_probe(model, test, *, mask_sizes, d_mask_size: int, d_images: int,
                      times: int, batch_size: int, progress=None):
     """Fig. 3c and Fig. 4: ``(result, example)``.  `result` holds the test accuracy with
@@ -83,8 +134,13 @@ def completion_probe(model, test, *, mask_sizes, d_mask_size: int, d_images: int
     import jax
     import jax.numpy as jnp
 
-    from jaxode.models.dcn_probes import (block1_trajectory, centre_mask, feature_difference,
-                                          probe_batches, probe_pass)
+    from jaxode.models.dcn_probes import (
+        block1_trajectory,
+        centre_mask,
+        feature_difference,
+        probe_batches,
+        probe_pass,
+    )
 
     progress = progress or _no_bar
 
@@ -113,6 +169,30 @@ def completion_probe(model, test, *, mask_sizes, d_mask_size: int, d_images: int
     result = {"accuracy_by_mask_size": {str(n): a for n, a in accs.items()},
               "t": ts.tolist(), "D_mean": d.mean(0).tolist(), "D_std": d.std(0).tolist()}
     return result, example
+
+
+def completion_report(models: dict, test, out: str, *, d_images: int, d_mask_size: int,
+                      progress=None, **settings) -> dict:
+    """`completion_probe` of every model (``{label: (model, run_dir)}``) into the folder
+    `out`: ``completion.json``, ``completion.png`` (Fig. 3c and D(t)) and
+    ``completion_maps_LABEL.png`` (Fig. 4).  `settings`: mask_sizes, times, batch_size."""
+    from jaxode.models.dcn_plots import plot_completion, plot_feature_maps
+
+    os.makedirs(out, exist_ok=True)
+    result = {"test_images": len(test), "d_images": min(d_images, len(test)),
+              "d_mask_size": d_mask_size, "models": {}}
+    t_start = time.perf_counter()
+    for label, (model, run_dir) in models.items():
+        r, example = completion_probe(model, test, d_images=d_images, d_mask_size=d_mask_size,
+                                      progress=_labelled(progress, label), **settings)
+        result["models"][label] = {"run": run_dir, **r}
+        plot_feature_maps(example, np.asarray(r["t"]),
+                          os.path.join(out, f"completion_maps_{label}.png"), label)
+    result["seconds"] = time.perf_counter() - t_start
+    with open(os.path.join(out, "completion.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    plot_completion(result, os.path.join(out, "completion.png"))
+    return result
 
 
 def small_data_rows(folder: str) -> tuple[list[dict], list[str]]:
@@ -152,3 +232,21 @@ def small_data_markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['per_class']} | {r['params']:,} | {r['epochs']} | "
                      f"{r['test_images']} | {r['mean']:.1f} +- {r['std']:.1f} | {per_seed} |")
     return "\n".join(lines) + "\n"
+
+
+def small_data_report(folder: str, out: str) -> tuple[list[dict], list[str]]:
+    """Table 2 of the small-data runs in `folder` as ``OUT.md``, ``OUT.json`` (rows and
+    unfinished runs) and ``OUT.png``; returns ``small_data_rows(folder)``.  Raises
+    ValueError (writing nothing) when no run has finished."""
+    from jaxode.models.dcn_plots import plot_small_data
+
+    rows, unfinished = small_data_rows(folder)
+    if not rows:
+        raise ValueError(f"no finished small-data run (RUN/summary.json) in {folder!r}; run "
+                         "`python -m experiments.dcn small-data --name FOLDER` first.")
+    with open(out + ".md", "w") as f:
+        f.write(small_data_markdown(rows))
+    with open(out + ".json", "w") as f:
+        json.dump({"rows": rows, "unfinished": unfinished}, f, indent=2)
+    plot_small_data(rows, out + ".png")
+    return rows, unfinished

@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plot_scales", "plot_contrast", "plot_completion", "plot_feature_maps",
-           "plot_reconstructions", "plot_small_data"]
+__all__ = [
+    "plot_completion",
+    "plot_contrast",
+    "plot_feature_maps",
+    "plot_reconstructions",
+    "plot_scales",
+    "plot_small_data",
+]
 
 
 def _pyplot():
