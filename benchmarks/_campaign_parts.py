@@ -539,7 +539,7 @@ def train(ctx) -> dict:
                    "step time" if est else "no step time measured and under 240 s")
             return {"skipped": {"train": f"{left:.0f} s left: {how}; run `--parts train` alone"}}
     epochs = min(done + epochs, total)
-    cmd = ["classify", "--model", "dcn_ode", *argv, "--epochs", str(epochs), "--run", run,
+    cmd = ["classify", "--model", "dcn_ode", *argv, "--epochs", str(epochs), "--name", run,
            "--data-root", data, "--resume"]
     ctx.say(f"  python -m experiments.dcn {' '.join(cmd)}")
     t = time.perf_counter()
