@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
             "summary.json, checkpoints). A --resume must repeat the run's flags: only more "
             "--epochs, --tol-sweep, --no-per-sample and --no-progress may change."),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_run_flags(p, configs=names(), default_config="smoke-digits",  # % is argparse's
-                      describe=lambda n: describe(n).replace("%", "%%"), old_names=("--run-name",))
+    cli.add_run_flags(p, configs=names(), default_config="smoke-digits", describe=describe,
+                      old_names=("--run-name",))
     a = p.add_argument
     a("--model", help="carrara-resnet, carrara-resode, carrara-odeonly, chen-odenet, chen-resnet")
     a("--channels", type=int, help="width of the ODE block / residual blocks (GroupNorm with "
