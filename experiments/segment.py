@@ -23,8 +23,7 @@ import os
 import jax
 import numpy as np
 
-from experiments.configs import describe, get_config, print_list
-from experiments.configs import names as config_names
+from experiments import configs
 from experiments.configs.segnode import from_saved, model_config, optimizer, settings
 from jaxode import cli as _cli
 from jaxode.data import camvid
@@ -38,7 +37,7 @@ from jaxode.train.checkpoint import latest_checkpoint
 from jaxode.train.rundir import RunDir, write_json
 
 # Named configurations (`experiments.configs.segnode`), by name; the tests add their own.
-CONFIGS = {name: get_config(name, "segment") for name in config_names("segment")}
+CONFIGS = {name: configs.get_config(name, "segment") for name in configs.names("segment")}
 # flags that set a setting of the config, and those that set one of its `solve`
 SETTING_FLAGS = ("epochs", "batch_size", "crop", "widths", "blocks", "baseline_modules",
                  "field_modules", "lr_segnode", "lr_baseline", "max_train_batches",
@@ -91,7 +90,8 @@ def train_one(name, cfg, splits, labels, run: RunDir, key, *, resume=False, chun
     eb = cfg["eval_batch"]
     print(f"[{name}] {count_params(model):,} parameters; {per_epoch} steps/epoch x "
           f"{cfg['epochs']} epochs")
-    result = fit(model, task, lambda e: EpochBatches(train, bs, per_epoch, cfg["seed"], k_train, e + 1),
+    result = fit(model, task,
+                 lambda e: EpochBatches(train, bs, per_epoch, cfg["seed"], k_train, e + 1),
                  lambda: ({"image": val.images[i:i + eb], "label": val.labels[i:i + eb]}
                           for i in range(0, len(val.images), eb)),
                  config=config, optimizer=opt, run=model_run, resume=resume,
@@ -113,13 +113,11 @@ def load_trained(run_path: str, name: str = "segnode"):
     with open(os.path.join(run_path, "config.json")) as f:
         cfg = from_saved(json.load(f))
     data = load_data(cfg)
-    model = build_model(name, model_config(name, cfg, data[1].num_classes), key=jax.random.PRNGKey(0))
-    folder = os.path.join(run_path, "checkpoints", name)
-    found = restore(folder, model, optimizer(name, cfg, 1)[0])
-    if found is None:
-        raise FileNotFoundError(f"{run_path!r} holds no {name} checkpoint ({folder}); train "
-                                f"it first (python -m experiments.segment --models {name}).")
-    return found[1], cfg, data, found[0]
+    mcfg = model_config(name, cfg, data[1].num_classes)
+    model = build_model(name, mcfg, key=jax.random.PRNGKey(0))
+    epoch, model = restore(os.path.join(run_path, "checkpoints", name), model,
+                           optimizer(name, cfg, 1)[0])
+    return model, cfg, data, epoch
 
 
 def analyse(args):
@@ -169,8 +167,8 @@ def parse_args(argv=None):
                     "Kambhamettu), measure their Table 2 costs (--table2), or analyse a trained "
                     "SegNode (--checkpoint RUN: Fig. 3-4 and the solve-time trade-off).",
         epilog="recipes:\n" + __doc__.split("\n\n")[1])
-    _cli.add_run_flags(p, configs=config_names("segment"), default_config=None,
-                       describe=lambda n: describe(n, "segment"), old_names=("--run-name",))
+    _cli.add_run_flags(p, configs=configs.names("segment"), default_config=None,
+                       describe=lambda n: configs.describe(n, "segment"), old_names=("--run-name",))
     a = p.add_argument
     a("--data-path", dest="data_root", help=argparse.SUPPRESS,
       action=_cli.renamed("--data-path", "--data-root"))  # the old name of --data-root
@@ -206,7 +204,7 @@ def parse_args(argv=None):
     g.add_argument("--out", help="analysis folder (default: RUN/analysis)")
     args = p.parse_args(argv)
     if args.list:
-        print_list("segment")
+        configs.print_list("segment")
         raise SystemExit(0)
     check_args(p, args)
     return args

@@ -92,3 +92,21 @@ def test_run_name_is_a_deprecated_alias_of_name(tiny, capsys):
         segment.main(["--run-name", "old"])
     assert info.value.code == 2
     assert "'runs/old' already holds" in capsys.readouterr().err.replace(os.sep, "/")
+
+
+def test_settings_of_earlier_runs_still_load():
+    """config.json of runs before the nested ``solve`` (written by commit 0b161f3): the
+    solver settings and data_path at the top level."""
+    from experiments.configs.segnode import DEFAULTS, from_saved, model_config
+
+    old = dict(segment.CONFIGS["smoke"], **{k: v for k, v in DEFAULTS.items() if k != "solve"},
+               solver="euler", rtol=0.01, atol=0.02, num_steps=3, data_path="cv.zip",
+               models=["segnode"], table2=False)
+    del old["solve"]
+    cfg = from_saved(old)
+    assert cfg["solve"] == dict(solver="euler", rtol=0.01, atol=0.02, num_steps=3)
+    assert cfg["data_root"] == "cv.zip" and "data_path" not in cfg and "solver" not in cfg
+    solve = model_config("segnode", cfg, 4).solve
+    assert (solve.solver, solve.num_steps, solve.max_steps) == ("euler", 3, 256)
+    assert float(solve.atol) == pytest.approx(0.02)
+    assert from_saved(cfg) == cfg  # a run written now reads back unchanged

@@ -14,6 +14,7 @@ from jaxode.nn.hrnet import STEM_CHANNELS
 
 DEFAULTS = dict(field_modules=1, seed=0, eval_downscale=1, synthetic_size=(64, 64), n_train=64,
                 n_eval=16, weight_decay_baseline=0.05, stem_channels=STEM_CHANNELS,
+                max_train_batches=None, eval_limit=None,
                 solve=dict(solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=None))
 CPU_CAMVID = dict(data="camvid", blocks=1, baseline_modules=2, lr_segnode=0.1, lr_baseline=1e-3,
                   solve=dict(solver="dopri5", rtol=1e-2, atol=1e-2, num_steps=None))
@@ -25,7 +26,7 @@ def camvid_paper():
     python -m experiments.segment --config camvid-paper --data-root DATA"""
     return dict(data="camvid", widths=(48, 96, 192, 384), blocks=4, baseline_modules=6,
                 crop=(360, 480), scale=(0.5, 2.0), batch_size=16, epochs=484, eval_batch=4,
-                lr_segnode=0.1, lr_baseline=1e-4, max_train_batches=None, eval_limit=None)
+                lr_segnode=0.1, lr_baseline=1e-4)
 
 
 @register("camvid-small", "segment")
@@ -42,8 +43,7 @@ def smoke():
     """Smoke form: synthetic shapes (no download), widths 4-32, 3 epochs (CPU, minutes).
     python -m experiments.segment --config smoke"""
     return dict(CPU_CAMVID, data="synthetic", widths=(4, 8, 16, 32), crop=(48, 48),
-                scale=(0.75, 1.5), batch_size=8, epochs=3, eval_batch=8,
-                max_train_batches=None, eval_limit=None)
+                scale=(0.75, 1.5), batch_size=8, epochs=3, eval_batch=8)
 
 
 def settings(config: dict) -> dict:
@@ -57,8 +57,7 @@ def from_saved(saved: dict) -> dict:
     cfg = dict(saved)
     if "solve" not in cfg:
         cfg["solve"] = {k: cfg.pop(k, v) for k, v in DEFAULTS["solve"].items()}
-    if "data_path" in cfg:
-        cfg["data_root"] = cfg.pop("data_path")
+    cfg.setdefault("data_root", cfg.pop("data_path", None))
     return settings(cfg)
 
 

@@ -80,7 +80,8 @@ def _measure(name, config, opt, crop, batch, budget_gb, timing, two_batches, key
         fixed = args_bytes[batch]
         per_image = (mem[batch] - fixed) / batch
     max_batch = int((budget_gb * 2**30 - fixed) // per_image) if per_image > 0 else None
-    test_c = raw_predict.lower(params, jax.ShapeDtypeStruct((1,) + crop + (3,), jnp.uint8)).compile()
+    x1 = jax.ShapeDtypeStruct((1,) + crop + (3,), jnp.uint8)
+    test_c = raw_predict.lower(params, x1).compile()
     row = dict(params=count_params(model), train_mem_gib=mem[batch] / 2**30,
                train_mem_per_image_gib=per_image / 2**30,
                max_batch=max_batch, test_mem_one_image_gib=compiled_bytes(test_c) / 2**30)
@@ -102,11 +103,12 @@ def _measure(name, config, opt, crop, batch, budget_gb, timing, two_batches, key
 def measure_table2(models: dict, crop: tuple[int, int], batch: int, budget_gb: float, *,
                    timing: bool = True, two_batches: bool = False, key=None) -> dict:
     """Table 2 for both models, `models` = ``{"segnode": (SegNodeConfig, optimiser),
-    "baseline": (BaselineConfig, optimiser)}``, at the `crop` size: parameters, training memory at
-    `batch`, the largest batch within `budget_gb` (memory is affine in the batch:
-    through batch and 2*batch with `two_batches`, else from the arguments as the fixed
-    part), memory to test one image, training time per epoch (367 images) and testing
-    time per image (with `timing`).  Adds ``ratios``: how much less SegNode needs."""
+    "baseline": (BaselineConfig, optimiser)}``, at the `crop` size: parameters,
+    training memory at `batch`, the largest batch within `budget_gb` (memory is affine
+    in the batch: through batch and 2*batch with `two_batches`, else with the arguments
+    as the fixed part), memory to test one image, training time per epoch (367 images)
+    and testing time per image (with `timing`).  Adds ``ratios``: how much less SegNode
+    needs."""
     key = jax.random.PRNGKey(0) if key is None else key
     rows = {}
     for name in MODELS:

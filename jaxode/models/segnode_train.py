@@ -91,8 +91,11 @@ def metrics_row(name: str, row: dict, lr: float) -> dict:
 
 def restore(folder: str, model, optimizer):
     """``(epoch, model)`` with the weights of the newest intact checkpoint in `folder`
-    (a damaged newest one falls back to an older one), or None when there is none;
-    `model` and `optimizer` give the structure the checkpoint is read into."""
+    (a damaged newest one falls back to an older one); `model` and `optimizer` give
+    the structure the checkpoint is read into.  FileNotFoundError when there is none."""
     opt_state = optimizer.init(eqx.filter(model, trainable(model)))
     found = load_newest_intact(folder, lambda _: (model, opt_state))
-    return None if found is None else (found[0], found[1][0])
+    if found is None:
+        raise FileNotFoundError(f"{folder} holds no checkpoint; train the model first "
+                                "(python -m experiments.segment --models NAME).")
+    return found[0], found[1][0]
