@@ -84,7 +84,7 @@ def _tiny_run(folder, segment):
                                "--name", str(folder)])
     cfg = dict(segment.resolve_config(args), n_train=4, n_eval=6, synthetic_size=(24, 24),
                eval_batch=4, widths=(4,), stem_channels=4)  # one branch: compiles fast
-    del cfg["solve"], cfg["data_root"]
+    del cfg["solve"]
     old = dict(cfg, solver="dopri5", rtol=1e-5, atol=1e-5, num_steps=None, data_path=None,
                models=["segnode"], table2=False)
     settings = segment.from_saved(old)
