@@ -166,7 +166,7 @@ def parse_args(argv=None):
         description="Train and evaluate SegNode and the residual HRNet baseline (Khoshsirat & "
                     "Kambhamettu), measure their Table 2 costs (--table2), or analyse a trained "
                     "SegNode (--checkpoint RUN: Fig. 3-4 and the solve-time trade-off).",
-        epilog="recipes:\n" + __doc__.split("\n\n")[1])
+        epilog="recipes:\n" + (__doc__ or "\n\n").split("\n\n")[1])
     _cli.add_run_flags(p, configs=configs.names("segment"), default_config=None,
                        describe=lambda n: configs.describe(n, "segment"), old_names=("--run-name",))
     a = p.add_argument
