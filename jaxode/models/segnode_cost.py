@@ -38,13 +38,15 @@ def compiled_bytes(compiled) -> int:
                - m.alias_size_in_bytes)
 
 
-def _median_seconds(fn, repeats: int = 3) -> tuple[float, object]:
-    times, out = [], None
+def _median_seconds(step, state, repeats: int = 3) -> tuple[float, object]:
+    """Median wall time of `repeats` calls ``state = step(state)`` (each call continues
+    from the previous output, as training does) and the last output."""
+    times = []
     for _ in range(repeats):
         t0 = time.time()
-        out = jax.block_until_ready(fn())
+        state = jax.block_until_ready(step(state))
         times.append(time.time() - t0)
-    return float(np.median(times)), out
+    return float(np.median(times)), state
 
 
 def _measure(name, config, opt, crop, batch, budget_gb, timing, two_batches, key):
@@ -89,11 +91,11 @@ def _measure(name, config, opt, crop, batch, budget_gb, timing, two_batches, key
         imgs = jnp.zeros((batch,) + crop + (3,), jnp.uint8)
         labs = jnp.zeros((batch,) + crop, jnp.uint8)
         step_s, (_, _, _, nf, nb) = _median_seconds(
-            lambda: compiled[batch](params, opt_state, imgs, labs, key))
+            lambda s: compiled[batch](s[0], s[1], imgs, labs, key), (params, opt_state))
         row["train_step_s"] = step_s
         row["train_epoch_s"] = step_s * math.ceil(CAMVID_TRAIN_IMAGES / batch)
         x = jnp.zeros((1,) + crop + (3,), jnp.uint8)
-        row["test_ms_per_image"] = 1e3 * _median_seconds(lambda: test_c(params, x))[0]
+        row["test_ms_per_image"] = 1e3 * _median_seconds(lambda _: test_c(params, x), None)[0]
         if name == "segnode":
             row["nfe_forward_train"] = int(nf)
             row["nfe_backward_train"] = float(nb)
