@@ -448,11 +448,12 @@ def memory(ctx) -> dict:
     import jax
 
     from benchmarks.common import compile_with_memory
-    from jaxode.models.segnode import BaselineConfig, SegNodeConfig, build_model
+    from jaxode.models.segnode import BaselineConfig, SegNodeConfig, build_model, solve_config
 
     if ctx.dry_run:
         small = dict(widths=(4, 8), blocks=1, stem_channels=8)  # two branches: compiles fast
-        configs = {"segnode": SegNodeConfig(**small, solver="euler", num_steps=2),
+        euler = solve_config(solver="euler", num_steps=2)
+        configs = {"segnode": SegNodeConfig(**small, solve=euler),
                    "baseline": BaselineConfig(**small, modules=1)}
         batch, crop = 2, 64
     else:

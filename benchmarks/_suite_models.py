@@ -208,10 +208,10 @@ def _torch_dcn(model):
 
 
 def _build_segnode(s, tol, key, rng):
-    from jaxode.models.segnode import SegNode, SegNodeConfig
+    from jaxode.models.segnode import SegNode, SegNodeConfig, solve_config
 
     cfg = SegNodeConfig(num_classes=11, widths=tuple(s["widths"]), blocks=s["blocks"],
-                        stem_channels=s["stem"], rtol=tol, atol=tol)
+                        stem_channels=s["stem"], solve=solve_config(rtol=tol, atol=tol))
     model = SegNode(cfg, key=key)
     c, b = s["crop"], s["batch"]
     x = rng.standard_normal((b, 3, c, c)).astype(np.float32)

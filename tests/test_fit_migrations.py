@@ -76,7 +76,7 @@ def test_segnode_smoke_metrics_unchanged(tmp_path, monkeypatch):
         baseline_modules=1))
     with jax.numpy_dtype_promotion("standard"):
         s = segment.main(["--config", "test-tiny", "--models", "segnode", "--solver", "euler",
-                          "--num-steps", "2", "--run-name", "t"])["segnode"]
+                          "--num-steps", "2", "--name", "t"])["segnode"]
     assert [r["train_loss"] for r in s["history"]] == pytest.approx(
         [1.3618913888931274, 1.335953712463379], rel=1e-5)
     assert [r["val_miou"] for r in s["history"]] == pytest.approx(

@@ -217,8 +217,8 @@ OCCUPIED = [
     ("dcn", ["classify"], "runs/dcn-dcn_ode-smoke-s0", "--name"),  # the default folder
     ("dcn", ["small-data", "--seeds", "0,1", "--run", "old"],  # --run: old name of --name
      "runs/old/dcn-small-dcn_ode-20-s1", "--name"),  # one seed's folder of several
-    ("segment", ["--run-name", "old"], "runs/old", "--run-name"),
-    ("segment", ["--table2"], "runs/segment-smoke-table2", "--run-name"),
+    ("segment", ["--name", "old"], "runs/old", "--name"),
+    ("segment", ["--table2"], "runs/segment-smoke-table2", "--name"),
     ("node_ew_mnist", ["--smoke", "--out", "old"], "old", "--out"),
     ("curve", ["--smoke", "--out", "old"], "old", "--out"),
     ("flow", ["--smoke"], "runs/flow", "--out"),  # the default folder
@@ -342,7 +342,7 @@ def test_valid_segment_arguments_reach_training(tmp_path, monkeypatch):
         return {"params": 1, "val_miou": 0.0, "test_miou": 0.0}, [{"model": name, "epoch": 1}]
 
     monkeypatch.setattr(segment, "train_one", fake_train)
-    segment.main(["--batch-size", "64", "--run-name", "ok"])
+    segment.main(["--batch-size", "64", "--name", "ok"])
     assert calls == [("segnode", 64, 64), ("baseline", 64, 64)]
     assert (tmp_path / "runs" / "ok" / "config.json").exists()
 
@@ -567,7 +567,7 @@ def test_segment_widths_are_not_bound_to_32_groups(tmp_path, monkeypatch):
         return {"params": 1, "val_miou": 0.0, "test_miou": 0.0}, [{"model": name, "epoch": 1}]
 
     monkeypatch.setattr(segment, "train_one", fake_train)
-    segment.main(["--widths", "5", "7", "40", "50", "--run-name", "odd"])
+    segment.main(["--widths", "5", "7", "40", "50", "--name", "odd"])
     assert calls == [("segnode", (5, 7, 40, 50)), ("baseline", (5, 7, 40, 50))]
 
 

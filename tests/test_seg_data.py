@@ -64,6 +64,43 @@ def test_fake_zip_roundtrip_and_cache(tmp_path, monkeypatch):
     np.testing.assert_array_equal(again["val"].labels, truth["val"][1])
 
 
+def test_camvid_cache_is_the_common_one(tmp_path, monkeypatch):
+    """CamVid splits live in `jaxode.data.cache` (under $JAXODE_CACHE when no cache_dir
+    is given), keyed by the archive's size and mtime: a rewritten archive is decoded
+    again, an unchanged one is not."""
+    monkeypatch.setenv("JAXODE_CACHE", str(tmp_path / "env-cache"))
+    zp = str(tmp_path / "cv.zip")
+    _fake_camvid_zip(zp, seed=1)
+    camvid.load_camvid(zp, ["val"])
+    files = os.listdir(tmp_path / "env-cache")
+    assert len(files) == 1 and files[0].startswith("camvid-val-") and files[0].endswith(".npz")
+    truth = _fake_camvid_zip(zp, seed=2)  # new contents, new size/mtime
+    os.utime(zp, ns=(1, 1))
+    np.testing.assert_array_equal(camvid.load_camvid(zp, ["val"])["val"].labels, truth["val"][1])
+    assert len(os.listdir(tmp_path / "env-cache")) == 2
+
+
+def test_load_segmentation_cuts_and_decimates_the_eval_splits(tmp_path):
+    from jaxode.data.segmentation import load_segmentation
+
+    zp = str(tmp_path / "cv.zip")
+    truth = _fake_camvid_zip(zp, n=3, seed=4)
+    splits, labels = load_segmentation("camvid", root=zp, cache_dir=str(tmp_path / "c"),
+                                       eval_limit=2, eval_downscale=2)
+    assert labels.num_classes == camvid.NUM_CLASSES and labels.ignore_label == 11
+    np.testing.assert_array_equal(splits["train"].images, truth["train"][0])  # untouched
+    for s in ("val", "test"):
+        np.testing.assert_array_equal(splits[s].images, truth[s][0][:2, ::2, ::2])
+        np.testing.assert_array_equal(splits[s].labels, truth[s][1][:2, ::2, ::2])
+        assert splits[s].names == ("f0", "f1")
+    synth, labels = load_segmentation("synthetic", n_train=3, n_eval=2, size=(16, 16), seed=7)
+    want = synthetic_seg.make_split(2, (16, 16), seed=8).images  # val: seed + 1
+    np.testing.assert_array_equal(synth["val"].images, want)
+    assert labels.num_classes == synthetic_seg.NUM_CLASSES
+    with pytest.raises(ValueError, match="unknown segmentation dataset 'voc'"):
+        load_segmentation("voc")
+
+
 def test_folder_source(tmp_path):
     zp = str(tmp_path / "cv.zip")
     truth = _fake_camvid_zip(zp, seed=3)

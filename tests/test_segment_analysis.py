@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxode.models.segnode import SegNode, SegNodeConfig, with_solve
+from jaxode.models.segnode import SegNode, SegNodeConfig, solve_config, with_solve
 
 _COMPILES = []
 jax.monitoring.register_event_duration_secs_listener(
@@ -25,7 +25,7 @@ TINY = dict(num_classes=3, widths=(4,), blocks=1, max_groups=4, stem_channels=4)
 
 @pytest.fixture(scope="module")
 def model():
-    return SegNode(SegNodeConfig(**TINY, rtol=1e-5, atol=1e-5), key=jax.random.PRNGKey(0))
+    return SegNode(SegNodeConfig(**TINY, solve=solve_config(rtol=1e-5, atol=1e-5)), key=jax.random.PRNGKey(0))
 
 
 @pytest.fixture(scope="module")
@@ -73,21 +73,30 @@ def test_shorter_t1_and_tolerances_without_recompiling(model, xs):
 
 
 def _tiny_run(folder, segment):
-    """A run folder as training leaves it, with an untrained tiny SegNode checkpoint."""
+    """A run folder as training leaves it, with an untrained tiny SegNode checkpoint.
+    Its config.json has the layout of runs before the nested ``solve`` settings
+    (solver, rtol, atol, num_steps and data_path at the top level): it must still load."""
     from jaxode.ode import trainable
     from jaxode.train.checkpoint import save_checkpoint
     from jaxode.train.rundir import write_json
 
     args = segment.parse_args(["--widths", "4", "4", "4", "4", "--blocks", "1",
-                               "--run-name", str(folder)])
+                               "--name", str(folder)])
     cfg = dict(segment.resolve_config(args), n_train=4, n_eval=6, synthetic_size=(24, 24),
-               eval_batch=4, widths=(4,), stem_channels=4, rtol=1e-5, atol=1e-5)  # one branch: compiles fast
-    _, k, _, _ = segment.load_data(cfg)
-    model = segment.build_model("segnode", segment.model_config("segnode", cfg, k),
+               eval_batch=4, widths=(4,), stem_channels=4)  # one branch: compiles fast
+    del cfg["solve"]
+    old = dict(cfg, solver="dopri5", rtol=1e-5, atol=1e-5, num_steps=None, data_path=None,
+               models=["segnode"], table2=False)
+    settings = segment.from_saved(old)
+    assert settings["solve"] == dict(solver="dopri5", rtol=1e-5, atol=1e-5, num_steps=None)
+    _, labels = segment.load_data(settings)
+    model = segment.build_model("segnode", segment.model_config("segnode", settings,
+                                                                labels.num_classes),
                                 key=jax.random.PRNGKey(0))
-    opt, _ = segment.make_optimizer("segnode", cfg, 1)
+    assert float(model.ode.config.rtol) == pytest.approx(1e-5)
+    opt, _ = segment.optimizer("segnode", settings, 1)
     folder.mkdir(parents=True)
-    write_json(str(folder / "config.json"), dict(cfg, models=["segnode"], table2=False))
+    write_json(str(folder / "config.json"), old)
     save_checkpoint(str(folder / "checkpoints" / "segnode"), 1,
                     (model, opt.init(eqx.filter(model, trainable(model)))), {"history": []})
 

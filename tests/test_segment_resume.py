@@ -35,15 +35,15 @@ def test_chunks_and_resume_equal_one_run(tiny):
     # optax's AdamW mixes a Python float with an int32 step count, which the suite's
     # strict promotion rejects; the CLI runs with JAX's standard promotion.
     with jax.numpy_dtype_promotion("standard"):
-        whole = segment.main(argv + ["--run-name", "whole"])["baseline"]
-        part = segment.main(argv + ["--run-name", "part", "--chunk-epochs", "1"])
+        whole = segment.main(argv + ["--name", "whole"])["baseline"]
+        part = segment.main(argv + ["--name", "part", "--chunk-epochs", "1"])
         assert part["baseline"] is None
         assert not (tiny / "runs" / "part" / "summary.json").exists()
-        resumed = segment.main(["--run-name", "part", "--resume"])["baseline"]
+        resumed = segment.main(["--name", "part", "--resume"])["baseline"]
         # (inside the same promotion mode: another mode would recompile everything)
         w_whole, _ = _weights(tiny / "runs" / "whole")
         w_part, meta = _weights(tiny / "runs" / "part")
-        again = segment.main(["--run-name", "part", "--resume"])["baseline"]
+        again = segment.main(["--name", "part", "--resume"])["baseline"]
     assert [r["epoch"] for r in resumed["history"]] == [1, 2]
     # the metrics of this configuration before segment trained through jaxode.train.fit
     # (recorded from commit 2de7529, 2-core CPU, 2026-12-06; tests/test_fit_migrations.py)
@@ -64,18 +64,49 @@ def test_chunks_and_resume_equal_one_run(tiny):
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["--run-name", "none", "--resume"], ["--resume", "'runs/none'", "no config.json"]),
-    (["--run-name", "old", "--resume", "--epochs", "9"], ["--epochs", "saved config"]),
-    (["--run-name", "old", "--resume", "--models", "segnode"], ["--models", "'segnode'"]),
-    (["--run-name", "old"], ["already holds", "--resume"]),
+    (["--name", "none", "--resume"], ["--resume", "'runs/none'", "no config.json"]),
+    (["--name", "old", "--resume", "--epochs", "9"], ["--epochs", "saved config"]),
+    (["--name", "old", "--resume", "--rtol", "0.1"], ["--rtol", "saved config"]),
+    (["--name", "old", "--resume", "--models", "segnode"], ["--models", "'segnode'"]),
+    (["--name", "old"], ["already holds", "--resume"]),
+    (["--name", "cls", "--resume"], ["--resume", "not a segmentation run"]),
 ])
 def test_resume_refusals(tiny, capsys, argv, words):
     old = tiny / "runs" / "old"
     old.mkdir(parents=True)
     (old / "config.json").write_text(json.dumps({"models": ["baseline"]}))
+    (tiny / "runs" / "cls").mkdir()
+    (tiny / "runs" / "cls" / "config.json").write_text(json.dumps({"classify": {}}))
     with pytest.raises(SystemExit) as info:
         segment.main(argv)
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     for w in words:
         assert w.replace("/", os.sep) in err, err
+
+
+def test_run_name_is_a_deprecated_alias_of_name(tiny, capsys):
+    (tiny / "runs" / "old").mkdir(parents=True)
+    (tiny / "runs" / "old" / "config.json").write_text("{}")
+    with pytest.warns(FutureWarning, match="--name"), pytest.raises(SystemExit) as info:
+        segment.main(["--run-name", "old"])
+    assert info.value.code == 2
+    assert "'runs/old' already holds" in capsys.readouterr().err.replace(os.sep, "/")
+
+
+def test_settings_of_earlier_runs_still_load():
+    """config.json of runs before the nested ``solve`` (written by commit 0b161f3): the
+    solver settings and data_path at the top level."""
+    from experiments.configs.segnode import DEFAULTS, from_saved, model_config
+
+    old = dict(segment.CONFIGS["smoke"], **{k: v for k, v in DEFAULTS.items() if k != "solve"},
+               solver="euler", rtol=0.01, atol=0.02, num_steps=3, data_path="cv.zip",
+               models=["segnode"], table2=False)
+    del old["solve"]
+    cfg = from_saved(old)
+    assert cfg["solve"] == dict(solver="euler", rtol=0.01, atol=0.02, num_steps=3)
+    assert cfg["data_root"] == "cv.zip" and "data_path" not in cfg and "solver" not in cfg
+    solve = model_config("segnode", cfg, 4).solve
+    assert (solve.solver, solve.num_steps, solve.max_steps) == ("euler", 3, 256)
+    assert float(solve.atol) == pytest.approx(0.02)
+    assert from_saved(cfg) == cfg  # a run written now reads back unchanged

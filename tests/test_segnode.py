@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxode.models.segnode import (PAPER_PARAMS, BaselineConfig, HRResidualNet, SegNode,
-                                   SegNodeConfig, build_model, count_params)
+                                   SegNodeConfig, build_model, count_params, solve_config)
 from jaxode.nn.hrnet import resize_bilinear
 
 
@@ -62,8 +62,8 @@ def pair():
     """A SegNode with an autonomous one-module field and a one-module baseline sharing
     every weight."""
     cfg = dict(num_classes=3, widths=(4, 4, 4, 4), blocks=1, max_groups=4)
-    seg = SegNode(SegNodeConfig(**cfg, time=False, solver="euler", num_steps=1,
-                                adjoint="direct"), key=jax.random.PRNGKey(1))
+    euler = solve_config(solver="euler", num_steps=1, adjoint="direct")
+    seg = SegNode(SegNodeConfig(**cfg, time=False, solve=euler), key=jax.random.PRNGKey(1))
     base = HRResidualNet(BaselineConfig(**cfg, modules=1), key=jax.random.PRNGKey(2))
     base = eqx.tree_at(lambda m: (m.stem, m.transition, m.modules, m.head), base,
                        (seg.stem, seg.transition, seg.ode.field.modules, seg.head))
@@ -126,7 +126,7 @@ def test_experiment_smoke_end_to_end(tmp_path, monkeypatch):
     # strict promotion rejects; the CLI runs with JAX's standard promotion.
     with jax.numpy_dtype_promotion("standard"):
         summary = segment.main(["--config", "test-tiny", "--widths", "4", "4", "4", "4",
-                                "--solver", "euler", "--num-steps", "1", "--run-name", "t"])
+                                "--solver", "euler", "--num-steps", "1", "--name", "t"])
     run = tmp_path / "runs" / "t"
     saved = json.loads((run / "summary.json").read_text())
     for m in ("segnode", "baseline"):

@@ -170,10 +170,10 @@ def test_cnf():
 
 
 def test_segnode():
-    from jaxode.models.segnode import SegNode, SegNodeConfig
+    from jaxode.models.segnode import SegNode, SegNodeConfig, solve_config
 
     cfg = SegNodeConfig(num_classes=3, widths=(4, 8, 8, 8), blocks=1, stem_channels=8,
-                        solver="midpoint", num_steps=1)
+                        solve=solve_config(solver="midpoint", num_steps=1))
     model = _build(lambda k: SegNode(cfg, key=k), 11)
     x = _input((2, 3, 20, 20), 12)  # 20 -> 5, 3, 2, 1: odd sizes exercise the resizes
     want, _ = eqx.filter_jit(lambda m, x: m.batched(x))(_unrolled(model), jnp.asarray(x))

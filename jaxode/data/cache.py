@@ -1,7 +1,8 @@
 """A disk cache of decoded datasets, so that slow decoding (60,000 JPEGs) happens once.
 
-An entry is an uncompressed ``.npz`` holding ``images``, ``labels`` and ``class_names``.
-Its file name carries a hash of everything the decoded arrays depend on: the reader and
+An entry is an uncompressed ``.npz`` of named arrays: for a `Dataset` its ``images``,
+``labels``, ``class_names``; other readers (CamVid's segmentation splits) give their own
+`to_arrays` / `from_arrays` pair.  Its file name carries a hash of everything the decoded arrays depend on: the reader and
 its version, the absolute source path, the source's size and modification time (so a
 replaced file is decoded again), the split and the reader's options.  Entries are
 written to a temporary file in the same folder and moved into place with `os.replace`,
@@ -72,7 +73,9 @@ def cached(
     options: dict[str, Any] | None = None,
     cache_dir: str | os.PathLike | None = None,
     enabled: bool = True,
-) -> Dataset:
+    to_arrays: Callable[[Any], dict[str, np.ndarray]] | None = None,
+    from_arrays: Callable[[dict[str, np.ndarray]], Any] | None = None,
+) -> Any:
     """Return the cached dataset for this (reader, source, split, options), or build it
     with `make()` and store it.
 
@@ -84,6 +87,8 @@ def cached(
     - `split`, `options`: the rest of the key.
     - `cache_dir`: the folder (see `default_cache_dir`).
     - `enabled`: ``False`` skips the cache entirely.
+    - `to_arrays` / `from_arrays`: how a non-`Dataset` result (e.g. CamVid's
+      `SegSplit`) becomes named arrays and back; default: a `Dataset`.
     """
     if not enabled:
         return make()
@@ -99,19 +104,13 @@ def cached(
     if os.path.exists(path):
         try:
             with np.load(path, allow_pickle=False) as z:
-                return Dataset(
-                    images=z["images"],
-                    labels=z["labels"],
-                    num_classes=int(z["num_classes"]),
-                    class_names=tuple(str(c) for c in z["class_names"]),
-                    name=str(z["name"]),
-                )
+                return (from_arrays or _dataset_from_arrays)({k: z[k] for k in z.files})
         except Exception:
             # A damaged entry (e.g. disk full on another machine): rebuild it.
             pass
     ds = make()
     try:
-        _store(ds, folder, path)
+        _store((to_arrays or _dataset_arrays)(ds), folder, path)
     except OSError as e:  # read-only, full or missing cache folder: run without the cache
         import warnings
 
@@ -121,20 +120,23 @@ def cached(
     return ds
 
 
-def _store(ds: Dataset, folder: str, path: str) -> None:
-    """Write `ds` to `path` through a temporary file in `folder` (atomic)."""
+def _dataset_arrays(ds: Dataset) -> dict[str, np.ndarray]:
+    return dict(images=ds.images, labels=ds.labels, num_classes=np.int64(ds.num_classes),
+                class_names=np.array(ds.class_names, dtype=str), name=np.array(ds.name))
+
+
+def _dataset_from_arrays(z: dict[str, np.ndarray]) -> Dataset:
+    return Dataset(images=z["images"], labels=z["labels"], num_classes=int(z["num_classes"]),
+                   class_names=tuple(str(c) for c in z["class_names"]), name=str(z["name"]))
+
+
+def _store(arrays: dict[str, np.ndarray], folder: str, path: str) -> None:
+    """Write `arrays` to `path` through a temporary file in `folder` (atomic)."""
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                images=ds.images,
-                labels=ds.labels,
-                num_classes=np.int64(ds.num_classes),
-                class_names=np.array(ds.class_names, dtype=str),
-                name=np.array(ds.name),
-            )
+            np.savez(f, **arrays)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

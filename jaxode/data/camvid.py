@@ -8,24 +8,24 @@ Source layout (a folder, or a zip such as ``$JAXODE_DATA/camvid-segnet.zip``)::
     CamVid/{train,val,test}/<name>.jpg
     CamVid/{train,val,test}annot/<name>.png   8-bit class indices 0..11
 
-`load_camvid(path)` decodes a split once and caches it as an ``.npz`` (written to a
-temporary file and renamed, so an interrupted run never leaves a half cache) in
-`cache_dir` (default ``$JAXODE_CACHE`` or ``~/.cache/jaxode``).  Images stay uint8
+`load_camvid(path)` decodes a split once and keeps it in the common decoded-array cache
+of `jaxode.data.cache` (keyed by the zip's or folder's size and modification time; in
+`cache_dir`, default ``$JAXODE_CACHE`` or ``~/.cache/jaxode``).  Images stay uint8
 (N, H, W, 3) and labels uint8 (N, H, W) until they reach the device.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
-import tempfile
 import zipfile
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxode.data.cache import cached
 
 CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence",
            "Car", "Pedestrian", "Bicyclist")
@@ -104,17 +104,6 @@ class _Source:
         with open(full, "rb") as f:
             return f.read()
 
-    def fingerprint(self) -> str:
-        st = os.stat(self.path)
-        text = f"{self.path}|{st.st_size}|{int(st.st_mtime)}"
-        if self.zip is None:
-            for split in SPLITS:
-                p = os.path.join(self.prefix, f"{split}.txt")
-                if os.path.exists(p):
-                    s = os.stat(p)
-                    text += f"|{s.st_size}|{int(s.st_mtime)}"
-        return hashlib.sha1(text.encode()).hexdigest()[:12]
-
 
 def _decode(data: bytes, what: str, mode: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
@@ -164,24 +153,6 @@ def _read_split(src: _Source, split: str, limit: int | None) -> SegSplit:
     return SegSplit(np.stack(images), np.stack(labels), tuple(names))
 
 
-def default_cache_dir() -> str:
-    return os.environ.get("JAXODE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "jaxode")
-
-
-def _atomic_savez(path: str, **arrays) -> None:
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def load_camvid(path: str | None = None, splits=SPLITS, *, cache_dir: str | None = None,
                 limit: int | None = None, use_cache: bool = True) -> dict[str, SegSplit]:
     """Read CamVid splits from a folder or zip, decoding once and caching as npz.
@@ -190,7 +161,7 @@ def load_camvid(path: str | None = None, splits=SPLITS, *, cache_dir: str | None
 
     - `path`: the zip or folder; default ``$JAXODE_DATA/camvid-segnet.zip``.
     - `splits`: which of train / val / test to return.
-    - `cache_dir`: where the npz cache lives (default `default_cache_dir()`).
+    - `cache_dir`: the cache folder (`jaxode.data.cache.default_cache_dir`).
     - `limit`: read only the first `limit` images of each split (tests, quick runs).
     - `use_cache`: read and write the cache (False: always decode).
 
@@ -208,24 +179,19 @@ def load_camvid(path: str | None = None, splits=SPLITS, *, cache_dir: str | None
         if s not in SPLITS:
             raise ValueError(f"CamVid: unknown split {s!r}; choose from {SPLITS}.")
     src = _Source(path)
-    cache_dir = cache_dir or default_cache_dir()
-    out = {}
-    for split in splits:
-        tag = f"camvid-{src.fingerprint()}-{split}" + (f"-first{limit}" if limit else "")
-        cache = os.path.join(cache_dir, tag + ".npz")
-        if use_cache and os.path.isfile(cache):
-            try:
-                with np.load(cache) as z:
-                    out[split] = SegSplit(z["images"], z["labels"], tuple(z["names"].tolist()))
-                continue
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-                os.remove(cache)  # unreadable cache: decode again
-        data = _read_split(src, split, limit)
-        if use_cache:
-            _atomic_savez(cache, images=data.images, labels=data.labels,
-                          names=np.array(data.names))
-        out[split] = data
-    return out
+    return {split: cached(lambda split=split: _read_split(src, split, limit), reader="camvid",
+                          source=src.path, split=split, options={"limit": limit},
+                          cache_dir=cache_dir, enabled=use_cache, to_arrays=_split_arrays,
+                          from_arrays=_split_from_arrays)
+            for split in splits}
+
+
+def _split_arrays(split: SegSplit) -> dict[str, np.ndarray]:
+    return dict(images=split.images, labels=split.labels, names=np.array(split.names, dtype=str))
+
+
+def _split_from_arrays(z: dict[str, np.ndarray]) -> SegSplit:
+    return SegSplit(z["images"], z["labels"], tuple(str(n) for n in z["names"]))
 
 
 # -------------------------------------------------------------------- on the device

@@ -32,7 +32,7 @@ from jaxode.ode import ODEBlock, SolveConfig
 from jaxode.ode._tree import count_params  # noqa: F401  (the models' parameter count)
 
 __all__ = ["SegNode", "HRResidualNet", "SegNodeConfig", "BaselineConfig", "build_model",
-           "count_params", "with_solve", "PAPER_PARAMS"]
+           "count_params", "with_solve", "solve_config", "PAPER_PARAMS"]
 
 # Table 2 of the paper, in parameters.
 PAPER_PARAMS = {"baseline": 70.9e6, "segnode": 20.9e6, "hrnetv2": 65.8e6}
@@ -51,6 +51,12 @@ def _check_image(name: str, x, in_channels: int) -> None:
         )
 
 
+def solve_config(**settings) -> SolveConfig:
+    """SegNode's `SolveConfig`: `settings` (``solver``, ``rtol``, ...) over its defaults,
+    which differ from `SolveConfig`'s only in the step budget (256 steps)."""
+    return SolveConfig(**{"max_steps": 256, **settings})
+
+
 @dataclasses.dataclass(frozen=True)
 class SegNodeConfig:
     """SegNode hyper-parameters; defaults are the paper's widths.
@@ -60,6 +66,9 @@ class SegNodeConfig:
     count (``GroupRule("divisor", max_groups)``; 24 for 48 channels, 32 for 96, 192,
     384).  Ours: the paper uses batch normalisation (Fig. 2 caption); see
     `jaxode.nn.hrnet` for why the field cannot.
+
+    `solve` integrates dz/dt = f(t, z) on [0, `t1`]: by default dopri5 at rtol = atol
+    = 1e-3 with the backsolve adjoint, the whole batch in one solve, at most 256 steps.
     """
 
     num_classes: int = 11
@@ -70,18 +79,7 @@ class SegNodeConfig:
     stem_channels: int = STEM_CHANNELS
     max_groups: int = 32
     t1: float = 1.0
-    solver: str = "dopri5"
-    rtol: float = 1e-3
-    atol: float = 1e-3
-    adjoint: str = "backsolve"
-    num_steps: int | None = None
-    batch_mode: str = "joint"
-    max_steps: int = 256
-
-    def solve_config(self) -> SolveConfig:
-        return SolveConfig(solver=self.solver, rtol=self.rtol, atol=self.atol,
-                           adjoint=self.adjoint, num_steps=self.num_steps,
-                           batch_mode=self.batch_mode, max_steps=self.max_steps)
+    solve: SolveConfig = dataclasses.field(default_factory=lambda: solve_config())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +115,7 @@ class SegNode(eqx.Module):
         self.transition = Transition(c.stem_channels, c.widths, max_groups=c.max_groups, key=kt)
         field = MultiResField(c.widths, c.blocks, c.field_modules, time=c.time,
                               max_groups=c.max_groups, key=kf)
-        self.ode = ODEBlock(field, 0.0, c.t1, c.solve_config(), name="segnode")
+        self.ode = ODEBlock(field, 0.0, c.t1, c.solve, name="segnode")
         self.head = SegHead(c.widths, c.num_classes, max_groups=c.max_groups, key=kh)
         self.in_channels = 3
 
