@@ -108,9 +108,9 @@ class SegNode(eqx.Module):
     head: SegHead
     in_channels: int = eqx.field(static=True)
 
-    def __init__(self, config: SegNodeConfig = SegNodeConfig(), *, key):
+    def __init__(self, config: SegNodeConfig | None = None, *, key):
         ks, kt, kf, kh = jax.random.split(key, 4)
-        c = config
+        c = SegNodeConfig() if config is None else config  # built here: no arrays at import
         self.stem = Stem(3, c.stem_channels, max_groups=c.max_groups, key=ks)
         self.transition = Transition(c.stem_channels, c.widths, max_groups=c.max_groups, key=kt)
         field = MultiResField(c.widths, c.blocks, c.field_modules, time=c.time,
