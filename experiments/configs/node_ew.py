@@ -12,8 +12,6 @@ override them.
 
 from __future__ import annotations
 
-import os
-
 from experiments.configs import _flag_value, describe, get_config, names, print_list, register
 from experiments.configs.chen import PAPER as CHEN_RECIPE
 from experiments.configs.classify import ClassifyConfig
@@ -27,11 +25,8 @@ def node_ew_mnist():
     python -m experiments.classify --config node-ew-mnist --runs-dir results --name mnist-node-ew
 
     Chen et al.'s recipe (`experiments.configs.chen`: SGD 0.1, momentum 0.9, batch
-    128, crop padding 4, x0.1 at epochs 60/100/140 of 160) with the paper's split of
-    the 160 epochs (Sec. 4.2): 80 through 10 fixed Euler steps with backprop, 80 of
-    dopri5 + backsolve adjoint.  The paper also lowers the rate 10x at the switch
-    (0.01 -> 0.001); here the decay at epoch 60 comes before it and the one at 100
-    after.  g is the elementwise weight dynamics (330 parameters, zero at start)."""
+    128, crop padding 4, x0.1 at epochs 60/100/140 of 160), the paper's 80 epochs
+    through 10 Euler steps with backprop, then 80 of dopri5 + backsolve adjoint."""
     return ClassifyConfig(model="node-ew", name="node-ew-mnist",
                           description="NODE-EW Table 1: MNIST, Euler then adjoint",
                           **CHEN_RECIPE, phases="euler:80,adjoint:80", euler_steps=10)
@@ -93,7 +88,7 @@ def parse_run_flags(parser, experiment: str, argv=None, default: str = "paper"):
 @register("paper", "curve")
 def curve_paper():
     """NODE-EW Fig. 1: 1000-unit field, 1500 Euler + 100 adjoint iterations vs pure adjoint.
-    python -m experiments.curve --config paper --out runs/curve"""
+    python -m experiments.curve --config paper --name curve"""
     return dict(hidden=1000, euler_iters=1500, finetune_iters=100, pure_iters=3000,
                 pure_seconds=600.0)
 
@@ -101,7 +96,7 @@ def curve_paper():
 @register("smoke", "curve")
 def curve_smoke():
     """Smoke form of the curve fit: 32 units, 20 + 3 hybrid and 5 pure iterations.
-    python -m experiments.curve --config smoke --out runs/curve-smoke"""
+    python -m experiments.curve --config smoke --name curve-smoke"""
     return dict(hidden=32, euler_iters=20, finetune_iters=3, pure_iters=5, pure_seconds=30.0)
 
 
