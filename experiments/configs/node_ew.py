@@ -83,8 +83,6 @@ def parse_run_flags(parser, experiment: str, argv=None, default: str = "paper"):
     return args
 
 
-
-
 @register("paper", "curve")
 def curve_paper():
     """NODE-EW Fig. 1: 1000-unit field, 1500 Euler + 100 adjoint iterations vs pure adjoint.

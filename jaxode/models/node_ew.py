@@ -28,8 +28,15 @@ import jax.numpy as jnp
 
 from jaxode.fields.conv_odefunc import ConvODEFunc
 from jaxode.fields.evolving import EvolvingODE
-from jaxode.models.classifiers import (CHEN_NORM, Head, Sequence, _check_input, _check_size,
-                                       chen_downsampling, chen_odenet)
+from jaxode.models.classifiers import (
+    CHEN_NORM,
+    Head,
+    Sequence,
+    _check_input,
+    _check_size,
+    chen_downsampling,
+    chen_odenet,
+)
 from jaxode.ode import SolveConfig
 
 __all__ = ["NODEEWClassifier", "node_ew_mnist", "chen_odenet"]
