@@ -42,3 +42,30 @@ def test_samplers_follow_their_definitions():
     assert (g8 - centres[nearest]).std() == pytest.approx(0.5 / np.sqrt(2), rel=0.1)
     with pytest.raises(ValueError, match="unknown density"):
         sample_density("swiss_roll", key, 3)
+
+
+def test_fresh_batches_draw_new_points_per_iteration_reproducibly():
+    """The flow experiment's data: `iters` batches, each new, the same on a re-run."""
+    from jaxode.data.densities import FreshBatches
+
+    a, b = list(FreshBatches("moons", 3, 5, seed=2)), list(FreshBatches("moons", 3, 5, seed=2))
+    assert len(a) == len(FreshBatches("moons", 3, 5, seed=2)) == 3
+    assert all(x["x"].shape == (5, 2) for x in a)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["x"], y["x"])
+    assert not np.allclose(a[0]["x"], a[1]["x"])
+    assert not np.allclose(a[0]["x"], list(FreshBatches("moons", 1, 5, seed=3))[0]["x"])
+
+
+def test_iterations_to_reach_matches_a_direct_scan():
+    """`iterations_to_reach`: the first iteration whose trailing 20-iteration mean of
+    the NLL is at most each level, checked against a plain loop."""
+    from jaxode.models.flows import iterations_to_reach
+
+    nll = np.concatenate([np.linspace(4.0, 2.0, 60), np.full(20, 2.0)])
+    got = iterations_to_reach(nll, levels=(3.5, 2.95, 1.0))
+    for level in (3.5, 2.95):
+        want = next(i for i in range(19, len(nll)) if nll[i - 19:i + 1].mean() <= level)
+        assert got[str(level)] == want
+    assert got["1.0"] is None
+    assert iterations_to_reach([3.0, 2.0], levels=(2.6,)) == {"2.6": 1}  # shorter than 20

@@ -162,12 +162,12 @@ SMOKE_HERE = {
                              ["runs/smoke-digits/summary.json"]),
     "experiments.flow": ([("experiments.flow", [
         "--config", "smoke", "--densities", "moons", "--models", "fixed", "--iters", "2",
-        "--hidden", "4", "--test-size", "20", "--grid", "4", "--out", "flow"])],
-        ["flow/summary.json"]),
+        "--hidden", "4", "--test-size", "20", "--grid", "4", "--name", "flow"])],
+        ["runs/flow/summary.json"]),
     "experiments.curve": ([("experiments.curve", [
         "--config", "smoke", "--hidden", "4", "--euler-iters", "2", "--euler-steps", "4",
-        "--finetune-iters", "1", "--pure-iters", "1", "--pure-seconds", "5", "--out",
-        "curve"])], ["curve/summary.json"]),
+        "--finetune-iters", "1", "--pure-iters", "1", "--pure-seconds", "5", "--name",
+        "curve"])], ["runs/curve/summary.json"]),
 }
 
 # Programs whose smoke form another test runs for real: "file::test".

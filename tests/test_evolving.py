@@ -208,13 +208,13 @@ def test_node_ew_mnist_matches_the_odenet_of_the_same_size():
 
 
 def test_flow_optimizer_gives_theta1_its_own_learning_rate():
-    """experiments.flow's stabilised NODE-EW training: Adam's first step moves each
+    """the flow experiment's stabilised NODE-EW training: Adam's first step moves each
     parameter by lr * sign(grad); with the trainer's theta_1 group
     (g_lr_scale = g_lr / lr) theta_1 (the arrays of g) must move by g_lr, theta_0 by
     lr, and a fixed-weight flow has no theta_1."""
     import optax
 
-    from experiments.flow import make_flow
+    from jaxode.models.flows import make_flow
     from jaxode.ode import trainable
     from jaxode.train import TrainConfig, make_optimizer
     from jaxode.train.loop import optimizer_view

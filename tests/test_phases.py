@@ -69,3 +69,20 @@ def test_euler_phase_is_backprop_through_euler_steps():
     g1, g2 = jax.grad(lambda a, b: jnp.sum(by_hand(a, b, z0) ** 2), argnums=(0, 1))(w, 0.5 * w)
     np.testing.assert_allclose(grads.plain.field.w, g1, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(grads.ew.theta0.w, g2, rtol=1e-4, atol=1e-6)
+
+
+def test_seconds_per_epoch_groups_fits_history_by_phase():
+    """He et al. report s/epoch of each phase: the helper must group `fit`'s rows by
+    ``phase`` (a run without phases is all adjoint) and keep the first epoch, which
+    holds the compilation, out of the median."""
+    from jaxode.train.phases import seconds_per_epoch
+
+    rows = [{"phase": "euler", "train_time_s": t} for t in (50.0, 3.0, 5.0, 4.0)]
+    rows += [{"phase": "adjoint", "train_time_s": t} for t in (90.0, 9.0)]
+    got = seconds_per_epoch(rows)
+    assert got["euler"] == {"epochs": 4, "first (incl. compile)": 50.0, "last": 4.0,
+                            "median after the first": 4.0}
+    assert got["adjoint"]["median after the first"] == 9.0
+    assert seconds_per_epoch([{"train_time_s": 7.0}]) == {
+        "adjoint": {"epochs": 1, "first (incl. compile)": 7.0, "last": 7.0,
+                    "median after the first": None}}

@@ -219,9 +219,9 @@ OCCUPIED = [
      "runs/old/dcn-small-dcn_ode-20-s1", "--name"),  # one seed's folder of several
     ("segment", ["--name", "old"], "runs/old", "--name"),
     ("segment", ["--table2"], "runs/segment-smoke-table2", "--name"),
-    ("node_ew_mnist", ["--smoke", "--out", "old"], "old", "--out"),
-    ("curve", ["--smoke", "--out", "old"], "old", "--out"),
-    ("flow", ["--smoke"], "runs/flow", "--out"),  # the default folder
+    ("node_ew_mnist", ["--smoke", "--name", "old"], "runs/old", "--name"),
+    ("curve", ["--smoke", "--out", "old/"], "old/", "--name"),  # --out: deprecated alias
+    ("flow", ["--smoke"], "runs/flow", "--name"),  # the default folder
 ]
 
 
@@ -261,8 +261,8 @@ def test_run_folder_rules(capsys, tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["a-file", "empty"]
     line = _refused("flow", ["--out", "a-file/run"], capsys)
     assert "'a-file/run'" in line and "is a file, not a folder" in line
-    line = _refused("curve", ["--out", "a-file"], capsys)
-    assert "'a-file' is an existing file" in line
+    line = _refused("curve", ["--name", "./a-file"], capsys)
+    assert "'./a-file' is an existing file" in line
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # as if permissions lacked
     line = _refused("flow", ["--out", "new"], capsys)
     assert "cannot write under" in line and "permission denied" in line

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["DENSITIES", "sample_density", "density_names"]
+__all__ = ["DENSITIES", "sample_density", "density_names", "FreshBatches"]
 
 
 def eight_gaussians(key, n: int):
@@ -104,3 +104,21 @@ def sample_density(name: str, key, n: int) -> jax.Array:
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"sample_density: n must be a positive integer, got {n!r}.")
     return _JITTED[name](key, int(n)).astype(jnp.float32)
+
+
+class FreshBatches:
+    """`iters` batches ``{"x": (batch, 2)}``, each freshly drawn from the density
+    `name` (the paper's training: 100 new points per iteration); the draw of
+    iteration i depends only on (seed, i), so a re-run sees the same stream."""
+
+    def __init__(self, name: str, iters: int, batch: int, seed: int):
+        self.name, self.iters, self.batch = name, iters, batch
+        self.key = jax.random.PRNGKey(seed)
+
+    def __len__(self):
+        return self.iters
+
+    def __iter__(self):
+        for i in range(self.iters):
+            k_data, _ = jax.random.split(jax.random.fold_in(self.key, i))
+            yield {"x": sample_density(self.name, k_data, self.batch)}

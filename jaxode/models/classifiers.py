@@ -364,12 +364,18 @@ def chen_resnet(num_classes: int = 10, *, in_channels: int = 1, channels: int = 
                             in_channels)
 
 
+# NODE-EW (He et al. 2019) builds on Chen's network above, so its module imports this
+# one; importing it here, once everything it uses is defined, closes the cycle (the
+# package's __init__ always imports this module first).
+from jaxode.models.node_ew import node_ew_mnist
+
 MODELS: dict[str, Callable[..., eqx.Module]] = {
     "carrara-resnet": carrara_resnet,
     "carrara-resode": carrara_resode,
     "carrara-odeonly": carrara_odeonly,
     "chen-odenet": chen_odenet,
     "chen-resnet": chen_resnet,
+    "node-ew": node_ew_mnist,
 }
 
 

@@ -15,6 +15,9 @@ computes.  Parameters: 208,266 + 330 (elementwise) or + 2,600 (low-rank).
 
 The model follows the trainer's contract (`jaxode.train`):
 ``logits, aux = model(x, key=..., inference=...)`` on a float batch (N, 1, 28, 28).
+It is ``make_model("node-ew", ...)`` in `jaxode.models.MODELS`, so
+``python -m experiments.classify --config node-ew-mnist`` trains it and
+`jaxode.train.load_run` reads its run folder.
 """
 
 from __future__ import annotations
@@ -25,27 +28,39 @@ import jax.numpy as jnp
 
 from jaxode.fields.conv_odefunc import ConvODEFunc
 from jaxode.fields.evolving import EvolvingODE
-from jaxode.models.classifiers import CHEN_NORM, Head, Sequence, chen_downsampling, chen_odenet
+from jaxode.models.classifiers import (
+    CHEN_NORM,
+    Head,
+    Sequence,
+    _check_input,
+    _check_size,
+    chen_downsampling,
+    chen_odenet,
+)
 from jaxode.ode import SolveConfig
 
 __all__ = ["NODEEWClassifier", "node_ew_mnist", "chen_odenet"]
 
 
 class NODEEWClassifier(eqx.Module):
-    """stem -> NODE-EW block (z, theta)(0) -> z(t1) -> head."""
+    """stem -> NODE-EW block (z, theta)(0) -> z(t1) -> head.
+
+    `upsample` k > 1 repeats every pixel k x k times before the stem (nearest
+    neighbour, exact): Chen's down-sampling turns 8x8 digits into 1x1 maps, on which
+    GroupNorm makes the field a near step function and the adjoint solve runs out of
+    steps, while 24x24 ones give 5x5 maps (MNIST: 6x6).  For smoke runs on digits."""
 
     stem: Sequence
     ode: EvolvingODE
     head: Head
     in_channels: int = eqx.field(static=True)
+    upsample: int = eqx.field(static=True, default=1)
 
     def __call__(self, x, *, key=None, inference: bool = False):
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"NODEEWClassifier expects a float batch of shape (N, {self.in_channels}, H, W), "
-                f"got {x.shape}; convert uint8 NHWC images with jaxode.data.augment.to_model_input."
-            )
-        z0 = jax.vmap(self.stem)(x)
+        _check_input(type(self).__name__, x, self.in_channels)
+        if self.upsample > 1:
+            x = x.repeat(self.upsample, axis=2).repeat(self.upsample, axis=3)
+        z0 = _check_size(type(self).__name__, x, jax.vmap(self.stem)(x))
         (z1, _), stats = self.ode.batched(z0)
         n = x.shape[0]
 
@@ -64,10 +79,14 @@ class NODEEWClassifier(eqx.Module):
 def node_ew_mnist(num_classes: int = 10, *, in_channels: int = 1, channels: int = 64,
                   dynamics: str = "elementwise", hidden: int = 8, rank: int = 2,
                   tol: float = 1e-3, dropout: float = 0.0, solve: SolveConfig | None = None,
-                  key) -> NODEEWClassifier:
+                  upsample: int = 1, key) -> NODEEWClassifier:
     """NODE-EW on Chen et al.'s MNIST network ('conv' down-sampling).  With the same
     `key`, theta_0, the stem and the head equal those of
-    ``chen_odenet(..., key=key)``, so the two models start from the same function."""
+    ``chen_odenet(..., key=key)``, so the two models start from the same function.
+    `dynamics`: g, ``elementwise`` (`hidden` units) or ``lowrank`` (`rank`);
+    `upsample`: see `NODEEWClassifier`."""
+    if isinstance(upsample, bool) or not isinstance(upsample, int) or upsample < 1:
+        raise ValueError(f"node_ew_mnist: upsample must be an int >= 1, got {upsample!r}.")
     k1, k2, k3 = jax.random.split(key, 3)
     field = ConvODEFunc(channels, norm=CHEN_NORM["field"], key=k2)
     config = SolveConfig(rtol=tol, atol=tol) if solve is None else solve
@@ -75,4 +94,4 @@ def node_ew_mnist(num_classes: int = 10, *, in_channels: int = 1, channels: int 
                       hidden=hidden, rank=rank, name="ode_ew")
     return NODEEWClassifier(chen_downsampling(in_channels, channels, key=k1), ode,
                             Head(channels, num_classes, dropout, norm=CHEN_NORM["head"], key=k3),
-                            in_channels)
+                            in_channels, upsample)

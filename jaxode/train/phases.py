@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from jaxode.ode import SolveConfig
 from jaxode.ode._tree import with_solve
 
@@ -68,3 +70,17 @@ def phase_config(phase: Phase, base: SolveConfig, euler_steps: int) -> SolveConf
 def apply_phase(model, phase: Phase, base: SolveConfig, euler_steps: int = 10):
     """Return `model` with every ODEBlock's config set for `phase`."""
     return with_solve(model, phase_config(phase, base, euler_steps))
+
+
+def seconds_per_epoch(history: list[dict]) -> dict:
+    """Training seconds per epoch of each phase, from `fit`'s history rows (``phase``,
+    ``train_time_s``; a run without phases counts as ``adjoint``): the number of
+    epochs, the first (it includes the phase's compilation), the last, and the median
+    of the epochs after the first (None with a single epoch) -- the paper's s/epoch
+    of Euler-backprop and adjoint training (Sec. 4.2, Table 1)."""
+    by_phase: dict[str, list[float]] = {}
+    for row in history:
+        by_phase.setdefault(row.get("phase", "adjoint"), []).append(row["train_time_s"])
+    return {name: {"epochs": len(t), "first (incl. compile)": t[0], "last": t[-1],
+                   "median after the first": float(np.median(t[1:])) if len(t) > 1 else None}
+            for name, t in by_phase.items()}

@@ -1,0 +1,13 @@
+"""Figures of the papers' experiments, one module per experiment family (matplotlib,
+Agg backend): `jaxode.figures.flows` (NODE-EW Fig. 3), `jaxode.figures.curve`
+(NODE-EW Fig. 1)."""
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
