@@ -50,6 +50,7 @@ def run(cfg: ClassifyConfig, *, resume: bool = False, progress: bool = True, log
     fresh run claims it here and refuses one that holds an earlier run."""
     from jaxode.train import RunDir, count_params, dataset_batches, fit
     from jaxode.train.parallel import data_mesh
+    from jaxode.train.phases import seconds_per_epoch
     from jaxode.train.rundir import claim_run_dir
     from jaxode.train.runs import training_set_facts
 
@@ -90,7 +91,8 @@ def run(cfg: ClassifyConfig, *, resume: bool = False, progress: bool = True, log
     np.save(os.path.join(run_dir.path, "test_steps_per_image.npy"), per_image["steps"])
     summary = {"config": cfg.name, "model": cfg.model, "dataset": cfg.dataset,
                "params": n_params, "epochs": result.epochs_done, "history": result.history,
-               "final_eval_time_s": evaluation.pop("eval_time_s"), **evaluation}
+               "final_eval_time_s": evaluation.pop("eval_time_s"), **evaluation,
+               "seconds_per_epoch": seconds_per_epoch(result.history)}
     summary["total_time_s"] = time.perf_counter() - t_start
     run_dir.summary(summary)
     run_dir.close()
@@ -106,6 +108,9 @@ def _report(s: dict, path: str, log) -> None:
         log(f"solver steps per image ({s['eval_batch_mode']}): {s['steps_mean']:.2f} +- "
             f"{s['steps_std']:.2f} (min {s['steps_min']}, max {s['steps_max']}); "
             f"NFE {s['nfe_mean']:.1f} +- {s['nfe_std']:.1f}")
+    for phase, t in s.get("seconds_per_epoch", {}).items():
+        log(f"training s/epoch, {phase}: {t['epochs']} epochs, first {t['first (incl. compile)']:.0f}"
+            f" (incl. compile), last {t['last']:.0f}")
     for line in sweep_lines(s.get("tol_sweep", [])):
         log(line)
     log(f"time: {s['total_time_s']:.0f} s")
@@ -127,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_run_flags(p, configs=names(), default_config="smoke-digits", describe=describe,
                       old_names=("--run-name",))
     a = p.add_argument
-    a("--model", help="carrara-resnet, carrara-resode, carrara-odeonly, chen-odenet, chen-resnet")
+    a("--model", help="carrara-resnet, carrara-resode, carrara-odeonly, chen-odenet, chen-resnet, "
+                      "node-ew")
     a("--channels", type=int, help="width of the ODE block / residual blocks (GroupNorm with "
                                    "32 groups: at most 32 or a multiple of 32)")
     a("--dropout", type=float, help="dropout before the final linear layer, in [0, 1)")
@@ -141,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--lr-schedule", choices=("constant", "step", "cosine", "plateau"))
     a("--milestones", help="epochs of the step schedule, e.g. 60,100,140")
     a("--ema", type=float, dest="ema_decay", help="EMA decay of the weights used to evaluate")
+    a("--g-lr-scale", type=float,
+      help="NODE-EW: learning-rate factor of theta_1, the weight dynamics' parameters")
     a("--solver", help="dopri5, tsit5, bosh3 (adaptive) or euler, midpoint, rk4")
     a("--tol", type=float, help="rtol = atol of the adaptive solver in training (>= 1e-6)")
     a("--max-steps", type=int, help="step budget of one ODE solve (default 4096)")
@@ -190,7 +198,8 @@ def check_resume(parser, cfg: ClassifyConfig) -> None:
     excepted; more epochs are allowed): `jaxode.cli.check_resume`."""
     cli.check_resume(parser, os.path.join(cfg.runs_dir, cfg.name), "classify", cfg.to_dict(),
                      free=[k for k in SAFE_ON_RESUME if k != "epochs"], may_grow=("epochs",),
-                     may_change="more --epochs, --tol-sweep, --no-per-sample and --no-progress")
+                     may_change="more --epochs, --tol-sweep, --no-per-sample and --no-progress",
+                     defaults=ClassifyConfig().to_dict())
 
 
 def check_args(parser, args) -> None:
@@ -203,7 +212,8 @@ def check_args(parser, args) -> None:
     cli.check_args(parser, args,
                    positive=("channels", "epochs", "batch_size", "eval_batch_size", "lr", "tol",
                              "euler_steps", "max_train_batches", "max_steps", "steer"),
-                   non_negative=("dropout", "weight_decay", "train_limit", "test_limit", "seed"),
+                   non_negative=("dropout", "weight_decay", "g_lr_scale", "train_limit",
+                                 "test_limit", "seed"),
                    parsers={**PARSED, "dataset": cli.dataset_spec}, existing=("data_root",))
     if args.phases is not None:
         try:

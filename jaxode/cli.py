@@ -367,13 +367,15 @@ def parse_regularizers(text: str) -> tuple[tuple[str, float], ...]:
 
 
 def settings_differences(saved: Mapping, now: Mapping, *, free: Iterable[str] = (),
-                         may_grow: Iterable[str] = ()) -> list[str]:
+                         may_grow: Iterable[str] = (), defaults: Mapping = {}) -> list[str]:
     """``key: saved -> now`` for every setting that differs between a run's saved
     settings and the command line's, except the `free` keys (they may change on a
-    resume) and the `may_grow` keys when they only grew (e.g. more epochs)."""
+    resume) and the `may_grow` keys when they only grew (e.g. more epochs).  A setting
+    that an older run did not save counts as its value in `defaults` (a setting added
+    since)."""
     out = []
     for key in sorted(set(saved) | set(now)):
-        old, new = saved.get(key), now.get(key)
+        old, new = saved.get(key, defaults.get(key)), now.get(key)
         if old == new or key in tuple(free):
             continue
         if (key in tuple(may_grow) and isinstance(old, int) and isinstance(new, int)
@@ -384,11 +386,13 @@ def settings_differences(saved: Mapping, now: Mapping, *, free: Iterable[str] = 
 
 
 def check_resume(parser, path: str, section: str, now: Mapping, *, free: Iterable[str] = (),
-                 may_grow: Iterable[str] = (), may_change: str = "") -> None:
+                 may_grow: Iterable[str] = (), may_change: str = "",
+                 defaults: Mapping = {}) -> None:
     """A ``--resume`` of the run in `path` must find it (``config.json``) and use its
     settings: ``config.json[section]`` is compared with `now` (`settings_differences`)
     and a resume with other settings is refused, listing them (exit status 2).
-    `may_change` names the flags that may differ, for the advice."""
+    `may_change` names the flags that may differ, for the advice; `defaults` are the
+    values of settings added since the run was saved."""
     import json
 
     from jaxode.train.rundir import _jsonable
@@ -402,7 +406,8 @@ def check_resume(parser, path: str, section: str, now: Mapping, *, free: Iterabl
     except (OSError, ValueError, KeyError, TypeError) as e:
         parser.error(f"argument --resume: {path}/config.json cannot be read ({e}); restore "
                      "it from a backup, or start a new run without --resume.")
-    diff = settings_differences(saved, _jsonable(dict(now)), free=free, may_grow=may_grow)
+    diff = settings_differences(saved, _jsonable(dict(now)), free=free, may_grow=may_grow,
+                                defaults=_jsonable(dict(defaults)))
     if diff:
         parser.error(f"argument --resume: these settings differ from the run in {path!r}: "
                      f"{'; '.join(diff)}. Pass the original flags (only {may_change or 'none'} "

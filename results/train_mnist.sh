@@ -34,6 +34,5 @@ print(export_final(sys.argv[1], remove_checkpoints=True))" "results/$name"
 if [ "${1:-all}" = all ] || [ "$1" = resnet ]; then train chen-mnist-resnet mnist-chen-resnet; fi
 if [ "${1:-all}" = all ] || [ "$1" = odenet ]; then train chen-mnist-odenet mnist-chen-odenet; fi
 if [ "${1:-all}" = all ] || [ "$1" = nodeew ]; then
-  # --g-lr-scale: theta_1 at 0.01 x the rate (results/README.md); needs classify to pass it
-  train node-ew-mnist mnist-node-ew --schedule euler:4,adjoint:4 --g-lr-scale 0.01
+  train node-ew-mnist mnist-node-ew --schedule euler:4,adjoint:4  # theta_1 lr x 0.01: config
 fi

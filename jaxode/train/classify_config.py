@@ -70,6 +70,7 @@ class ClassifyConfig:
     plateau_metric: str = "train_loss"
     plateau_patience: int = 10
     ema_decay: float | None = None
+    g_lr_scale: float = 1.0
     max_train_batches: int | None = None
     regularizers: tuple[tuple[str, float], ...] = ()
     steer: float | None = None
