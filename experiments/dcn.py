@@ -73,7 +73,7 @@ def _train(name, cfg, train, test, run_path, seed, args) -> dict:
     import jax
 
     from jaxode.models.dcn import learned_scales
-    from jaxode.models.dcn_plots import plot_scales
+    from jaxode.figures.dcn import plot_scales
     from jaxode.models.dcn_runs import write_summary
     from jaxode.train import ClassificationTask
 
@@ -150,7 +150,7 @@ def cmd_reconstruct(args):
     import jax
 
     from jaxode.models.dcn import build_autoencoder, with_support
-    from jaxode.models.dcn_plots import plot_reconstructions
+    from jaxode.figures.dcn import plot_reconstructions
     from jaxode.models.dcn_probes import ReconstructionTask
     from jaxode.models.dcn_runs import write_summary
     from jaxode.ode import SolveConfig

@@ -62,6 +62,13 @@ def describe(name: str, experiment: str = "classify") -> str:
     return doc[0] if doc else ""
 
 
+def command(name: str, experiment: str = "classify") -> str:
+    """The command line that runs config `name`, as its docstring states it."""
+    _load_all()
+    doc = _REGISTRY[experiment][name].__doc__ or ""
+    return next((ln.strip() for ln in doc.splitlines() if "python -m experiments." in ln), "")
+
+
 def print_list(experiment: str, out=None) -> None:
     """``--list``: one line per config, its name and what it reproduces."""
     out = out or sys.stdout

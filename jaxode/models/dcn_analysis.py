@@ -3,7 +3,7 @@ over whole test sets and run folders: the contrast sweep (Sec. 3.3, Fig. 5), pat
 completion (Sec. 3.2, Fig. 3c, Fig. 4) and the small-data table (Table 2).
 
 The per-batch math is in `jaxode.models.dcn_probes`; the figures of these results are
-in `jaxode.models.dcn_plots`.  ``python -m experiments.dcn contrast|completion|
+in `jaxode.figures.dcn`.  ``python -m experiments.dcn contrast|completion|
 small-data-table`` call these functions.
 """
 
@@ -105,7 +105,7 @@ def contrast_report(models: dict, test, out: str, *, contrasts, modes, batch_siz
     """`contrast_sweep` of every model (``{label: (model, run_dir)}``) into the folder
     `out`: ``contrast.json`` (the rows, each with the number of compilations its model
     needed, and the settings) and ``contrast.png`` (Fig. 5).  Returns the rows."""
-    from jaxode.models.dcn_plots import plot_contrast
+    from jaxode.figures.dcn import plot_contrast
     from jaxode.models.dcn_probes import PROBE_TRACES
 
     os.makedirs(out, exist_ok=True)
@@ -129,7 +129,7 @@ def completion_probe(model, test, *, mask_sizes, d_mask_size: int, d_images: int
     an n x n zero centre square for every n of `mask_sizes`, and D(t) of eq. 4 (mean and
     std over the first `d_images` test images) inside ODE block 1 at `times` points of
     [t0, T] (t in {0, 1} for a residual block); `example` is ``(x, x_masked, h,
-    h_masked)`` of the first image, for `dcn_plots.plot_feature_maps`."""
+    h_masked)`` of the first image, for `jaxode.figures.dcn.plot_feature_maps`."""
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -176,7 +176,7 @@ def completion_report(models: dict, test, out: str, *, d_images: int, d_mask_siz
     """`completion_probe` of every model (``{label: (model, run_dir)}``) into the folder
     `out`: ``completion.json``, ``completion.png`` (Fig. 3c and D(t)) and
     ``completion_maps_LABEL.png`` (Fig. 4).  `settings`: mask_sizes, times, batch_size."""
-    from jaxode.models.dcn_plots import plot_completion, plot_feature_maps
+    from jaxode.figures.dcn import plot_completion, plot_feature_maps
 
     os.makedirs(out, exist_ok=True)
     result = {"test_images": len(test), "d_images": min(d_images, len(test)),
@@ -238,7 +238,7 @@ def small_data_report(folder: str, out: str) -> tuple[list[dict], list[str]]:
     """Table 2 of the small-data runs in `folder` as ``OUT.md``, ``OUT.json`` (rows and
     unfinished runs) and ``OUT.png``; returns ``small_data_rows(folder)``.  Raises
     ValueError (writing nothing) when no run has finished."""
-    from jaxode.models.dcn_plots import plot_small_data
+    from jaxode.figures.dcn import plot_small_data
 
     rows, unfinished = small_data_rows(folder)
     if not rows:

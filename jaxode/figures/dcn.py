@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxode.figures import pyplot
+
 __all__ = [
     "plot_completion",
     "plot_contrast",
@@ -21,25 +23,16 @@ __all__ = [
 ]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path, dpi=120):
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def plot_scales(scales: dict, path: str) -> None:
     """Learned sigma per SRF layer (``PATH_sigma.png``, Fig. 3a) and the sigma^ji
     histograms (``PATH_sigma_ji.png``, Fig. 3b) of `jaxode.models.dcn.learned_scales`."""
-    plt = _pyplot()
+    plt = pyplot()
     shared = {k: v for k, v in scales.items() if isinstance(v, float)}
     per = {k: v for k, v in scales.items() if isinstance(v, list)}
     if shared:
@@ -62,7 +55,7 @@ def plot_scales(scales: dict, path: str) -> None:
 def plot_contrast(rows: list[dict], path: str) -> None:
     """Fig. 5: accuracy, NFE of ODE block 1 and total NFE against the contrast c, one
     curve per (model, mode) of `dcn_analysis.contrast_sweep` rows."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(3, 1, figsize=(5.5, 8), sharex=True)
     style = {"naive": "-", "block1": "--", "all": ":"}
     for model, mode in sorted({(r["model"], r["mode"]) for r in rows}):
@@ -84,7 +77,7 @@ def plot_contrast(rows: list[dict], path: str) -> None:
 def plot_completion(result: dict, path: str) -> None:
     """Fig. 3c (accuracy against the mask size) beside D(t) of eq. 4 (mean +- std over
     images) for every model of a `completion` result."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
     for label, r in result["models"].items():
         sizes = [int(n) for n in r["accuracy_by_mask_size"]]
@@ -107,7 +100,7 @@ def plot_feature_maps(example, ts, path: str, label: str) -> None:
     """Fig. 4: input / masked input and one channel of h(t), h_masked(t) at a few t; the
     channel is the one the mask changes most at t0.  `example` is
     ``(x, x_masked, h, h_masked)`` of one image, h of shape (T, C, H, W)."""
-    plt = _pyplot()
+    plt = pyplot()
     x, xm, h, hm = example
     ch = int(np.argmax(np.abs(h[0] - hm[0]).sum(axis=(1, 2))))
     picks = sorted(set(np.linspace(0, len(ts) - 1, min(4, len(ts))).round().astype(int)))
@@ -133,7 +126,7 @@ def plot_reconstructions(model, test, path: str, name: str, k: int = 8) -> None:
     from jaxode.data.augment import to_model_input
     from jaxode.models.dcn import centre_crop
 
-    plt = _pyplot()
+    plt = pyplot()
     pick = np.unique(np.linspace(0, len(test) - 1, min(k, len(test))).round().astype(int))
     x = to_model_input(test.images[pick])
     y, _ = eqx.filter_jit(lambda m, x: m(x))(model, x)
@@ -152,7 +145,7 @@ def plot_reconstructions(model, test, path: str, name: str, k: int = 8) -> None:
 def plot_small_data(rows: list[dict], path: str) -> None:
     """Table 2 as a plot: accuracy (mean +- std over seeds) against the training images
     per class, one curve per model (`dcn_analysis.small_data_rows`)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for model in sorted({r["model"] for r in rows}):
         rs = [r for r in rows if r["model"] == model]
