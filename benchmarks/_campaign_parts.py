@@ -20,7 +20,6 @@ the budget or the whole budget is spent, the remaining units are listed under
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import time
@@ -509,9 +508,10 @@ def train(ctx) -> dict:
     ``DIR/dcn-train`` (copied there from ``--resume-train``)."""
     from benchmarks.common import run_program
     from jaxode.train.checkpoint import latest_checkpoint
+    from jaxode.train.runs import checkpoint_dir, read_summary
 
     run = os.path.join(ctx.out, "dcn-train")
-    done = latest_checkpoint(os.path.join(run, "checkpoints")) or 0
+    done = latest_checkpoint(checkpoint_dir(run)) or 0
     total = 100 if not ctx.dry_run else 2
     if done >= total:
         return {"skipped": {"train": f"the run in {run} has finished all {total} epochs"}}
@@ -539,21 +539,20 @@ def train(ctx) -> dict:
                    "step time" if est else "no step time measured and under 240 s")
             return {"skipped": {"train": f"{left:.0f} s left: {how}; run `--parts train` alone"}}
     epochs = min(done + epochs, total)
-    cmd = ["classify", "--model", "dcn_ode", *argv, "--epochs", str(epochs), "--run", run,
+    cmd = ["classify", "--model", "dcn_ode", *argv, "--epochs", str(epochs), "--name", run,
            "--data-root", data, "--resume"]
     ctx.say(f"  python -m experiments.dcn {' '.join(cmd)}")
     t = time.perf_counter()
     status = run_program("experiments.dcn", cmd)
     if status != 0:
         raise RuntimeError(f"experiments.dcn exited with {status}")
-    summary = os.path.join(run, "summary.json")
+    summary = read_summary(run)
     metrics = os.path.join(run, "metrics.csv")
     out = {"run": "dcn-train", "epochs_before": done, "epochs_after": epochs,
            "seconds": time.perf_counter() - t,
            "command": "python -m experiments.dcn " + " ".join(cmd)}
-    if os.path.isfile(summary):
-        with open(summary) as f:
-            out["summary"] = {k: v for k, v in json.load(f).items() if k != "learned_sigma"}
+    if summary is not None:
+        out["summary"] = {k: v for k, v in summary.items() if k != "learned_sigma"}
     if os.path.isfile(metrics):
         with open(metrics, newline="") as f:
             out["history"] = list(csv.DictReader(f))

@@ -195,9 +195,10 @@ def restore_training(source: str, out: Path) -> None:
 def _old_checkpoints(root: Path) -> set[str]:
     """Files of all but the newest checkpoint of every run folder under `root`."""
     from jaxode.train.checkpoint import latest_checkpoint, saved_epochs
+    from jaxode.train.runs import CHECKPOINTS
 
     skip = set()
-    for folder in root.rglob("checkpoints"):
+    for folder in root.rglob(CHECKPOINTS):
         newest = latest_checkpoint(str(folder))
         for epoch in saved_epochs(str(folder)):
             if epoch != newest:

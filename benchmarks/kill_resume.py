@@ -127,8 +127,16 @@ def _metrics(folder: str) -> list[dict]:
                 for r in csv.DictReader(f)]
 
 
+def _test_accuracy(folder: str) -> float:
+    from jaxode.train.runs import read_summary
+
+    return read_summary(folder)["test_accuracy"]
+
+
 def _checkpoint_files(folder: str) -> dict[str, bytes]:
-    ck = os.path.join(folder, "checkpoints")
+    from jaxode.train.runs import checkpoint_dir
+
+    ck = checkpoint_dir(folder)
     if not os.path.isdir(ck):
         return {}
     out = {}
@@ -151,8 +159,7 @@ def reference(runs: str) -> tuple[dict, float]:
     if v.proc.returncode != 0:
         raise RuntimeError("reference run failed:\n" + "\n".join(v.lines[-30:]))
     folder = os.path.join(runs, "reference")
-    with open(os.path.join(folder, "summary.json")) as f:
-        acc = json.load(f)["test_accuracy"]
+    acc = _test_accuracy(folder)
     return {"metrics": _metrics(folder), "test_accuracy": acc}, time.perf_counter() - t_cfg
 
 
@@ -233,8 +240,7 @@ def run_chain(runs: str, name: str, ref: dict, span: float, kills: int, rng,
             raise AssertionError(f"{name}: checkpoints lost by a kill: {lost}")
         resume = True
     got = _metrics(folder)
-    with open(os.path.join(folder, "summary.json")) as f:
-        acc = json.load(f)["test_accuracy"]
+    acc = _test_accuracy(folder)
     if got != ref["metrics"] or acc != ref["test_accuracy"]:
         raise AssertionError(f"{name}: resumed run differs from the reference")
     for t in trials:

@@ -32,7 +32,6 @@ Run (writes ``benchmarks/results/tolerance-<run>-<batch mode>-<machine>.{json,md
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -51,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(rtol = atol), with a check that changing the tolerance does not recompile.",
     )
     a = p.add_argument
-    a("--run", required=True, help="run folder of experiments.classify (config.json + "
-      "checkpoints/), e.g. runs/smoke-digits")
+    a("--run", required=True, help="run folder of experiments.classify (read by "
+      "jaxode.train.load_run), e.g. runs/smoke-digits")
     a("--tols", default="1e-1,1e-2,1e-3,1e-4,1e-5,1e-6",
       help="comma-separated tolerances (default 1e-1,...,1e-6)")
     a("--batch-mode", choices=("joint", "per_sample"), default="joint",
@@ -84,35 +83,28 @@ def parse_args(argv=None):
     args.tols = _cli.check_list(p, "tols", args.tols, kind=float)
     if any(not (t > 0 and np.isfinite(t)) for t in args.tols):
         p.error(f"argument --tols: every tolerance must be a finite number > 0, got {args.tols}.")
-    config = os.path.join(args.run, "config.json")
+    from jaxode.train.runs import has_weights, read_config
+
     try:
-        with open(config) as f:
-            args.run_config = json.load(f)
-    except (OSError, ValueError):
-        p.error(f"argument --run: {args.run!r} has no readable config.json; pass a run folder "
-                "written by experiments.classify.")
+        args.run_config = read_config(args.run)
+    except (OSError, ValueError) as e:
+        p.error(f"argument --run: {e}")
     if not isinstance(args.run_config.get("classify"), dict):
-        p.error(f"argument --run: {config} is not from experiments.classify (no 'classify' "
-                "section naming the dataset); pass a classify run folder.")
-    if not os.path.isfile(os.path.join(args.run, "checkpoints", "latest.json")):
-        p.error(f"argument --run: {args.run!r} holds no checkpoint (checkpoints/latest.json); "
-                "train the model first, e.g. python -m experiments.classify --config smoke-digits.")
+        p.error(f"argument --run: {args.run}/config.json is not from experiments.classify (no "
+                "'classify' section naming the dataset); pass a classify run folder.")
+    if not has_weights(args.run):
+        p.error(f"argument --run: {args.run!r} holds no checkpoint (nor final weights); train "
+                "the model first, e.g. python -m experiments.classify --config smoke-digits.")
     return args
 
 
 def _load(args):
     """(model, task, test set, run's classify config) from the run folder."""
     from jaxode.train import load_run
-    from jaxode.data import load_dataset
 
-    ccfg = args.run_config["classify"]
-    run = load_run(args.run)
-    model, task = run.model, run.task
-    test = load_dataset(ccfg["dataset"], "test", root=args.data_root or ccfg.get("data_root"))
-    limit = args.test_limit or ccfg.get("test_limit")
-    if limit is not None:
-        test = test.subset(slice(0, int(limit)))
-    return model, task, test, ccfg
+    run = load_run(args.run, data_root=args.data_root)
+    test = run.test_set(data_root=args.data_root, limit=args.test_limit)
+    return run.model, run.task, test, run.config["classify"]
 
 
 def run(args) -> dict:

@@ -479,7 +479,7 @@ def add_run_flags(parser, *, configs: Iterable[str], default_config: str | None,
     a("--list", action="store_true",
       help="list the named configurations and exit" + (
           ": " + "; ".join(f"{n} ({describe(n)})" if describe else n for n in configs)
-          if configs else ""))
+          if configs else "").replace("%", "%%"))  # argparse formats help with %
     a("--data-root", dest="data_root", default=None,
       help="where the dataset files are (default: $JAXODE_DATA)")
     a("--runs-dir", default=runs_dir, help=f"parent folder of run folders (default: {runs_dir})")

@@ -8,7 +8,6 @@ import jax
 import pytest
 
 from benchmarks import tolerance
-from experiments.classify import build_model
 from experiments.configs import get_config
 from jaxode.train import save_checkpoint
 
@@ -20,7 +19,7 @@ def run_dir(tmp_path):
     folder = tmp_path / "tiny-run"
     (folder / "checkpoints").mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"classify": cfg.to_dict()}))
-    model = build_model(cfg, 10, 1, jax.random.PRNGKey(3))
+    model = cfg.build_model(10, 1, jax.random.PRNGKey(3))
     save_checkpoint(str(folder / "checkpoints"), 1, {"model": model}, {"config": {}})
     return folder
 

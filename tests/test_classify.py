@@ -47,14 +47,16 @@ def test_configs_build_the_papers_models(name, expected):
 
     cfg = get_config(name)
     in_ch = 3 if cfg.dataset == "cifar10" else 1
-    skeleton = eqx.filter_eval_shape(classify.build_model, cfg, 10, in_ch, jax.random.PRNGKey(0))
+    skeleton = eqx.filter_eval_shape(cfg.build_model, 10, in_ch, jax.random.PRNGKey(0))
     assert count_params(skeleton) == expected
 
 
 def test_steps_figure_picks_extremes(tmp_path):
     test = load_dataset("digits", "test").subset(slice(0, 12))
     steps = np.array([5, 9, 3, 7, 7, 4, 12, 2, 6, 8, 5, 10])
-    idx = classify.steps_figure(test, steps, str(tmp_path / "fig.png"), k=3)
+    from jaxode.train.steps import steps_figure
+
+    idx = steps_figure(test, steps, str(tmp_path / "fig.png"), k=3)
     assert idx[:3] == [6, 11, 1] and idx[3:] == [7, 2, 5]
     assert (tmp_path / "fig.png").stat().st_size > 1000
 
@@ -72,13 +74,14 @@ class _CountingTask(ClassificationTask):
 def test_tolerance_sweep_reuses_one_compilation():
     from jaxode.models import odeonly_net
     from jaxode.train import dataset_batches, with_batch_mode
+    from jaxode.train.sweeps import tolerance_sweep
 
     test = load_dataset("digits", "test").subset(slice(0, 8))
     model = odeonly_net(10, in_channels=1, channels=8, stem_kernel=3, stem_stride=2,
                         stem_padding=1, key=jax.random.PRNGKey(0))
     model = with_batch_mode(model, "per_sample")
     _TRACES.clear()
-    rows = classify.tolerance_sweep(model, _CountingTask(),
+    rows = tolerance_sweep(model, _CountingTask(),
                                     lambda: dataset_batches(test, 8, shuffle=False),
                                     (1e-1, 1e-3, 1e-5), batch_size=8)
     assert len(_TRACES) == 1
@@ -99,7 +102,7 @@ def test_end_to_end_tiny_run(tmp_path, capsys):
         assert (folder / f).exists(), f
     saved = json.loads((folder / "summary.json").read_text())
     assert saved["params"] == summary["params"] == count_params(
-        classify.build_model(cfg, 10, 1, jax.random.PRNGKey(0)))
+        cfg.build_model(10, 1, jax.random.PRNGKey(0)))
     steps = np.load(folder / "test_steps_per_image.npy")
     assert steps.shape == (40,)
     assert saved["steps_mean"] == pytest.approx(float(steps.mean()))
@@ -153,7 +156,7 @@ def test_load_run_rebuilds_a_classify_run_and_predicts(tmp_path, stored_facts):
     cfg = get_config("smoke-digits").replace(channels=4, solver="euler", euler_steps=2,
                                              normalize=True, train_limit=200)
     train, test = classify.load_data(cfg)
-    trained = classify.build_model(cfg, 10, 1, jax.random.PRNGKey(7))  # load_run uses key 0
+    trained = cfg.build_model(10, 1, jax.random.PRNGKey(7))  # load_run uses key 0
     mean, std = (tuple(float(v) for v in s) for s in channel_stats(train.images))
     config = {"classify": cfg.to_dict()}
     if stored_facts:

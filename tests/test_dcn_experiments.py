@@ -173,10 +173,10 @@ def fake_run(tmp_path_factory, tiny_odenet, make_image_folder):
 
 
 def test_load_run_reads_the_checkpoint(fake_run):
-    from experiments import dcn_figures
+    from jaxode.models.dcn_analysis import load_probe_run
 
     root, model = fake_run
-    loaded, cfg = dcn_figures.load_run(str(root / "run"), tol=0.05, max_steps=64)
+    loaded, cfg = load_probe_run(str(root / "run"), tol=0.05, max_steps=64)
     a = jax.tree_util.tree_leaves(eqx.filter(model.blocks[0].field, eqx.is_array))
     b = jax.tree_util.tree_leaves(eqx.filter(loaded.blocks[0].field, eqx.is_array))
     assert all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(a, b))
@@ -223,10 +223,10 @@ def test_reconstruct_cli(fake_run, monkeypatch):
     root, _ = fake_run
     monkeypatch.chdir(root)
     dcn.main(["reconstruct", "--model", "resnet_blocks", "--widths", "4,4,4", "--data-root",
-              "data", "--batch-size", "4", "--epochs", "1", "--run", "rec"])
-    s = json.loads((root / "rec" / "summary.json").read_text())
+              "data", "--batch-size", "4", "--epochs", "1", "--name", "rec"])
+    s = json.loads((root / "runs" / "rec" / "summary.json").read_text())
     assert s["train_images"] == 8 and s["test_images"] == 8 and np.isfinite(s["test_mse"])
-    assert 0 < s["test_mse"] < 1 and (root / "rec" / "reconstructions.png").exists()
+    assert 0 < s["test_mse"] < 1 and (root / "runs" / "rec" / "reconstructions.png").exists()
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -281,3 +281,54 @@ def test_small_data_table_groups_seeds_and_skips_unfinished(tmp_path, monkeypatc
     os.makedirs(empty)
     with pytest.raises(SystemExit, match="no finished small-data run"):
         dcn.main(["small-data-table", str(empty)])
+
+
+# ---------------------------------------------------------------- configs and flags
+
+
+def test_named_configs_state_table_and_command():
+    """Every training subcommand has paper + smoke configs; each config's docstring names
+    the paper table and a command that runs that subcommand with that config."""
+    from experiments import dcn
+    from experiments.configs import command, describe, names
+
+    for cmd, group in dcn.GROUPS.items():
+        assert names(group) == ["paper", "smoke"], group
+        for name in names(group):
+            assert "Table" in describe(name, group), (group, name)
+            line = command(name, group)
+            assert f"experiments.dcn {cmd} " in line and f"--config {name}" in line, line
+
+
+def test_smoke_config_is_the_recorded_one():
+    """The classify smoke settings whose metrics docs/results/dcn.md records (64 + 64
+    images, widths 8/16/32, batch 16, tol 1e-2, separable support, lr 0.1 x 16/128)."""
+    from experiments.configs import get_config
+
+    assert get_config("smoke", "dcn") == dict(
+        epochs=1, batch_size=16, lr=0.1, milestones=(), train_limit=64, test_limit=64,
+        widths=(8, 16, 32), tol=1e-2, support="separable")
+    assert get_config("paper", "dcn-reconstruct")["milestones"] == (25, 40)
+
+
+def test_old_run_flag_is_an_alias_of_name(tmp_path, monkeypatch):
+    """``--run`` still works (a FutureWarning naming --name); a bare NAME goes under
+    --runs-dir, a path is the folder itself (`jaxode.cli.run_path`)."""
+    from experiments import dcn
+
+    seen = []
+
+    def stop_before_data(args, cfg, seeds=None):
+        seen.append(dcn._run_paths(args))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(dcn, "_data", stop_before_data)
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(FutureWarning, match="--name"), pytest.raises(SystemExit):
+        dcn.main(["classify", "--run", "old"])
+    with pytest.raises(SystemExit):
+        dcn.main(["reconstruct", "--name", "a/b", "--runs-dir", "elsewhere"])
+    with pytest.raises(SystemExit):
+        dcn.main(["small-data", "--name", "sm", "--seeds", "3", "--per-class", "5"])
+    assert seen == [[os.path.join("runs", "old")], ["a/b"],
+                    [os.path.join("runs", "sm", "dcn-small-dcn_ode-5-s3")]]

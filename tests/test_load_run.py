@@ -145,3 +145,97 @@ def test_steps_figures_from_a_run_folder(tiny_run, tmp_path, capsys):
     assert r["test_error"] == pytest.approx(summary["test_error"], abs=1e-6)
     assert (r["epoch"], r["weights"], len(r["tol_sweep"])) == (1, "checkpoint", 2)
     assert "epoch 1 of 1 (checkpoint weights)" in capsys.readouterr().out
+
+
+# ---------------------------------------------- a run folder written before issue 17
+
+# config.json exactly as the long MNIST run (results/mnist-chen-odenet, started with
+# ``--config chen-mnist-odenet --runs-dir results --name mnist-chen-odenet --epochs 8
+# --milestones 4,6``) wrote it before the classify refactor: it must stay resumable.
+SAVED_CONFIG = os.path.join(os.path.dirname(__file__), "data", "mnist-chen-odenet.config.json")
+SAVED_ARGV = ["--config", "chen-mnist-odenet", "--runs-dir", "results", "--name",
+              "mnist-chen-odenet", "--epochs", "8", "--milestones", "4,6", "--no-progress",
+              "--resume"]
+
+
+@pytest.fixture
+def saved_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "results" / "mnist-chen-odenet"
+    folder.mkdir(parents=True)
+    shutil.copy(SAVED_CONFIG, folder / "config.json")
+    return folder
+
+
+def test_resume_accepts_a_config_written_before_the_refactor(saved_run, capsys):
+    from jaxode.cli import settings_differences
+
+    parser = classify.build_parser()
+    args = parser.parse_args(SAVED_ARGV)
+    classify.check_args(parser, args)
+    cfg = classify.config_from_args(args)
+    classify.check_resume(parser, cfg)  # exits 2 listing any difference
+    saved = json.loads((saved_run / "config.json").read_text())
+    assert settings_differences(saved["classify"], json.loads(json.dumps(cfg.to_dict()))) == []
+    tcfg = cfg.train_config().replace(progress=not args.no_progress)  # as classify.run
+    assert tcfg.to_dict() == {**saved["train"], "milestones": (4, 6)}
+    changed = parser.parse_args([*SAVED_ARGV, "--lr", "0.05"])  # the check can fail
+    with pytest.raises(SystemExit):
+        classify.check_resume(parser, classify.config_from_args(changed))
+    assert "lr: 0.1 -> 0.05" in capsys.readouterr().err
+
+
+def test_load_run_reads_a_checkpoint_of_the_saved_config(saved_run):
+    import equinox as eqx
+    import jax
+
+    from jaxode.train import save_checkpoint
+    from jaxode.train.classify_config import ClassifyConfig
+
+    saved = json.loads((saved_run / "config.json").read_text())
+    cfg = ClassifyConfig.from_saved(saved["classify"])
+    trained = cfg.build_model(10, 1, jax.random.PRNGKey(7))  # load_run's template: seed 0
+    save_checkpoint(str(saved_run / "checkpoints"), 1,
+                    {"ema": None, "model": trained, "opt_state": None},
+                    {"epoch": 1, "config": saved["train"]})
+    run = load_run(str(saved_run))
+    assert (run.name, run.epoch, run.source) == ("chen-odenet", 1, "checkpoint")
+    assert (run.image_shape, run.num_classes, run.norm) == ((28, 28, 1), 10, None)
+    got, want = (jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_array))
+                 for m in (run.model, trained))
+    assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
+def test_run_name_is_a_deprecated_alias_of_name():
+    with pytest.warns(FutureWarning, match="--run-name is deprecated"):
+        args = classify.build_parser().parse_args(["--run-name", "old"])
+    assert args.name == "old"
+
+
+def test_one_run_type_for_a_model_named_with_its_factory_arguments(tmp_path):
+    """A run folder of another kind (``{"model": NAME, "model_kwargs", "task"}``, as the
+    quick runs of experiments.transfer write) gives the same `Run`: its predict applies
+    the saved normalisation and equals the checkpoint's model called directly."""
+    import equinox as eqx
+    import jax
+
+    from jaxode.data.augment import to_model_input
+    from jaxode.models import make_model
+    from jaxode.train import Run, save_checkpoint, with_batch_mode
+
+    kwargs = {"num_classes": 3, "channels": 4}
+    mean, std = (0.5,), (0.25,)
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model": "chen-odenet", "model_kwargs": kwargs, "task": {"mean": mean, "std": std}}))
+    trained = make_model("chen-odenet", key=jax.random.PRNGKey(7), **kwargs)
+    save_checkpoint(str(tmp_path / "checkpoints"), 2,
+                    {"ema": None, "model": trained, "opt_state": None}, {"epoch": 2})
+    run = load_run(str(tmp_path))
+    assert type(run) is Run and (run.name, run.epoch, run.norm) == ("chen-odenet", 2, (mean, std))
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1), dtype=np.uint8)
+    x = (to_model_input(images) - 0.5) / 0.25
+    direct, _ = eqx.filter_jit(lambda m, x: m(x, inference=True))(
+        with_batch_mode(trained, "per_sample"), x)
+    np.testing.assert_allclose(run.predict(images, batch_size=2), direct, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="not a classify run"):
+        run.test_set()

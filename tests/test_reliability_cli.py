@@ -213,10 +213,10 @@ def test_every_cli_checks_its_arguments(capsys):
 # ---------------------------------------------------------------- earlier runs are kept
 
 OCCUPIED = [
-    ("dcn", ["classify", "--run", "old"], "old", "--run"),
-    ("dcn", ["classify"], "runs/dcn-dcn_ode-smoke-s0", "--run"),  # the default folder
-    ("dcn", ["small-data", "--seeds", "0,1", "--run", "old"],
-     "old/dcn-small-dcn_ode-20-s1", "--run"),  # one seed's folder of several
+    ("dcn", ["classify", "--name", "old"], "runs/old", "--name"),
+    ("dcn", ["classify"], "runs/dcn-dcn_ode-smoke-s0", "--name"),  # the default folder
+    ("dcn", ["small-data", "--seeds", "0,1", "--run", "old"],  # --run: old name of --name
+     "runs/old/dcn-small-dcn_ode-20-s1", "--name"),  # one seed's folder of several
     ("segment", ["--run-name", "old"], "runs/old", "--run-name"),
     ("segment", ["--table2"], "runs/segment-smoke-table2", "--run-name"),
     ("node_ew_mnist", ["--smoke", "--name", "old"], "runs/old", "--name"),
@@ -328,8 +328,8 @@ def test_valid_dcn_arguments_reach_training(tmp_path, monkeypatch, make_image_fo
     dcn.main(["small-data", "--data-root", "two", "--batch-size", "4", "--per-class", "3",
               "--seeds", "0,1", "--run", "small"])
     assert calls == [("dcn_ode", 12, os.path.join("runs", "dcn-dcn_ode-smoke-s0"), 0),
-                     ("dcn_ode", 6, os.path.join("small", "dcn-small-dcn_ode-3-s0"), 0),
-                     ("dcn_ode", 6, os.path.join("small", "dcn-small-dcn_ode-3-s1"), 1)]
+                     ("dcn_ode", 6, os.path.join("runs", "small", "dcn-small-dcn_ode-3-s0"), 0),
+                     ("dcn_ode", 6, os.path.join("runs", "small", "dcn-small-dcn_ode-3-s1"), 1)]
 
 
 def test_valid_segment_arguments_reach_training(tmp_path, monkeypatch):

@@ -238,7 +238,9 @@ def test_tolerance_sweep_bounds_and_failed_points(monkeypatch, capsys):
 
     monkeypatch.setattr(train_api, "evaluate", evaluate)
     monkeypatch.setattr(train_api, "with_tolerance", lambda m, t: "tight" if t < 1e-3 else m)
-    rows = classify.tolerance_sweep("model", None, lambda: [], (1e-2, 1e-4), batch_size=2)
+    from jaxode.train.sweeps import tolerance_sweep
+
+    rows = tolerance_sweep("model", None, lambda: [], (1e-2, 1e-4), batch_size=2)
     assert rows[0]["acc"] == 1.0 and rows[1] == {
         "tol": 1e-4, "error": "ODEBlock 'ode' used all max_steps=4096"}
 

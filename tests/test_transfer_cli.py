@@ -139,3 +139,28 @@ def test_transfer_cli_bad_paths(tiny_root, run_dir, tmp_path, capsys):
                   "--runs-dir", str(tmp_path / "runs")], log=lambda s: None)
     err = capsys.readouterr().err
     assert e.value.code == 2 and "tiny-imagenet" in err and "Traceback" not in err
+
+
+def test_heldout_datasets_are_a_stratified_partition():
+    """The fine-tune split: disjoint, together every image, 20 % of each class held out."""
+    from jaxode.transfer_sweep import heldout_datasets
+
+    y = np.repeat(np.arange(4), 10)
+    images = np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1)  # image i holds i
+    train, val = heldout_datasets(images, y, 4, seed=0)
+    ids = np.concatenate([train.images[:, 0, 0, 0], val.images[:, 0, 0, 0]])
+    assert sorted(ids.tolist()) == list(range(40)) and len(val) == 8
+    assert np.bincount(val.labels, minlength=4).tolist() == [2, 2, 2, 2]
+    assert np.array_equal(y[val.images[:, 0, 0, 0]], val.labels)
+
+
+def test_full_finetune_at_t0_of_an_ode_net_is_skipped(tiny_root, run_dir, tmp_path):
+    """At t* = 0 an ODE net has no ODE block left: the full fine-tune is skipped and
+    said so, the SVM and linear-head comparison still run."""
+    summary = cli.main(_argv(tiny_root, run_dir, str(tmp_path), "--finetune-t", "0",
+                             "--finetune-mode", "both", "--finetune-epochs", "2"),
+                       log=lambda s: None)
+    ft = summary["models"]["odeonly"]["finetune"]
+    assert ft["full_skipped"] == "t* = 0" and ft["t"] == 0.0
+    assert {"svm_val_accuracy", "head_val_accuracy"} <= set(ft)
+    assert not (tmp_path / "t" / "finetune-odeonly").exists()

@@ -1,20 +1,12 @@
 """Named experiment configurations: one module per paper, looked up by ``--config NAME``.
 
-The convention (issue 17): ``experiments/configs/<paper>.py`` -- `carrara`, `chen`,
-`dcn`, `node_ew`, `segnode`, `flows` -- registers each named config with
-``@register(name, experiment)``.  The function's docstring says which table or figure
-of the paper the config reproduces (first line) and the command that runs it; every
-paper setting has a quick ``smoke`` variant for a CPU check.  ``--list`` of every
-experiment prints its names and first lines.
-
-What a config *is* depends on the experiment that reads it:
-
-- ``classify``: a `experiments.configs.classify.ClassifyConfig` (the flat record that
-  a run's ``config.json["classify"]`` holds, so earlier runs stay resumable);
-- ``dcn`` / ``segment``: a dict of settings the experiment merges with its flags;
-- ``flow`` / ``curve`` / ``node_ew_mnist``: a dict of *flag defaults*
-  (argparse destinations), applied by `parse` before the command line, so any flag
-  given explicitly still wins.
+``experiments/configs/<paper>.py`` (`carrara`, `chen`, `dcn`, `node_ew`, `segnode`,
+`flows`) registers each config with ``@register(name, experiment)``; the function's
+docstring says which table or figure of the paper it reproduces (first line, shown by
+``--list``) and the command that runs it; every paper setting has a quick smoke form.
+A config is a `jaxode.train.classify_config.ClassifyConfig` for ``classify`` (the
+record a run's ``config.json["classify"]`` holds), a dict of settings for ``dcn`` /
+``segment``, and a dict of flag defaults (applied by `parse`) for the others.
 """
 
 from __future__ import annotations
@@ -68,13 +60,6 @@ def describe(name: str, experiment: str = "classify") -> str:
     _load_all()
     doc = (_REGISTRY[experiment][name].__doc__ or "").strip().splitlines()
     return doc[0] if doc else ""
-
-
-def command(name: str, experiment: str = "classify") -> str:
-    """The command line that runs config `name`, as its docstring states it."""
-    _load_all()
-    doc = _REGISTRY[experiment][name].__doc__ or ""
-    return next((ln.strip() for ln in doc.splitlines() if "python -m experiments." in ln), "")
 
 
 def print_list(experiment: str, out=None) -> None:

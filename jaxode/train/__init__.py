@@ -107,9 +107,10 @@ image mean +- std from ``per_sample`` solves); `with_batch_mode(model, "per_samp
 and `with_tolerance(model, tol)` rewrite every ODEBlock's SolveConfig (tolerances are
 arrays: a sweep does not recompile).
 
-`load_run(run_dir)` reads a run folder back (final weights or newest checkpoint):
-``.model``, ``.config`` and ``.predict(uint8_images)`` -> logits; `export_final` keeps
-only a finished run's evaluation weights (`jaxode.train.load`).
+`load_run(run_dir)` is the one reader of a run folder (classify, DCN and factory-named
+runs; final weights or newest checkpoint): one `Run` type with ``.model``, ``.config``
+and ``.predict(uint8_images)`` -> logits (`jaxode.train.runs`); `export_final` keeps
+only a finished classify run's evaluation weights (`jaxode.train.load`).
 """
 
 from jaxode.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint

@@ -1,8 +1,8 @@
-"""Reading a classification run back: `load_classify_run(run_dir)` -> `Run` with
-`.model`, `.config` and `.predict(images)`.
+"""Reading a classification run back: `load_classify_run(run_dir)` -> `jaxode.train.Run`
+(the one run type of `jaxode.train.runs`), and `export_final`.
 
 Users call `jaxode.train.load_run`, which sends the run folders of
-`experiments.classify` here (and reads DCN and transfer runs in `jaxode.train.runs`).
+`experiments.classify` here (and reads DCN and transfer runs itself).
 The weights come from either
 
 - ``final.eqx`` + ``final.json``: the final evaluation weights of a finished run
@@ -15,12 +15,6 @@ The weights come from either
 When both are present the one with the later epoch is used (a run resumed after its
 export is read from its checkpoints).
 
-`Run.predict` applies the run's own test-time preprocessing
-(`ClassificationTask.prepare` with ``train=False``: uint8 -> float in [0, 1],
-per-channel normalisation when the run used it; no augmentation) and returns logits.
-ODE blocks are solved one image at a time (``per_sample``) by default, so an image's
-logits do not depend on the other images of its batch; ``batch_mode="joint"``
-reproduces the per-batch solves of the evaluation during training.
 """
 
 from __future__ import annotations
@@ -29,13 +23,13 @@ import dataclasses
 import json
 import os
 import shutil
-import types
-from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
+
+from jaxode.train.classify_config import ClassifyConfig
+from jaxode.train.runs import Run, checkpoint_dir, newest_weights
 
 FINAL_WEIGHTS = "final.eqx"
 FINAL_META = "final.json"
@@ -48,108 +42,6 @@ KNOWN_DATASETS = {
     "cifar10": ((32, 32, 3), 10),
     "tiny-imagenet": ((64, 64, 3), 200),
 }
-
-
-@dataclasses.dataclass
-class Run:
-    """A loaded run.
-
-    - `path`: the run folder.
-    - `config`: ``config.json`` as the run wrote it (``config["classify"]`` holds the
-      experiment's settings, ``config["train"]`` the `TrainConfig`).
-    - `model`: the evaluation weights (EMA weights if the run used EMA).
-    - `task`: the `ClassificationTask` with the run's preprocessing.
-    - `epoch`: epochs trained when these weights were saved.
-    - `source`: ``"final"`` (``final.eqx``) or ``"checkpoint"``.
-    - `image_shape`: (H, W, C) of the images the run was trained on; `num_classes`.
-    """
-
-    path: str
-    config: dict
-    model: Any
-    task: Any
-    epoch: int
-    source: str
-    image_shape: tuple[int, int, int]
-    num_classes: int
-
-    @property
-    def name(self) -> str:
-        """The model's name (`jaxode.models.MODELS`)."""
-        return self.config["classify"]["model"]
-
-    @property
-    def norm(self) -> tuple | None:
-        """``(mean, std)`` per channel of the run's input normalisation, or None."""
-        return None if self.task.mean is None else (tuple(self.task.mean), tuple(self.task.std))
-
-    def predict(self, images, *, batch_size: int = 250, batch_mode: str = "per_sample",
-                return_stats: bool = False):
-        """Logits ``(N, num_classes)`` (numpy float32) of raw uint8 images ``(N, H, W, C)``.
-
-        `batch_size` images are solved per compiled call (the last batch is padded by
-        repeating images, which leaves per-sample results unchanged).  `batch_mode`:
-        ``per_sample`` (default) or ``joint`` for the ODE blocks.  With `return_stats`,
-        also a dict of per-image ``nfe`` and ``steps`` (forward solver statistics,
-        zeros for a model without ODE blocks)."""
-        from jaxode.train.utils import with_batch_mode
-
-        images = self.check_images(images)
-        if batch_mode not in ("per_sample", "joint"):
-            raise ValueError(f"batch_mode must be 'per_sample' or 'joint', got {batch_mode!r}.")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
-        model = with_batch_mode(self.model, batch_mode)
-        n = images.shape[0]
-        size = min(batch_size, max(n, 1))
-        logits, nfe, steps = [], [], []
-        for start in range(0, n, size):
-            chunk = images[start:start + size]
-            m = chunk.shape[0]
-            if m < size:
-                chunk = chunk[np.arange(size) % m]
-            out, aux = _forward(model, self.task, jnp.asarray(chunk))
-            logits.append(np.asarray(out)[:m])
-            nfe.append(np.asarray(_per_image(aux, "nfe", size))[:m])
-            steps.append(np.asarray(_per_image(aux, "steps", size))[:m])
-        if n == 0:
-            empty = np.zeros((0, self.num_classes), np.float32)
-            return (empty, {"nfe": np.zeros(0), "steps": np.zeros(0)}) if return_stats else empty
-        logits = np.concatenate(logits)
-        if return_stats:
-            return logits, {"nfe": np.concatenate(nfe), "steps": np.concatenate(steps)}
-        return logits
-
-    def check_images(self, images) -> np.ndarray:
-        """`images` as a uint8 numpy array of this run's shape, or a clear error."""
-        images = np.asarray(images)
-        h, w, c = self.image_shape
-        if images.dtype != np.uint8:
-            raise TypeError(
-                f"predict takes raw uint8 images (0..255), as stored in the dataset, got dtype "
-                f"{images.dtype}; pass the original pixels (the run's preprocessing is applied "
-                "inside), e.g. jaxode.data.load_dataset('mnist', 'test').images.")
-        if images.ndim == 3 and c == 1:
-            images = images[..., None]
-        if images.ndim != 4 or images.shape[-1] != c:
-            raise ValueError(
-                f"predict takes images shaped (N, H, W, {c}) (channels last), got "
-                f"{images.shape}; this run was trained on {h}x{w}x{c} images.")
-        return images
-
-
-def _per_image(aux, name, n):
-    v = aux.get(name) if isinstance(aux, dict) else None
-    if v is None:
-        return jnp.zeros((n,), jnp.float32)
-    return jnp.broadcast_to(jnp.asarray(v, jnp.float32), (n,))
-
-
-@eqx.filter_jit
-def _forward(model, task, images):
-    # The test-time path of ClassificationTask: no augmentation, so the key is unused.
-    x = task.prepare(images, jax.random.PRNGKey(0), train=False)
-    return model(x, key=None, inference=True)
 
 
 # ------------------------------------------------------------------------ reading
@@ -177,20 +69,13 @@ def _read_json(path: str, what: str) -> dict:
                          "(`git checkout -- PATH`) or a backup.") from e
 
 
-# What a classify run's settings default to when an older config.json lacks them.
-_SETTING_DEFAULTS = dict(data_root=None, normalize=False, train_limit=None, crop_padding=0,
-                         flip=False, color_jitter=0.0, seed=0)
-
-
-def _classify_config(config: dict, path: str):
-    """The run's ``classify`` settings as attributes (the library reads them without
-    importing `experiments`; `build_classifier` takes the same mapping)."""
+def _classify_config(config: dict, path: str) -> ClassifyConfig:
+    """The run's ``classify`` settings (older runs: missing ones take their defaults)."""
     if not isinstance(config.get("classify"), dict):
         raise ValueError(
             f"{path}/config.json has no 'classify' section (keys: {sorted(config)}); "
             "this reader takes the runs of experiments.classify.")
-    saved = {k: _tuples(v) for k, v in config["classify"].items()}
-    return types.SimpleNamespace(**{**_SETTING_DEFAULTS, **saved})
+    return ClassifyConfig.from_saved(config["classify"])
 
 
 def _dataset_info(cfg, data_root):
@@ -206,8 +91,6 @@ def _dataset_info(cfg, data_root):
 def _task(cfg, meta: dict | None, data_root):
     """The run's ClassificationTask; normalisation statistics come from ``final.json``
     or, for a checkpoint, from the training set as `experiments.classify` computed them."""
-    from jaxode.train.tasks import ClassificationTask
-
     mean = std = None
     if cfg.normalize:
         if meta is not None and meta.get("mean") is not None:
@@ -227,15 +110,7 @@ def _task(cfg, meta: dict | None, data_root):
             if cfg.train_limit is not None:
                 train = train.subset(slice(0, cfg.train_limit))
             mean, std = channel_stats(train.images)
-    return ClassificationTask(crop_padding=cfg.crop_padding, flip=cfg.flip,
-                              color_jitter=cfg.color_jitter, mean=mean, std=std)
-
-
-def _build(cfg, image_shape, num_classes):
-    """The run's model with fresh weights (a template to read weights into)."""
-    from jaxode.models.classifiers import build_classifier
-
-    return build_classifier(vars(cfg), num_classes, image_shape[-1], jax.random.PRNGKey(cfg.seed))
+    return cfg.task(mean, std)
 
 
 def _checkpoint_train_config(folder: str, epoch: int | None) -> dict:
@@ -274,7 +149,6 @@ def _from_checkpoint(model, tcfg, folder: str):
     """(epoch, evaluation model) of the newest checkpoint that reads back: its model
     weights, or its EMA weights when the run kept them (`runs.newest_weights`)."""
     from jaxode.train.checkpoint import latest_checkpoint
-    from jaxode.train.runs import newest_weights
 
     template = _phase_model(model, tcfg, latest_checkpoint(folder) or 0)
     weights, epoch = newest_weights(folder, template, log=lambda msg: None)
@@ -299,7 +173,7 @@ def load_classify_run(run_dir: str, *, data_root: str | None = None) -> Run:
         final_meta = _read_json(os.path.join(path, FINAL_META), "the final weights' record")
     from jaxode.train.checkpoint import latest_checkpoint
 
-    ckpt_dir = os.path.join(path, "checkpoints")
+    ckpt_dir = checkpoint_dir(path)
     newest = latest_checkpoint(ckpt_dir)
     if newest is None and final_meta is None:
         raise FileNotFoundError(
@@ -309,7 +183,7 @@ def load_classify_run(run_dir: str, *, data_root: str | None = None) -> Run:
         image_shape, num_classes = tuple(final_meta["image_shape"]), int(final_meta["num_classes"])
     else:
         image_shape, num_classes = _dataset_info(cfg, data_root)
-    template = _build(cfg, image_shape, num_classes)
+    template = cfg.build_model(num_classes, image_shape[-1], jax.random.PRNGKey(cfg.seed))
     tcfg = _train_config(config.get("train") or _checkpoint_train_config(ckpt_dir, newest))
     task = _task(cfg, final_meta or config.get("data"), data_root)
     ckpt = None
@@ -323,8 +197,9 @@ def load_classify_run(run_dir: str, *, data_root: str | None = None) -> Run:
         epoch, source = int(final_meta["epoch"]), "final"
     else:  # only damaged checkpoints (load_newest_intact raised otherwise)
         raise FileNotFoundError(f"{ckpt_dir} holds no readable checkpoint.")
-    return Run(path=path, config=config, model=model, task=task, epoch=epoch, source=source,
-               image_shape=tuple(int(s) for s in image_shape), num_classes=num_classes)
+    return Run(path=path, config=config, model=model, task=task, epoch=epoch, name=cfg.model,
+               source=source, image_shape=tuple(int(s) for s in image_shape),
+               num_classes=num_classes)
 
 
 def _read_final(path: str, template):
@@ -380,5 +255,5 @@ def export_final(run_dir: str, *, remove_checkpoints: bool = False,
         if reread.source != "final" or reread.epoch != run.epoch:
             raise RuntimeError("the exported weights do not load back as the final ones; "
                                "checkpoints/ was kept.")
-        shutil.rmtree(os.path.join(run.path, "checkpoints"))
+        shutil.rmtree(checkpoint_dir(run.path))
     return out

@@ -13,12 +13,14 @@ run kept them) and returns a `Run`::
     run = load_run("runs/smoke-digits")
     logits = run.predict(test.images)         # raw uint8 (N, H, W, C) -> (N, classes)
 
-Three kinds of ``config.json`` are understood: a classification run
-(``{"classify": {...}}``, `experiments.classify`; read by
-`jaxode.train.load.load_classify_run`, which also takes a finished run's final weights), a model named with its factory
-arguments (``{"model": NAME, "model_kwargs": {...}, "task": {"mean", "std"}}``, e.g.
+Three kinds of ``config.json`` are understood, each read into the same `Run`: a
+classification run (``{"classify": {...}}``, `experiments.classify`; read by
+`jaxode.train.load.load_classify_run`, which also takes a finished run's
+``final.eqx``), a model named with its factory arguments (``{"model": NAME, "model_kwargs": {...}, "task": {"mean", "std"}}``, e.g.
 the quick runs of `experiments.transfer`), and a DCN run (``{"model": DCN name,
-"widths", "tol"}``, `experiments.dcn`).  Segmentation runs are not read here yet.
+"widths", "tol"}``, `experiments.dcn`).  Segmentation runs (several models per folder) are not read here yet.  Code outside
+this module and `jaxode.train.load` asks them for paths (`checkpoint_dir`,
+`has_weights`, `read_summary`) instead of spelling the layout.
 """
 
 from __future__ import annotations
@@ -30,58 +32,133 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxode.ode import trainable
 from jaxode.train.checkpoint import complete_epochs, latest_checkpoint
 
+CHECKPOINTS = "checkpoints"
+SUMMARY = "summary.json"
+
 
 @dataclasses.dataclass
 class Run:
-    """A trained model and what is needed to use it (see `load_run`).
+    """A trained model read back from its run folder, whatever experiment wrote it.
 
-    - `model`: the network with the checkpoint's weights (EMA weights if kept).
-    - `config`: the run's ``config.json`` as a dict.
+    - `path`: the run folder; `config`: its ``config.json`` as a dict.
+    - `model`: the evaluation weights (EMA weights when the run kept them).
+    - `task`: a `ClassificationTask` with the run's test-time preprocessing (uint8 ->
+      [0, 1], its per-channel normalisation; no augmentation).
+    - `epoch`: epochs trained when the weights were saved; `source`: ``"final"``
+      (``final.eqx``) or ``"checkpoint"``.
     - `name`: the model's name (`jaxode.models.MODELS` or `jaxode.models.dcn`).
-    - `norm`: ``(mean, std)`` per channel of the run's input normalisation, or None.
-    - `epoch`: the checkpoint read.  `path`: the run folder.
+    - `image_shape` (H, W, C) and `num_classes` when the run records them (else None).
     """
 
-    model: Any
-    config: dict
-    name: str
-    norm: tuple | None
-    epoch: int
     path: str
+    config: dict
+    model: Any
+    task: Any
+    epoch: int
+    name: str
+    source: str = "checkpoint"
+    image_shape: tuple | None = None
+    num_classes: int | None = None
 
     @property
-    def task(self):
-        """A `ClassificationTask` with the run's input preprocessing (no augmentation)."""
-        from jaxode.train.tasks import ClassificationTask
+    def norm(self) -> tuple | None:
+        """``(mean, std)`` per channel of the run's input normalisation, or None."""
+        return None if self.task.mean is None else (tuple(self.task.mean), tuple(self.task.std))
 
-        mean, std = self.norm if self.norm is not None else (None, None)
-        return ClassificationTask(mean=None if mean is None else tuple(mean),
-                                  std=None if std is None else tuple(std))
+    def predict(self, images, *, batch_size: int = 250, batch_mode: str = "per_sample",
+                return_stats: bool = False):
+        """Logits ``(N, classes)`` (numpy float32) of raw uint8 images ``(N, H, W, C)``.
 
-    def predict(self, images, batch_size: int = 256) -> np.ndarray:
-        """Logits for raw uint8 images ``(N, H, W, C)``: the run's own preprocessing
-        (scale to [0, 1], its normalisation), then the model in inference mode."""
+        `batch_size` images are solved per compiled call (the last batch is padded by
+        repeating images, which leaves per-sample results unchanged).  `batch_mode`:
+        ``per_sample`` (default: an image's logits do not depend on its batch) or
+        ``joint`` (one solve per batch, as the evaluation during training).  With
+        `return_stats`, also ``{"nfe", "steps"}`` per image (zeros without ODE blocks)."""
+        from jaxode.train.utils import with_batch_mode
+
+        images = self.check_images(images)
+        if batch_mode not in ("per_sample", "joint"):
+            raise ValueError(f"batch_mode must be 'per_sample' or 'joint', got {batch_mode!r}.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        model = with_batch_mode(self.model, batch_mode)
+        n = images.shape[0]
+        size = min(batch_size, max(n, 1))
+        parts = []
+        for start in range(0, n, size):
+            chunk = images[start:start + size]
+            m = chunk.shape[0]
+            out = _forward(model, self.task, jnp.asarray(chunk[np.arange(size) % m]))
+            parts.append([np.asarray(a)[:m] for a in out])
+        logits, nfe, steps = (np.concatenate(p) for p in zip(*parts)) if parts else (
+            np.zeros((0, self.num_classes or 0), np.float32), np.zeros(0), np.zeros(0))
+        return (logits, {"nfe": nfe, "steps": steps}) if return_stats else logits
+
+    def check_images(self, images) -> np.ndarray:
+        """`images` as a uint8 (N, H, W, C) array of this run's channels, or a clear error."""
         images = np.asarray(images)
-        if images.ndim != 4:
-            raise ValueError(f"predict: expected images (N, H, W, C), got shape {images.shape}.")
-        out = [np.asarray(_predict_batch(self.model, self.task, images[i:i + batch_size]))
-               for i in range(0, len(images), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0,), np.float32)
+        if images.dtype != np.uint8:
+            raise TypeError(
+                f"predict takes raw uint8 images (0..255), as stored in the dataset, got dtype "
+                f"{images.dtype}; pass the original pixels (the run's preprocessing is applied "
+                "inside), e.g. jaxode.data.load_dataset('mnist', 'test').images.")
+        h, w, c = self.image_shape or (None, None, images.shape[-1])
+        if images.ndim == 3 and c == 1:
+            images = images[..., None]
+        if images.ndim != 4 or images.shape[-1] != c:
+            raise ValueError(f"predict takes images shaped (N, H, W, {c}) (channels last), got "
+                             f"{images.shape}; this run was trained on {h}x{w}x{c} images.")
+        return images
+
+    def test_set(self, *, data_root: str | None = None, limit: int | None = None):
+        """The test split of a classify run's dataset: its first `limit` images, by
+        default as many as the run itself was evaluated on (its ``test_limit``)."""
+        from jaxode.data import load_dataset
+
+        settings = self.config.get("classify") or {}
+        if "dataset" not in settings:
+            raise ValueError(f"{self.path} is not a classify run: its config.json names no "
+                             "dataset; load the test set with jaxode.data.load_dataset.")
+        test = load_dataset(settings["dataset"], "test",
+                            root=data_root or settings.get("data_root"))
+        n = limit if limit is not None else settings.get("test_limit")
+        return test if n is None else test.subset(slice(0, int(n)))
+
+    def evaluate(self, test, *, batch_size: int = 500, batch_mode: str = "per_sample",
+                 tol: float | None = None, progress: bool = False) -> dict:
+        """Per-image ``acc``, ``loss``, ``steps``, ``nfe`` on the `Dataset` `test`
+        (`jaxode.train.evaluate` with the run's task), ODE blocks solved `batch_mode`
+        at the run's tolerance or rtol = atol = `tol`."""
+        from jaxode.train.loop import evaluate
+        from jaxode.train.tasks import dataset_batches
+        from jaxode.train.utils import with_batch_mode, with_tolerance
+
+        model = with_batch_mode(self.model, batch_mode)
+        model = model if tol is None else with_tolerance(model, tol)
+        return evaluate(model, self.task, dataset_batches(test, batch_size, shuffle=False),
+                        batch_size=batch_size, progress=progress)
 
 
 @eqx.filter_jit
-def _predict_batch(model, task, images):
+def _forward(model, task, images):
+    """Logits and per-image solver statistics; the test-time path of the task (no
+    augmentation, so the key is unused)."""
+    from jaxode.train.utils import solver_metrics
+
     x = task.prepare(images, jax.random.PRNGKey(0), train=False)
-    logits, _ = model(x, inference=True)
-    return logits
+    logits, aux = model(x, key=None, inference=True)
+    stats = solver_metrics(aux, images.shape[0])
+    return logits, stats["nfe"], stats["steps"]
 
 
-def _read_config(run_dir: str) -> dict:
+def read_config(run_dir: str) -> dict:
+    """The run's ``config.json`` (a FileNotFoundError or ValueError says what to do)."""
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"run folder {run_dir!r} does not exist; pass the folder of a "
                                 "run, e.g. results/mnist-chen-resnet.")
@@ -102,29 +179,58 @@ def _read_config(run_dir: str) -> dict:
 def load_run(run_dir: str, *, data_root: str | None = None, log=print) -> Run:
     """The trained model of `run_dir` (see the module docstring); a FileNotFoundError
     or ValueError says what is missing or damaged and what to do."""
-    cfg = _read_config(run_dir)
+    cfg = read_config(run_dir)
     if isinstance(cfg.get("classify"), dict):  # final weights, phases, per-image predict
         from jaxode.train.load import load_classify_run
 
         return load_classify_run(run_dir, data_root=data_root)
+    from jaxode.train.tasks import ClassificationTask
+
+    task = ClassificationTask()  # DCN runs: no input normalisation
+    shape = None
     if _is_dcn(cfg.get("model")):
-        model, name, norm = _dcn_template(cfg), cfg["model"], None
+        model, shape = _dcn_template(cfg), (32, 32, 3)  # experiments.dcn trains on CIFAR-10
     elif isinstance(cfg.get("model"), str):
         from jaxode.models import make_model
 
-        name = cfg["model"]
-        model = make_model(name, key=jax.random.PRNGKey(0), **dict(cfg.get("model_kwargs") or {}))
-        task = cfg.get("task") if isinstance(cfg.get("task"), dict) else {}
-        norm = (tuple(task["mean"]), tuple(task["std"])) if task.get("mean") is not None else None
+        model = make_model(cfg["model"], key=jax.random.PRNGKey(0),
+                           **dict(cfg.get("model_kwargs") or {}))
+        norm = cfg.get("task") if isinstance(cfg.get("task"), dict) else {}
+        if norm.get("mean") is not None:
+            task = ClassificationTask(mean=tuple(norm["mean"]), std=tuple(norm["std"]))
     else:
         raise ValueError(f"{run_dir}/config.json names no model (no 'classify' or 'model' "
                          "entry); pass a classification or DCN run folder.")
-    model, epoch = newest_weights(os.path.join(run_dir, "checkpoints"), model, log=log)
-    if _is_dcn(name):
+    model, epoch = newest_weights(checkpoint_dir(run_dir), model, log=log)
+    if _is_dcn(cfg["model"]):
         from jaxode.nn.srf import refresh_support
 
         model = refresh_support(model, "separable")
-    return Run(model=model, config=cfg, name=name, norm=norm, epoch=epoch, path=run_dir)
+    return Run(path=run_dir, config=cfg, model=model, task=task, epoch=epoch,
+               name=cfg["model"], image_shape=shape)
+
+
+def checkpoint_dir(run_dir: str) -> str:
+    """The folder of a run's training checkpoints (`jaxode.train.checkpoint`)."""
+    return os.path.join(run_dir, CHECKPOINTS)
+
+
+def has_weights(run_dir: str) -> bool:
+    """Whether `run_dir` holds weights to read: a checkpoint, or a finished classify
+    run's ``final.eqx`` (`jaxode.train.load.export_final`)."""
+    from jaxode.train.load import FINAL_WEIGHTS
+
+    return (latest_checkpoint(checkpoint_dir(run_dir)) is not None
+            or os.path.isfile(os.path.join(run_dir, FINAL_WEIGHTS)))
+
+
+def read_summary(run_dir: str) -> dict | None:
+    """The ``summary.json`` a finished run wrote (`RunDir.summary`), None before that."""
+    path = os.path.join(run_dir, SUMMARY)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def _is_dcn(name) -> bool:
