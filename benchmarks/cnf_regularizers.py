@@ -112,8 +112,8 @@ def plot(path, densities, names, logs, evals):
 
 
 def table(densities, names, summary) -> str:
-    lines = ["| density | setting | final test NLL | fwd / bwd NFE per iter (mean; last 10%) | "
-             "test NFE | train s | iter to base NLL | fwd+bwd NFE to it | s to it |",
+    lines = [("| density | setting | final test NLL | fwd / bwd NFE per iter (mean; last 10%) | "
+              "test NFE | train s | iter to base NLL | fwd+bwd NFE to it | s to it |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for d in densities:
         for n in names:

@@ -56,6 +56,7 @@ def test_cnf_regularizers_smoke(tmp_path):
     summary = main(["--out", out, "--smoke"])
     for name in ("iters.csv", "evals.csv", "summary.md", "cnf_regularizers.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
-    saved = json.load(open(os.path.join(out, "summary.json")))["summary"]["moons"]
+    with open(os.path.join(out, "summary.json")) as f:
+        saved = json.load(f)["summary"]["moons"]
     assert set(saved) == {"none", "rnode=0.1"} and saved["none"]["equal_nll"]["iter"] == 4
     assert np.isfinite(summary["moons"]["rnode=0.1"]["test_nll"])
