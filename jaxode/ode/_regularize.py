@@ -181,6 +181,8 @@ def report(zs, joint_batch: bool) -> dict:
 
 
 def regularizer_stats(stats) -> dict:
-    """The requested regularisers of a `SolveStats`, ``{name: value}`` (empty when
-    none was requested): what a model puts in its ``aux`` for the trainer."""
-    return {n: getattr(stats, n) for n in REGULARIZERS if getattr(stats, n) is not None}
+    """The requested regularisers of a `SolveStats` (or of a model's aux dict),
+    ``{name: value}`` (empty when none was requested): what a model puts in its
+    ``aux`` for the trainer."""
+    get = stats.get if isinstance(stats, dict) else (lambda n: getattr(stats, n, None))
+    return {n: get(n) for n in REGULARIZERS if get(n) is not None}
