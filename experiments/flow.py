@@ -14,6 +14,8 @@ the shared lr 1e-2 the flow grows stiff and the loss climbs back.  ``--g-lr`` gi
 theta_1 its own rate (`TrainConfig.g_lr_scale`; default lr / 100, stable over 3,000
 iterations in docs/results/node_ew.md); ``--clip`` clips the global gradient norm.
 ``--trace hutchinson`` trains with FFJORD's estimator (test NLL and plots: exact).
+``--reg kinetic=W,jacobian=W`` (RNODE, of dz/dt) and ``--steer B`` regularise the
+fixed flow's dynamics (`jaxode.train.regularize`; benchmarks.cnf_regularizers).
 
     python -m experiments.flow --name flow --densities moons,rings,checkerboard
     python -m experiments.flow --name flow_old --g-lr 1e-2 --clip 0  # unstabilised
@@ -44,7 +46,7 @@ HALF = 4.5  # the plots and the grid cover [-HALF, HALF]^2
 
 def main(argv=None):
     from experiments.configs.node_ew import parse_run_flags
-    from jaxode.cli import ArgumentParser, check_args, split_list
+    from jaxode.cli import ArgumentParser, check_args, parse_regularizers, split_list
 
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
@@ -63,15 +65,21 @@ def main(argv=None):
     a("--tol", type=float, default=1e-4, help="rtol = atol of dopri5")
     a("--test-size", type=int, help="fresh test samples")
     a("--grid", type=int, help="grid points per axis of the density plot")
+    a("--reg", default="", help="RNODE weights, e.g. kinetic=0.1,jacobian=0.1 (fixed flow)")
+    a("--steer", type=float, help="STEER: each step's t1 ~ U(1 - B, 1 + B), B < 1 (fixed flow)")
     a("--seed", type=int, default=0)
     a("--smoke", action="store_true", help="the smoke config's sizes (same as --config smoke)")
     args = parse_run_flags(p, "flow", argv)
     if args.smoke:
         args.iters, args.hidden, args.test_size, args.grid = 5, 8, 200, 20
     check_args(p, args, positive=("iters", "batch", "hidden", "depth", "g_hidden", "lr", "tol",
-                                  "test_size", "g_lr"), non_negative=("seed", "clip"),
-               at_least={"grid": 2}, choices={"densities": DENSITIES, "models": FLOW_KINDS})
+                                  "test_size", "g_lr", "steer"), non_negative=("seed", "clip"),
+               at_least={"grid": 2}, choices={"densities": DENSITIES, "models": FLOW_KINDS},
+               parsers={"reg": parse_regularizers})
     densities, models = split_list(args.densities), split_list(args.models)
+    regs = dict(parse_regularizers(args.reg))
+    if (regs or args.steer) and models != ["fixed"]:
+        p.error("--reg and --steer apply to the fixed-weight flow: add --models fixed.")
     args.g_lr = args.lr / 100 if args.g_lr is None else args.g_lr
     os.makedirs(args.run, exist_ok=True)
     with open(os.path.join(args.run, "config.json"), "w") as f:
@@ -91,7 +99,7 @@ def main(argv=None):
             flow, log, compile_s, test_nll = fit_flow(
                 flow, density, iters=args.iters, batch=args.batch, lr=args.lr, g_lr=args.g_lr,
                 clip=args.clip, seed=args.seed + d_i, test=test, label=f"{density}/{kind}",
-                progress=not args.no_progress)
+                progress=not args.no_progress, regularizers=regs, steer=args.steer)
             logs += log
             logp = -evaluate(flow, DensityTask(), [{"x": points}])["nll"]  # exact trace
             grids[(density, kind)] = logp.reshape(args.grid, args.grid)

@@ -194,6 +194,7 @@ SMOKE_ELSEWHERE = {
     "benchmarks.kill_resume":
         "tests/test_reliability_kill.py::test_kills_in_checkpoint_writes_lose_nothing_and_reproduce_the_run",
     "experiments.evaluate": "tests/test_load_run.py::test_evaluate_command_reports_the_runs_numbers",
+    "benchmarks.cnf_regularizers": "tests/test_cnf_regularizers.py::test_cnf_regularizers_smoke",
 }
 
 # Programs no CPU test runs in full, and why (the test below checks each excuse is current).

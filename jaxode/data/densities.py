@@ -109,16 +109,17 @@ def sample_density(name: str, key, n: int) -> jax.Array:
 class FreshBatches:
     """`iters` batches ``{"x": (batch, 2)}``, each freshly drawn from the density
     `name` (the paper's training: 100 new points per iteration); the draw of
-    iteration i depends only on (seed, i), so a re-run sees the same stream."""
+    iteration i depends only on (seed, i), so a re-run sees the same stream;
+    `start` skips to iteration `start` of it (training in chunks sees one stream)."""
 
-    def __init__(self, name: str, iters: int, batch: int, seed: int):
-        self.name, self.iters, self.batch = name, iters, batch
+    def __init__(self, name: str, iters: int, batch: int, seed: int, start: int = 0):
+        self.name, self.iters, self.batch, self.start = name, iters, batch, start
         self.key = jax.random.PRNGKey(seed)
 
     def __len__(self):
         return self.iters
 
     def __iter__(self):
-        for i in range(self.iters):
+        for i in range(self.start, self.start + self.iters):
             k_data, _ = jax.random.split(jax.random.fold_in(self.key, i))
             yield {"x": sample_density(self.name, k_data, self.batch)}

@@ -145,6 +145,14 @@ class CNFField(eqx.Module):
         return dz, -jnp.trace(jac)
 
 
+    @staticmethod
+    def regularized_mask(state):
+        """The regularisers of the dynamics (`SolveConfig.regularizers`) measure z only:
+        RNODE's kinetic energy int ||f||^2 dt and Jacobian norm int ||df/dz||_F^2 dt
+        (Finlay et al. 2020) are of dz/dt, not of the log-density's or probe's parts."""
+        return (jnp.ones_like(state[0]),) + tuple(jnp.zeros_like(s) for s in state[1:])
+
+
 def standard_normal_logpdf(z):
     """log N(z; 0, I) of one vector z."""
     d = z.shape[-1]

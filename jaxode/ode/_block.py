@@ -319,7 +319,9 @@ class ODEBlock(eqx.Module):
             if "jacobian" in names:
                 eps = reg.probe_noise(jax.lax.stop_gradient(key), z0, config.jacobian_probe)
             state, static = reg.initial_state(z0, names, joint_batch), (static, eps)
-            vf = reg.augmented_field(vf, names, joint_batch)
+            # a field may regularise only part of its state (a CNF: z, not log p)
+            mask = getattr(type(self.field), "regularized_mask", None)
+            vf = reg.augmented_field(vf, names, joint_batch, mask)
         zs, stats, t_reached = _solve(
             (t0, ts_, state, (params, a_diff), self.nfe_probe),
             (vf, static, config, self.name),

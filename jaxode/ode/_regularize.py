@@ -112,30 +112,37 @@ def probe_noise(key, z0, kind: str):
     return jtu.tree_unflatten(treedef, [draw(k, x) for k, x in zip(keys, leaves)])
 
 
-def augmented_field(vf, names: tuple[str, ...], joint_batch: bool):
+def augmented_field(vf, names: tuple[str, ...], joint_batch: bool, mask=None):
     """The dynamics of ``Augmented(z, reg)`` for Diffrax's field `vf`:
 
-        dz/dt = f,  dK/dt = ||f||^2,  dJ/dt = ||eps^T df/dz||^2,  dE/dt = 0.
+        dz/dt = f,  dK/dt = ||m * f||^2,  dJ/dt = ||(m * eps)^T df/dz||^2,  dE/dt = 0.
 
     Its args are ``(theta, (static, eps))``: `vf`'s own args plus the probe eps
-    (None without ``jacobian``)."""
-    return _augmented_field(vf, tuple(names), joint_batch)
+    (None without ``jacobian``).  `mask` (a plain function, or None: m = 1) maps the
+    state to a 0/1 tree m like it, selecting the part of the state whose dynamics are
+    regularised: for a CNF's ``(z, delta)`` only z (RNODE, Finlay et al. 2020, eqs.
+    3-4, `jaxode.fields.cnf.CNFField.regularized_mask`).  With m masking the outputs
+    of f and the probe, J is the Frobenius norm of d f_m / dz over the whole state,
+    which is d f_z / dz when f_z depends on z alone."""
+    return _augmented_field(vf, tuple(names), joint_batch, mask)
 
 
 @functools.cache
-def _augmented_field(vf, names, joint_batch):
+def _augmented_field(vf, names, joint_batch, mask):
     # Cached: the function is a static argument of custom-VJP and jitted functions.
     def aug(t, y, args):
         theta, (static, eps) = args
         call = lambda z: vf(t, z, (theta, static))
+        select = (lambda tree: tree) if mask is None else (
+            lambda tree: jtu.tree_map(jnp.multiply, tree, mask(y.z)))
         jac = None
         if "jacobian" in names:
             f, vjp = jax.vjp(call, y.z)
-            (eps_jac,) = vjp(eps)
+            (eps_jac,) = vjp(select(eps))
             jac = _sum_squares(eps_jac, joint_batch)
         else:
             f = call(y.z)
-        kin = _sum_squares(f, joint_batch) if "kinetic" in names else None
+        kin = _sum_squares(select(f), joint_batch) if "kinetic" in names else None
         local = None if y.reg.local_error is None else jnp.zeros_like(y.reg.local_error)
         return Augmented(f, RegState(kin, jac, local))
 
@@ -174,6 +181,8 @@ def report(zs, joint_batch: bool) -> dict:
 
 
 def regularizer_stats(stats) -> dict:
-    """The requested regularisers of a `SolveStats`, ``{name: value}`` (empty when
-    none was requested): what a model puts in its ``aux`` for the trainer."""
-    return {n: getattr(stats, n) for n in REGULARIZERS if getattr(stats, n) is not None}
+    """The requested regularisers of a `SolveStats` (or of a model's aux dict),
+    ``{name: value}`` (empty when none was requested): what a model puts in its
+    ``aux`` for the trainer."""
+    get = stats.get if isinstance(stats, dict) else (lambda n: getattr(stats, n, None))
+    return {n: get(n) for n in REGULARIZERS if get(n) is not None}

@@ -23,23 +23,40 @@ def flow_optimizer(lr: float, clip: float = 0.0):
 
 
 def fit_flow(flow, density: str, *, iters: int, batch: int, lr: float, g_lr: float,
-             clip: float, seed: int, test, label: str, progress: bool = True):
+             clip: float, seed: int, test, label: str, progress: bool = True,
+             regularizers=(), steer: float | None = None, eval_every: int | None = None,
+             evals: list | None = None):
     """Train `flow` on `iters` fresh batches of `density` (`FreshBatches`), theta_1 at
     rate `g_lr`; evaluate the NLL of the `test` points (exact trace).  Returns the
     trained flow, the per-iteration log (``model``, ``iter``, ``nll``, ``nfe_forward``,
-    ``nfe_backward``, ``seconds`` after the first step), the first step's (compile)
-    seconds and the test NLL."""
-    config = TrainConfig(epochs=1, batch_size=batch, lr=lr, g_lr_scale=g_lr / lr, seed=seed,
-                         data_parallel=False, keep_checkpoints=1, progress=progress)
+    ``nfe_backward``, ``seconds`` after the first step, and the value of each
+    requested regulariser), the first step's (compile) seconds and the test NLL.
+
+    `regularizers` (``{"kinetic": w, "jacobian": w}``, RNODE; of z only, see
+    `CNFField.regularized_mask`) and `steer` (b) as in `TrainConfig`.  `eval_every`
+    (a divisor of `iters`; default `iters`) evaluates the test NLL every so many
+    iterations (the same data stream), appending ``{"iter", "test_nll", "test_nfe"}``
+    to the list `evals` if given."""
+    every = iters if eval_every is None else eval_every
+    if every < 1 or iters % every:
+        raise ValueError(f"fit_flow: eval_every={eval_every} must be a positive divisor of "
+                         f"iters={iters}.")
+    config = TrainConfig(epochs=iters // every, batch_size=batch, lr=lr, g_lr_scale=g_lr / lr,
+                         seed=seed, data_parallel=False, keep_checkpoints=1, progress=progress,
+                         regularizers=dict(regularizers), steer=steer)
     log, clock = [], [0.0, 0.0]  # [compile seconds, training seconds after it]
 
     def on_step(row):
         clock[0 if row["step"] == 1 else 1] += row["step_time_s"]
         log.append({"model": label, "iter": row["step"] - 1, "nll": row["loss"],
                     "nfe_forward": int(row["nfe"]), "nfe_backward": int(row["nfe_backward"]),
-                    "seconds": clock[1]})
+                    "seconds": clock[1], **{k: float(row[k]) for k in dict(regularizers)}})
 
-    result = fit(flow, DensityTask(), lambda epoch: FreshBatches(density, iters, batch, seed),
+    result = fit(flow, DensityTask(),
+                 lambda epoch: FreshBatches(density, every, batch, seed, start=epoch * every),
                  lambda: [{"x": test}], config=config, optimizer=flow_optimizer(lr, clip),
                  on_step=on_step, log=lambda s: print(f"{label}: {s}"))
+    if evals is not None:
+        evals += [{"iter": (i + 1) * every, "test_nll": h["eval_nll"], "test_nfe": h.get("eval_nfe")}
+                  for i, h in enumerate(result.history)]
     return result.model, log, clock[0], result.history[-1]["eval_nll"]

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxode.ode._regularize import regularizer_stats
 from jaxode.train.seg_metrics import confusion_matrix, cross_entropy, miou, pixel_accuracy
 from jaxode.train.utils import solver_metrics
 
@@ -85,7 +86,9 @@ class DensityTask:
     the step's key draws its Hutchinson probes, if any.  Evaluation uses the exact
     trace (`exact_eval`, via ``model.with_trace("exact")``) and gives per example
     ``nll`` and ``bits_per_dim`` = nll / (D ln 2) (continuous data: no dequantisation
-    term), and the solver's ``nfe``.
+    term), and the solver's ``nfe``.  Training metrics include the regularisers the
+    flow's solve computed (``kinetic``, ``jacobian``: batch means), which
+    `TrainConfig.regularizers` adds to the loss.
     """
 
     exact_eval: bool = True
@@ -95,7 +98,8 @@ class DensityTask:
         nll = -jnp.mean(logp)
         dims = batch["x"].shape[-1]
         return nll, {"loss": nll, "bits_per_dim": nll / (dims * math.log(2.0)),
-                     **solver_metrics(stats)}
+                     **solver_metrics(stats),  # and RNODE's terms when requested:
+                     **{k: jnp.mean(v) for k, v in regularizer_stats(stats).items()}}
 
     def eval_metrics(self, model, batch, key):
         flow = model.with_trace("exact") if self.exact_eval else model
