@@ -206,6 +206,9 @@ NOT_ON_CPU = {
                                   "through `dcn classify` in tests/test_gpu_campaign.py",
     "experiments.node_ew_mnist": "its smoke config trains four models for two epochs "
                                  "(minutes on 2 cores); docs/results/reliability.md measured it",
+    "benchmarks.phase_step_time": "times MNIST training steps of NODE-EW and the ODE-Net in "
+                                  "both phases (compiles four steps, minutes on 2 cores); "
+                                  "results/README.md gives the measured run",
     "benchmarks.dcn_kernel_cost": "compiles a DCN training step per support mode (~1 min each "
                                   "on 2 cores); its argument checks run in "
                                   "tests/test_reliability_cli.py",
