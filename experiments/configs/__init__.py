@@ -85,23 +85,30 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
     return None
 
 
-def parse(parser, experiment: str, argv=None, default: str | None = None):
-    """Parse `argv` with `parser` after adding ``--config`` and ``--list``: the named
-    config (default `default`) becomes the flags' defaults (`parser.set_defaults`),
-    so explicit flags override it.  ``--list`` prints the configs and exits 0.
+def parse(parser, experiment: str, argv=None, default: str | None = None,
+          old_names: tuple[str, ...] = ()):
+    """Parse `argv` with `parser` after adding the flags every training experiment shares
+    (`jaxode.cli.add_run_flags`; `old_names`: deprecated spellings of ``--name``): the
+    named config (default `default`) becomes the flags' defaults
+    (`parser.set_defaults`), so explicit flags override it.  ``--list`` prints the
+    configs and exits 0; an unknown ``--config`` is refused.
 
     The config name is read from `argv` directly, not by a second parse, so the
     parser runs exactly once (the docs' command test stops it right there)."""
+    from jaxode import cli
+
     argv = list(sys.argv[1:] if argv is None else argv)
     choices = names(experiment)
-    parser.add_argument("--config", default=default, choices=choices,
-                        help=f"named configuration (default: {default}; see --list)")
-    parser.add_argument("--list", action="store_true",
-                        help="list the named configurations and exit")
+    cli.add_run_flags(parser, configs=choices, default_config=default,
+                      describe=lambda n: describe(n, experiment), old_names=old_names)
     if "--list" in argv:
         print_list(experiment)
         raise SystemExit(0)
     name = _flag_value(argv, "--config") or default
-    if name in choices:  # an unknown name is refused by the parse below
+    if name in choices:  # an unknown name is refused after the parse
         parser.set_defaults(**get_config(name, experiment))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.config not in choices:
+        parser.error(f"argument --config: unknown config {args.config!r}; choose one of "
+                     f"{', '.join(choices)} (see --list).")
+    return args

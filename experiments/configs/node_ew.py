@@ -12,7 +12,7 @@ override them.
 
 from __future__ import annotations
 
-from experiments.configs import _flag_value, describe, get_config, names, print_list, register
+from experiments.configs import register
 from experiments.configs.chen import PAPER as CHEN_RECIPE
 from experiments.configs.classify import ClassifyConfig
 
@@ -55,29 +55,14 @@ def smoke_node_ew_digits():
 
 
 def parse_run_flags(parser, experiment: str, argv=None, default: str = "paper"):
-    """Add the flags every training experiment shares (`jaxode.cli.add_run_flags`;
-    ``--out``, the old run-folder flag, is a deprecated alias of ``--name``) and parse
-    `argv` with the named config's values as the flags' defaults, so explicit flags
-    win.  ``--list`` prints the configs and exits 0.  ``args.run`` is the run folder:
-    RUNS_DIR/NAME, NAME by default the experiment's name.  These runs start afresh:
-    ``--resume`` is refused."""
-    import sys
-
+    """`experiments.configs.parse` with ``--out``, the old run-folder flag, as a
+    deprecated alias of ``--name``.  ``args.run`` is the run folder: RUNS_DIR/NAME, NAME
+    by default the experiment's name.  These runs start afresh: ``--resume`` is
+    refused."""
+    from experiments.configs import parse
     from jaxode import cli
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cli.add_run_flags(parser, configs=names(experiment), default_config=default,
-                      describe=lambda n: describe(n, experiment), old_names=("--out",))
-    if "--list" in argv:
-        print_list(experiment)
-        raise SystemExit(0)
-    name = _flag_value(argv, "--config") or default
-    if name in names(experiment):  # an unknown name is refused below
-        parser.set_defaults(**get_config(name, experiment))
-    args = parser.parse_args(argv)
-    if args.config not in names(experiment):
-        parser.error(f"argument --config: unknown config {args.config!r}; choose one of "
-                     f"{', '.join(names(experiment))} (see --list).")
+    args = parse(parser, experiment, argv, default, old_names=("--out",))
     if args.resume:
         parser.error(f"argument --resume: {experiment} runs are short and start afresh; "
                      "drop --resume and pass a new --name.")
