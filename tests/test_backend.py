@@ -4,8 +4,10 @@
   user named, and a bad JAXODE_CPU_FAST value is refused with what to do;
 - asking too late (backend already created) warns and leaves XLA_FLAGS alone;
 - in a fresh process with JAXODE_CPU_FAST=1 the options reach XLA (the compiled field
-  VJP holds more YNN fusions than here, with XLA's defaults) and the Chen field's value
-  and VJP still equal torch's (the tolerances of tests/test_torch_ports.py).
+  VJP (16 channels, batch 8, 8x8; smaller convolutions get no YNN fusion at all) holds more
+  YNN fusions than here, with XLA's defaults) and the Chen field's value equals torch's
+  (tests/test_torch_ports.py's tolerances) and its VJP is as close to torch's as with
+  XLA's defaults.
 """
 
 import json
@@ -72,13 +74,15 @@ from benchmarks.profile_field import field_vjp_hlo
 import equinox as eqx, jax, jax.numpy as jnp
 from jaxode.fields.conv_odefunc import ConvODEFunc
 
-field = ConvODEFunc(8, key=jax.random.PRNGKey(1))
+field = ConvODEFunc(16, key=jax.random.PRNGKey(1))
 rng = np.random.default_rng(0)
-z, g = (rng.standard_normal((2, 8, 5, 5)).astype(np.float32) for _ in range(2))
+z, g = (rng.standard_normal((8, 16, 8, 8)).astype(np.float32) for _ in range(2))
 params, static = eqx.partition(field, eqx.is_array)
 f = lambda p, z_: jax.vmap(eqx.combine(p, static), in_axes=(None, 0))(0.3, z_)
-out, vjp = jax.vjp(f, params, jnp.asarray(z))
-dp, dz = vjp(jnp.asarray(g))
+def value_and_vjp(p, z_, g_):
+    out, vjp = jax.vjp(f, p, z_)
+    return (out,) + vjp(g_)
+out, dp, dz = jax.jit(value_and_vjp)(params, jnp.asarray(z), jnp.asarray(g))
 hlo = field_vjp_hlo(field, jnp.asarray(z), jnp.asarray(g), jnp.float32(0.3), 2)
 grads = {jax.tree_util.keystr(path).lstrip("."): np.asarray(v).tolist()
          for path, v in jax.tree_util.tree_leaves_with_path(dp)}
@@ -109,9 +113,9 @@ def test_fast_flags_reach_xla_and_keep_the_field_equal_to_torch():
     child = json.loads(proc.stdout)
     assert child["xla_flags"] == FAST
 
-    field = ConvODEFunc(8, key=jax.random.PRNGKey(1))
+    field = ConvODEFunc(16, key=jax.random.PRNGKey(1))
     rng = np.random.default_rng(0)
-    z, g = (rng.standard_normal((2, 8, 5, 5)).astype(np.float32) for _ in range(2))
+    z, g = (rng.standard_normal((8, 16, 8, 8)).astype(np.float32) for _ in range(2))
     here = field_vjp_hlo(field, jnp.asarray(z), jnp.asarray(g), jnp.float32(0.3), 2).count('"__ynn_fusion"')
     assert child["ynn"] > here, (child["ynn"], here)  # the option changed the compiled program
 
@@ -121,12 +125,35 @@ def test_fast_flags_reach_xla_and_keep_the_field_equal_to_torch():
     out = tf(torch.tensor(0.3), zt)
     names = [n for n, _ in tf.named_parameters()]
     grads = torch.autograd.grad(out, [zt] + list(tf.parameters()), torch.from_numpy(g))
-    tol = dict(rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(child["out"]), out.detach().numpy(), **tol)
-    np.testing.assert_allclose(np.asarray(child["dz"]), grads[0].numpy(), **tol)
+    # the same jitted value and VJP here, with XLA's default options
+    import equinox as eqx
+
+    params, static = eqx.partition(field, eqx.is_array)
+    f = lambda p, z_: jax.vmap(eqx.combine(p, static), in_axes=(None, 0))(0.3, z_)
+
+    def value_and_vjp(p, z_, g_):
+        out, vjp = jax.vjp(f, p, z_)
+        return (out,) + vjp(g_)
+
+    out_d, dp_d, dz_d = jax.jit(value_and_vjp)(params, jnp.asarray(z), jnp.asarray(g))
+    default = {"f(t, z)": out_d, "dz": dz_d} | {
+        jax.tree_util.keystr(path).lstrip("."): v for path, v in jax.tree_util.tree_leaves_with_path(dp_d)}
+
+    def close(got, want, name):
+        """As close to torch as XLA's defaults are: the largest error at most twice the
+        default options' (+ 1e-6); both are float32 round-off, and conv biases before a
+        GroupNorm have a gradient of exactly 0 that both libraries only approach."""
+        want = want.detach().numpy()
+        got = np.asarray(got).reshape(want.shape)
+        err_fast = float(np.abs(got - want).max())
+        err_default = float(np.abs(np.asarray(default[name]).reshape(want.shape) - want).max())
+        assert err_fast <= 2 * err_default + 1e-6, (name, err_fast, err_default)
+
+    np.testing.assert_allclose(child["out"], out.detach().numpy(), rtol=1e-4, atol=1e-5)  # test_torch_ports'
+    close(child["out"], out, "f(t, z)")
+    close(child["dz"], grads[0], "dz")
     # every parameter, by name (the torch twin names them as the Equinox fields)
     want = dict(zip(names, grads[1:]))
     assert sorted(child["grads"]) == sorted(want)
     for name, got in child["grads"].items():
-        np.testing.assert_allclose(np.asarray(got).reshape(want[name].shape), want[name].numpy(),
-                                   err_msg=name, **tol)
+        close(got, want[name], name)
