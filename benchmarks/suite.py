@@ -78,7 +78,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch (default 0)")
     p.add_argument("--xla-cpu", choices=("default", "fast"), default=None,
                    help="XLA:CPU options: default (XLA's) or fast (jaxode.backend.CPU_FAST_FLAGS: "
-                   "YNN fusions for elementwise ops and dots too; no effect on a GPU). Default: "
+                   "YNN fusions for elementwise ops and dots too; no effect on a GPU; see "
+                   "docs/results/field_cost.md: not a repeatable gain on the loaded CPU). Default: "
                    "fast if JAXODE_CPU_FAST=1, else default. Results of 'fast' are written with "
                    "'-cpufast' in their name; the setting and XLA_FLAGS are in both outputs")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
@@ -470,7 +471,6 @@ def run(args):
     from tqdm import tqdm
 
     from benchmarks import common
-
     from jaxode import backend
 
     t_start = time.perf_counter()

@@ -6,7 +6,10 @@ default list); elementwise ops and dots are compiled by XLA's own loop emitters.
 `CPU_FAST_FLAGS` adds ``eltwise`` and ``dot`` to that list, so that the ReLU, the
 GroupNorm affine and the t-channel arithmetic of the Chen et al. (2018) field
 f(t, z) = GN(ConcatConv(t, ReLU(GN(ConcatConv(t, ReLU(GN(z))))))) run as YNN fusions
-next to its convolutions (measured in docs/results/field_cost.md, "XLA:CPU options").
+next to its convolutions.  Measured on the shared 2-core CPU (docs/results/field_cost.md,
+"XLA:CPU options"): the field VJP costs 8-33% less CPU at batch 64, but the training step
+at the suite's batch 128 costs 4-14% more.  It is therefore opt-in and not recommended
+until a quiet-machine run shows a gain; this module keeps the switch safe to use.
 
 These are ``xla_cpu_*`` options: only computations compiled for the CPU see them.  On a
 GPU or TPU the model's programs are compiled by that backend, which ignores them, so

@@ -107,7 +107,7 @@ def test_fast_flags_reach_xla_and_keep_the_field_equal_to_torch():
     env.pop("XLA_FLAGS", None)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", _CHILD], check=False, env=env, capture_output=True, text=True,
                           timeout=300, cwd=root)
     assert proc.returncode == 0, proc.stderr[-2000:]
     child = json.loads(proc.stdout)
