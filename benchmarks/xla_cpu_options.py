@@ -18,7 +18,8 @@ Two programs, both from the suite's chen-block at paper width (64 channels, 6x6)
 
 Variants: ``default`` (XLA's options; YNN fusions for convolutions and reductions),
 ``fast`` (`jaxode.backend.CPU_FAST_FLAGS`: also elementwise ops and dots), ``conv``
-(convolutions only), ``eigen`` (no YNN fusions: XLA's Eigen convolutions), and
+(convolutions only), ``eigen`` (no YNN fusions: XLA's Eigen convolutions), ``fastmath``
+(``xla_cpu_enable_fast_math``: check the loss column against torch's), and
 ``dp`` (XLA's options, the batch split over `--host-devices` CPU devices as
 `jaxode.train.parallel` does in training: ``--xla_force_host_platform_device_count``,
 added to ``XLA_FLAGS`` at start; the other variants then run on the first device).
@@ -43,6 +44,7 @@ VARIANTS = {
     "fast": {_Y: f"{_L}INDIVIDUAL_CONVOLUTION,{_L}REDUCE,{_L}ELTWISE,{_L}DOT"},
     "conv": {_Y: f"{_L}INDIVIDUAL_CONVOLUTION"},
     "eigen": {_Y: f"{_L}DOT"},  # an empty list is refused; dots: none in these programs
+    "fastmath": {"xla_cpu_enable_fast_math": True},  # LLVM fast-math (reassociation, approximations)
     "dp": None,  # XLA's options, batch sharded over the host devices
 }
 
@@ -169,10 +171,11 @@ def to_markdown(res) -> str:
                if "nfe_fwd" in r and not name.endswith("/torch") else "-")
         rows.append([name, f"{r['wall_ms']:.2f} ({r['min_ms']:.2f}-{r['max_ms']:.2f})", f"{r['cpu_ms']:.2f}",
                      f"{r['wall_vs_torch']:.3f}", f"{r['cpu_vs_torch']:.3f}",
-                     f"{r['nfe_fwd']}/{r['nfe_bwd']}" if "nfe_fwd" in r else "-", per])
+                     f"{r['nfe_fwd']}/{r['nfe_bwd']}" if "nfe_fwd" in r else "-", per,
+                     f"{r['loss']:.7f}" if "loss" in r else "-"])
     opts = "; ".join(f"{k}: {v}" for k, v in VARIANTS.items() if k in c["variants"])
     return (head + "\n" + markdown_table(["program/variant", "ms wall (min-max)", "ms CPU", "wall vs torch",
-                                          "CPU vs torch", "NFE f/b", "per NFE vs torch wall / CPU"], rows)
+                                          "CPU vs torch", "NFE f/b", "per NFE vs torch wall / CPU", "loss"], rows)
             + f"\n\nCompiler options: {opts}.")
 
 
