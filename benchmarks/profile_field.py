@@ -178,7 +178,9 @@ def jax_pieces(field, x, xt, g, gt, t, iters, pieces=PIECES):
         return lambda i, a, w_: cv(scale(i, a), w_)
 
     def dinput(cv):
-        return lambda i, a, w_, g_: jax.vjp(lambda a_: cv(a_, w_), scale(i, a))[1](g_)[0]
+        # the input gradient of a convolution does not depend on its input: the cotangent
+        # varies with i instead, or XLA would hoist the whole piece out of the loop
+        return lambda i, a, w_, g_: jax.vjp(lambda a_: cv(a_, w_), a)[1](scale(i, g_))[0]
 
     def dweight(cv):
         return lambda i, a, w_, g_: jax.vjp(lambda w_2: cv(scale(i, a), w_2), w_)[1](g_)[0]
@@ -378,7 +380,7 @@ def torch_pieces(field, x, xt, g, gt, t, iters):
         with torch.no_grad():
             return {
                 "conv-fwd": lambda s: (torch.nn.functional.conv2d(a * s, w_, padding=1),),
-                "conv-dinput": lambda s: (aten_bwd(g_, a * s, w_, None, [1, 1], [1, 1], [1, 1], False,
+                "conv-dinput": lambda s: (aten_bwd(g_ * s, a, w_, None, [1, 1], [1, 1], [1, 1], False,
                                                     [0, 0], 1, mask_x)[0],),
                 "conv-dweight": lambda s: (aten_bwd(g_, a * s, w_, None, [1, 1], [1, 1], [1, 1], False,
                                                      [0, 0], 1, mask_w)[1],),

@@ -76,6 +76,12 @@ def parse_args(argv=None):
                    help="torch device: auto (default: cuda when JAX runs on a GPU and torch sees "
                    "CUDA, else cpu), cpu or cuda")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch (default 0)")
+    p.add_argument("--xla-cpu", choices=("default", "fast"), default=None,
+                   help="XLA:CPU options: default (XLA's) or fast (jaxode.backend.CPU_FAST_FLAGS: "
+                   "YNN fusions for elementwise ops and dots too; no effect on a GPU; see "
+                   "docs/results/field_cost.md: not a repeatable gain on the loaded CPU). Default: "
+                   "fast if JAXODE_CPU_FAST=1, else default. Results of 'fast' are written with "
+                   "'-cpufast' in their name; the setting and XLA_FLAGS are in both outputs")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
                    help="folder for the JSON and Markdown results (default benchmarks/results)")
     args = p.parse_args(argv)
@@ -406,7 +412,8 @@ def to_markdown(results) -> str:
             f"device {c.get('torch_device', 'cpu')}, threads: {c.get('torch_threads')} (OMP_WAIT_POLICY={c.get('omp_wait_policy')}); load average before/after: {m.get('load_average')}"
             f" / {results.get('load_average_after')}; {m['date']}; jax {m['jax']}, diffrax "
             f"{m.get('diffrax')}, equinox {m.get('equinox')}, torch {m.get('torch')}, torchdiffeq "
-            f"{m.get('torchdiffeq')}. Total wall time {results.get('wall_s', 0):.0f} s.\n")
+            f"{m.get('torchdiffeq')}. XLA:CPU options: {c.get('xla_cpu', 'default')} (XLA_FLAGS="
+            f"{c.get('xla_flags') or '(none)'}). Total wall time {results.get('wall_s', 0):.0f} s.\n")
     headers = ["model", "setting", "params", "train s jaxode", "train s torch", "ratio",
                "<= 1.0x?", "infer s jaxode", "infer s torch", "ratio",
                "NFE f/b jaxode", "NFE f/b torch"]
@@ -464,15 +471,24 @@ def run(args):
     from tqdm import tqdm
 
     from benchmarks import common
+    from jaxode import backend
 
     t_start = time.perf_counter()
+    if getattr(args, "xla_cpu", None) == "fast":
+        backend.use_cpu_fast()  # before describe_machine creates the backend
+    xla_cpu = backend.xla_cpu_setting()
+    if getattr(args, "xla_cpu", None) == "default" and xla_cpu == "fast":
+        raise SystemExit("--xla-cpu default, but XLA_FLAGS already holds jaxode.backend.CPU_FAST_FLAGS "
+                         "(JAXODE_CPU_FAST=1 or set by hand): unset it to time XLA's defaults.")
     use_torch, threads = prepare_torch(args)
     info = common.describe_machine()
     print(f"machine: {info['cpu']} ({info['cores']} cores, backend {info['backend']}), load "
-          f"average {info.get('load_average')}; size {args.size}; torch threads {threads}", flush=True)
+          f"average {info.get('load_average')}; size {args.size}; torch threads {threads}; XLA:CPU "
+          f"options {xla_cpu} (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})", flush=True)
     CompileLog.get()
     results = {"config": vars(args) | {"torch_threads": threads if use_torch else None,
-                                       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+                                       "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                                       "xla_cpu": xla_cpu, "xla_flags": os.environ.get("XLA_FLAGS", "")},
                "machine": info, "rows": []}
     bar = tqdm(args.models, desc="models", unit="model", file=sys.stderr)
     for name in bar:
@@ -489,7 +505,8 @@ def run(args):
         tqdm.write(msg)
     results["wall_s"] = time.perf_counter() - t_start
     tag = common.machine_tag(info)
-    stem = f"suite-{tag}" + ("" if args.size == "small" else f"-{args.size}")
+    stem = (f"suite-{tag}" + ("" if args.size == "small" else f"-{args.size}")
+            + ("-cpufast" if xla_cpu == "fast" else ""))
     common.report(results, args.out, stem, to_markdown)
     return results
 

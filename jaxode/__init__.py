@@ -1,5 +1,9 @@
 """jaxode: continuous-depth vision models in JAX (Equinox modules, Diffrax solves)."""
 
+from jaxode import backend as _backend
+
+_backend.apply_env()  # JAXODE_CPU_FAST=1: opt-in XLA:CPU options, before any computation
+
 from jaxode.ode import (
     ODEBlock,
     SolveConfig,
