@@ -56,6 +56,9 @@ DEFAULT_CONFIG = "reg-mnist-odenet"
 GOAL_NFE_RATIO, GOAL_WALL_RATIO, GOAL_ERROR_POINTS = 2.0, 1.5, 0.1
 # config fields that may differ between the settings (all else must be equal)
 SETTING_FIELDS = ("name", "regularizers", "steer", "adjoint", "description")
+# adjoints whose reverse pass is Diffrax's backprop through the stored steps: the
+# trainer counts no backward NFE for them (`jaxode.ode.backward_nfe`)
+UNCOUNTED_ADJOINTS = ("checkpoint", "direct")
 
 
 # ------------------------------------------------------------------------------ run
@@ -127,6 +130,10 @@ def run(out: str, settings: list[str], config: str, extra: list[str],
         for name in settings:
             folder = os.path.join(out, name)
             state = status(folder)
+            if state == "missing" and os.path.isdir(folder):
+                from jaxode.train.rundir import release_run_dir
+
+                release_run_dir(folder)  # a claim left by a run killed before it wrote anything
             if state != "finished":
                 argv = classify_argv(name, out, config, extra, resume=state == "unfinished")
                 log(f"=== {name}: python -m experiments.classify {shlex.join(argv)}")
@@ -162,7 +169,8 @@ def setting_numbers(folder: str) -> dict:
     bwd = np.array([r.get("nfe_backward", np.nan) for r in rows])
     tail = max(1, int(round(0.1 * len(rows))))
     epochs = [h["train_time_s"] for h in summary["history"]]
-    out = {"steps": len(rows), "nfe_fwd": float(fwd.mean()), "nfe_bwd": float(bwd.mean()),
+    cfg = _load_json(os.path.join(folder, "config.json"))["classify"]
+    out = {"flags": run_flags(cfg), "steps": len(rows), "nfe_fwd": float(fwd.mean()), "nfe_bwd": float(bwd.mean()),
            "nfe_fwd_last10": float(fwd[-tail:].mean()),
            "nfe_bwd_last10": float(bwd[-tail:].mean()),
            "train_wall_s": float(sum(epochs)), "s_per_epoch": float(np.mean(epochs)),
@@ -170,8 +178,21 @@ def setting_numbers(folder: str) -> dict:
                                                 or [rows[0]["step_time_s"]])),
            "test_error": float(summary["test_error"]),
            "test_nfe_per_image": summary.get("nfe_mean")}
-    out["nfe_total"] = out["nfe_fwd"] + out["nfe_bwd"]
+    if cfg.get("adjoint") in UNCOUNTED_ADJOINTS:  # backprop through the steps: no adjoint solve
+        out["nfe_bwd"] = out["nfe_bwd_last10"] = None
+    out["nfe_total"] = out["nfe_fwd"] + (out["nfe_bwd"] or 0.0)
     return out
+
+
+def run_flags(cfg: dict) -> str:
+    """What a run's config.json says it regularised: ``kinetic=0.01 steer=0.5
+    adjoint=checkpoint`` (the adjoint only when not the default backsolve)."""
+    parts = [f"{name}={weight:g}" for name, weight in cfg.get("regularizers") or ()]
+    if cfg.get("steer") is not None:
+        parts.append(f"steer={cfg['steer']:g}")
+    if cfg.get("adjoint", "backsolve") != "backsolve":
+        parts.append(f"adjoint={cfg['adjoint']}")
+    return " ".join(parts) or "—"
 
 
 def check_comparable(out: str, settings: list[str]) -> list[str]:
@@ -199,30 +220,37 @@ def unfinished_message(out: str, settings: list[str]) -> str | None:
     campaign = os.path.join(out, "campaign.json")
     saved = _load_json(campaign) if os.path.exists(campaign) else {"config": DEFAULT_CONFIG,
                                                                   "extra": []}
+    known = [s for s, _ in todo if s in SETTINGS]
     cmd = (f"python -m benchmarks.reg_mnist run --out {shlex.quote(out)} --settings "
-           f"{','.join(s for s, _ in todo)}")
+           f"{','.join(known)}")
     if saved["config"] != DEFAULT_CONFIG:
         cmd += f" --config {saved['config']}"
     if saved["extra"]:
         cmd += f" --extra {shlex.quote(shlex.join(saved['extra']))}"
     lines = [f"  {s}: {state}" for s, state in todo]
     return ("cannot report: these settings have not finished:\n" + "\n".join(lines) +
-            f"\nFinish them with:\n  {cmd}\n(a finished-without-steps.csv run must first be "
-            "moved away by hand; nothing was deleted.)")
+            (f"\nFinish them with:\n  {cmd}" if known else "") +
+            "\n(a run finished without steps.csv must first be moved away by hand; "
+            "nothing was deleted.)")
 
 
 def compare(numbers: dict[str, dict]) -> dict[str, dict]:
     """Ratios of each setting against its baseline (`SETTINGS`): NFE (forward +
-    backward per step, mean over training) and training wall time, baseline /
+    backward per step, mean over training; forward only when either run used an
+    adjoint whose backward NFE are not counted) and training wall time, baseline /
     setting (> 1: the setting is cheaper), and the test error difference in points;
     ``goal`` when all three meet issue 19's goal."""
     out = {}
     for s, n in numbers.items():
-        base_name = SETTINGS[s][1] if SETTINGS[s][1] in numbers else "none"
+        base_name = SETTINGS.get(s, ((), "none"))[1]
+        base_name = base_name if base_name in numbers else "none"
         base = numbers.get(base_name)
         if base is None:
             continue
-        r = {"baseline": base_name, "nfe_ratio": base["nfe_total"] / n["nfe_total"],
+        both = n["nfe_bwd"] is not None and base["nfe_bwd"] is not None
+        key = "nfe_total" if both else "nfe_fwd"  # forward only where one has no backward count
+        r = {"baseline": base_name, "nfe_ratio": base[key] / n[key],
+             "nfe_ratio_of": "forward + backward" if both else "forward",
              "wall_ratio": base["train_wall_s"] / n["train_wall_s"],
              "error_points": 100 * (n["test_error"] - base["test_error"])}
         r["goal"] = (s != base_name and r["nfe_ratio"] >= GOAL_NFE_RATIO
@@ -232,22 +260,27 @@ def compare(numbers: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
+def _num(v) -> str:
+    return "n/c" if v is None else f"{v:.1f}"  # n/c: not counted (checkpoint adjoint)
+
+
 def table(numbers: dict[str, dict], ratios: dict[str, dict]) -> str:
     """The markdown table of `report`."""
-    head = ("| setting | flags | NFE fwd / bwd per step: mean; last 10% | training s "
+    head = ("| setting | trained with | NFE fwd / bwd per step: mean; last 10% | training s "
             "| s/epoch | median s/step | test error (%) | test NFE per image "
             "| vs | NFE ratio | wall ratio | error Δ (points) | goal |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for s, n in numbers.items():
         r = ratios.get(s, {})
-        flags = " ".join(SETTINGS[s][0]) or "—"
+        flags = n["flags"]
         test_nfe = n["test_nfe_per_image"]
         lines.append(
-            f"| {s} | `{flags}` | {n['nfe_fwd']:.1f} / {n['nfe_bwd']:.1f}; "
-            f"{n['nfe_fwd_last10']:.1f} / {n['nfe_bwd_last10']:.1f} | {n['train_wall_s']:.0f} "
+            f"| {s} | `{flags}` | {n['nfe_fwd']:.1f} / {_num(n['nfe_bwd'])}; "
+            f"{n['nfe_fwd_last10']:.1f} / {_num(n['nfe_bwd_last10'])} | {n['train_wall_s']:.0f} "
             f"| {n['s_per_epoch']:.0f} | {n['s_per_step_median']:.2f} "
             f"| {100 * n['test_error']:.2f} | {'—' if test_nfe is None else f'{test_nfe:.1f}'} "
-            f"| {r.get('baseline', '—')} | {r['nfe_ratio']:.2f} | {r['wall_ratio']:.2f} "
+            f"| {r.get('baseline', '—')} | {r['nfe_ratio']:.2f}"
+            f"{'' if r['nfe_ratio_of'] != 'forward' else ' (fwd)'} | {r['wall_ratio']:.2f} "
             f"| {r['error_points']:+.2f} | {'yes' if r['goal'] else 'no'} |"
             if r else f"| {s} | `{flags}` | (no baseline run) |")
     return "\n".join(lines) + "\n"
@@ -269,6 +302,9 @@ def nfe_figure(out: str, settings: list[str], path: str, smooth: int) -> None:
         step = np.array([r["step"] for r in rows])
         for ax, key in zip(axes, ("nfe", "nfe_backward")):
             y = np.array([r.get(key, np.nan) for r in rows])
+            if key == "nfe_backward" and _load_json(os.path.join(out, s, "config.json"))[
+                    "classify"].get("adjoint") in UNCOUNTED_ADJOINTS:
+                continue  # not counted: no line rather than a line at zero
             w = max(1, min(smooth, len(y)))
             ys = np.convolve(y, np.ones(w) / w, mode="valid")
             ax.plot(step[w - 1:], ys, label=s, lw=1.2)
@@ -320,7 +356,8 @@ def main(argv=None) -> int:
     for q in (pr, pp):
         q.add_argument("--out", default="results/reg-mnist", help="folder of the run folders")
         q.add_argument("--settings", default=",".join(SETTINGS),
-                       help=f"comma-separated, from {', '.join(SETTINGS)}")
+                       help=f"comma-separated, from {', '.join(SETTINGS)} (report: also "
+                            "other run folders of OUT, compared with 'none')")
     pr.add_argument("--config", default=DEFAULT_CONFIG,
                     help="experiments.classify config every setting starts from")
     pr.add_argument("--data-root", help="folder holding mnist/ (default: $JAXODE_DATA)")
@@ -332,7 +369,8 @@ def main(argv=None) -> int:
     pp.add_argument("--smooth", type=int, default=20, help="moving average over N steps")
     args = p.parse_args(argv)
     settings = split_list(args.settings)
-    unknown = [s for s in settings if s not in SETTINGS]
+    # a report may also read other run folders of OUT (e.g. a pilot's), against "none"
+    unknown = [s for s in settings if s not in SETTINGS and args.command == "run"]
     if unknown or not settings:
         p.error(f"argument --settings: unknown {', '.join(unknown) or '(none given)'}; "
                 f"choose from {', '.join(SETTINGS)}.")

@@ -195,6 +195,7 @@ SMOKE_ELSEWHERE = {
         "tests/test_reliability_kill.py::test_kills_in_checkpoint_writes_lose_nothing_and_reproduce_the_run",
     "experiments.evaluate": "tests/test_load_run.py::test_evaluate_command_reports_the_runs_numbers",
     "benchmarks.cnf_regularizers": "tests/test_cnf_regularizers.py::test_cnf_regularizers_smoke",
+    "benchmarks.reg_mnist": "tests/test_reg_mnist.py::test_runner_and_report_on_a_tiny_digits_campaign",
 }
 
 # Programs no CPU test runs in full, and why (the test below checks each excuse is current).

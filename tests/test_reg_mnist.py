@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from benchmarks import reg_mnist
+from jaxode.cli import parse_regularizers
 from jaxode.train.steplog import StepLog
 
 RECIPE = {"dataset": "mnist", "epochs": 2, "seed": 0, "lr": 0.1, "milestones": [1],
@@ -39,13 +40,18 @@ def _three_runs(out):
     _fake_run(out, "kinetic", [10] * 10, [8] * 9 + [2], [70.0, 50.0], 0.0105,
               regularizers=[["kinetic", 0.01]])
     _fake_run(out, "steer", [16] * 10, [16] * 10, [90.0, 90.0], 0.0130, steer=0.5)
+    _fake_run(out, "none-checkpoint", [20] * 10, [0] * 10, [150.0, 150.0], 0.0100,
+              adjoint="checkpoint")
+    _fake_run(out, "local-error", [8] * 10, [0] * 10, [100.0, 100.0], 0.0100,
+              adjoint="checkpoint", regularizers=[["local_error", 1.0]])
 
 
 def test_report_numbers_and_goal_match_hand_computation(tmp_path):
     out = tmp_path / "reg"
     _three_runs(out)
     table, fig = tmp_path / "table.md", tmp_path / "fig" / "nfe.png"
-    res = reg_mnist.report(str(out), ["none", "kinetic", "steer"], str(table), str(fig),
+    res = reg_mnist.report(str(out), ["none", "kinetic", "steer", "none-checkpoint",
+                                      "local-error"], str(table), str(fig),
                            smooth=3, log=lambda s: None)
     k, r = res["numbers"]["kinetic"], res["ratios"]["kinetic"]
     assert k["nfe_fwd"] == 10 and k["nfe_bwd"] == pytest.approx(7.4)
@@ -57,10 +63,17 @@ def test_report_numbers_and_goal_match_hand_computation(tmp_path):
     s = res["ratios"]["steer"]
     assert s["nfe_ratio"] == pytest.approx(1.25) and s["error_points"] == pytest.approx(0.3)
     assert not s["goal"] and not res["ratios"]["none"]["goal"]
+    # the checkpoint adjoint counts no backward NFE: forward ratio, its own baseline
+    le = res["ratios"]["local-error"]
+    assert le["baseline"] == "none-checkpoint" and le["nfe_ratio_of"] == "forward"
+    assert le["nfe_ratio"] == 2.5 and le["wall_ratio"] == 1.5 and le["goal"]
+    assert res["numbers"]["local-error"]["nfe_bwd"] is None
     text = table.read_text()
-    flags = " ".join(reg_mnist.SETTINGS["kinetic"][0])
-    assert f"| kinetic | `{flags}` | 10.0 / 7.4; 10.0 / 2.0 | 120 |" in text
-    assert "| 2.30 | 1.67 | +0.05 | yes |" in text and text.count("\n") == 5
+    assert "| local-error | `local_error=1 adjoint=checkpoint` | 8.0 / n/c; 8.0 / n/c |" in text
+    assert "| none-checkpoint | 2.50 (fwd) | 1.50 | +0.00 | yes |" in text
+    assert "| kinetic | `kinetic=0.01` | 10.0 / 7.4; 10.0 / 2.0 | 120 |" in text
+    assert "| steer | `steer=0.5` |" in text and "| none | `—` |" in text
+    assert "| 2.30 | 1.67 | +0.05 | yes |" in text and text.count("\n") == 7
     assert fig.stat().st_size > 10_000
     assert json.loads((out / "report.json").read_text())["ratios"]["kinetic"]["goal"] is True
 
@@ -71,16 +84,16 @@ def test_report_refuses_unfinished_and_mixed_recipes(tmp_path):
     _fake_run(out, "rnode", [9] * 4, [9] * 4, [], 0.0, finished=False)
     table, fig = str(tmp_path / "t.md"), str(tmp_path / "f.png")
     with pytest.raises(SystemExit) as info:
-        reg_mnist.report(str(out), ["none", "rnode", "local-error"], table, fig)
+        reg_mnist.report(str(out), ["none", "rnode", "kinetic-steer"], table, fig)
     msg = str(info.value)
-    assert "rnode: unfinished" in msg and "local-error: missing" in msg
+    assert "rnode: unfinished" in msg and "kinetic-steer: missing" in msg
     assert "python -m benchmarks.reg_mnist run --out" in msg
-    assert "--settings rnode,local-error" in msg
+    assert "--settings rnode,kinetic-steer" in msg
     assert not os.path.exists(table) and not os.path.exists(fig)
     _fake_run(out, "rnode-seed", [9] * 4, [9] * 4, [1.0], 0.0, seed=1)
-    os.rename(out / "rnode-seed", out / "local-error")
-    with pytest.raises(SystemExit, match="seed: none=0, local-error=1"):
-        reg_mnist.report(str(out), ["none", "local-error"], table, fig)
+    os.rename(out / "rnode-seed", out / "kinetic-steer")
+    with pytest.raises(SystemExit, match="seed: none=0, kinetic-steer=1"):
+        reg_mnist.report(str(out), ["none", "kinetic-steer"], table, fig)
 
 
 def test_campaign_flags_must_repeat(tmp_path):
@@ -122,7 +135,8 @@ def test_runner_and_report_on_a_tiny_digits_campaign(tmp_path, monkeypatch):
         assert not (tmp_path / "reg" / s / "checkpoints").exists()
         assert (tmp_path / "reg" / s / "steps.csv").read_text().count("\n") == 3
     cfg = json.loads((tmp_path / "reg" / "kinetic" / "config.json").read_text())["classify"]
-    assert cfg["regularizers"] == [["kinetic", 0.01]]
+    flags = dict(zip(*[iter(reg_mnist.SETTINGS["kinetic"][0])] * 2))
+    assert [tuple(r) for r in cfg["regularizers"]] == list(parse_regularizers(flags["--reg"]))
     mtime = os.path.getmtime(tmp_path / "reg" / "none" / "steps.csv")
     assert reg_mnist.main(argv) == 0  # both finished: nothing is trained again
     assert os.path.getmtime(tmp_path / "reg" / "none" / "steps.csv") == mtime
