@@ -145,3 +145,23 @@ def test_runner_and_report_on_a_tiny_digits_campaign(tmp_path, monkeypatch):
                            "--table", "t.md", "--figure", "f.png", "--smooth", "1"]) == 0
     rows = [ln for ln in open("t.md") if ln.startswith("| kinetic")]
     assert len(rows) == 1 and "| none |" in rows[0]
+
+
+def test_every_setting_is_a_valid_classify_command_line():
+    """Each setting's flags parse and pass experiments.classify's checks, and give the
+    run the regularisers, STEER and adjoint its name promises, on the 2-epoch recipe."""
+    from experiments import classify
+
+    parser = classify.build_parser()
+    for name in reg_mnist.SETTINGS:
+        args = parser.parse_args(reg_mnist.classify_argv(name, "runs", reg_mnist.DEFAULT_CONFIG,
+                                                         [], resume=False))
+        classify.check_args(parser, args)
+        cfg = classify.config_from_args(args)
+        regs = dict(cfg.regularizers)
+        assert (cfg.epochs, cfg.milestones, cfg.dataset, cfg.seed) == (2, (1,), "mnist", 0)
+        assert ("kinetic" in regs) == ("kinetic" in name or name == "rnode")
+        assert ("jacobian" in regs) == (name == "rnode")
+        assert ("local_error" in regs) == (name == "local-error")
+        assert (cfg.steer == 0.5) == ("steer" in name)
+        assert (cfg.adjoint == "checkpoint") == (reg_mnist.SETTINGS[name][1] == "none-checkpoint")
