@@ -195,6 +195,8 @@ def test_step_log_flushes_every_k_and_truncates_on_resume(tmp_path):
         assert written == 3 * (i // 3), (i, written)
     log.flush()
     assert [r["nfe"] for r in read_steps(path)] == [11, 12, 13, 14, 15]
+    with open(path, "a") as f:
+        f.write("1")  # a kill while appending row 16: its first digit written
     StepLog(path).start(3)  # resuming from a checkpoint after step 3
     assert [r["step"] for r in read_steps(path)] == [1, 2, 3]
     log = StepLog(path)

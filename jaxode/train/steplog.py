@@ -61,7 +61,13 @@ class StepLog:
         with open(self.path, newline="") as f:
             reader = csv.DictReader(f)
             columns = list(reader.fieldnames or [])
-            kept = [row for row in reader if row.get("step") and int(row["step"]) <= step]
+            kept, last = [], 0
+            for row in reader:  # a line torn by a kill (cells missing) is dropped
+                if None in row.values() or not row["step"].isdigit():
+                    continue
+                if last < int(row["step"]) <= step:
+                    kept.append(row)
+                    last = int(row["step"])
         if not columns:
             os.remove(self.path)
             return
