@@ -141,6 +141,11 @@ def test_runner_and_report_on_a_tiny_digits_campaign(tmp_path, monkeypatch):
     assert reg_mnist.main(argv) == 0  # both finished: nothing is trained again
     assert os.path.getmtime(tmp_path / "reg" / "none" / "steps.csv") == mtime
     assert len(launched) == 2
+    os.remove(tmp_path / "reg" / "kinetic" / "summary.json")  # as if stopped before the end
+    assert reg_mnist.main(argv) == 0
+    assert len(launched) == 3 and launched[2][-1] == "--resume" and launched[2][5] == "kinetic"
+    assert (tmp_path / "reg" / "kinetic" / "summary.json").exists()
+    assert (tmp_path / "reg" / "kinetic" / "steps.csv").read_text().count("\n") == 3
     assert reg_mnist.main(["report", "--out", "reg", "--settings", "none,kinetic",
                            "--table", "t.md", "--figure", "f.png", "--smooth", "1"]) == 0
     rows = [ln for ln in open("t.md") if ln.startswith("| kinetic")]
