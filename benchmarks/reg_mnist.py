@@ -236,8 +236,9 @@ def unfinished_message(out: str, settings: list[str]) -> str | None:
     lines = [f"  {s}: {state}" for s, state in todo]
     return ("cannot report: these settings have not finished:\n" + "\n".join(lines) +
             (f"\nFinish them with:\n  {cmd}" if known else "") +
-            "\n(a run finished without steps.csv must first be moved away by hand; "
-            "nothing was deleted.)")
+            ("\n(a run finished without steps.csv must first be moved away by hand.)"
+             if any(state.startswith("finished") for _, state in todo) else "") +
+            "\nNothing was written or deleted.")
 
 
 def compare(numbers: dict[str, dict]) -> dict[str, dict]:
