@@ -196,6 +196,7 @@ SMOKE_ELSEWHERE = {
     "experiments.evaluate": "tests/test_load_run.py::test_evaluate_command_reports_the_runs_numbers",
     "benchmarks.cnf_regularizers": "tests/test_cnf_regularizers.py::test_cnf_regularizers_smoke",
     "benchmarks.xla_cpu_options": "tests/test_bench_xla_cpu_options.py::test_vjp_smoke_writes_every_variant",
+    "benchmarks.reg_mnist": "tests/test_reg_mnist.py::test_runner_and_report_on_a_tiny_digits_campaign",
 }
 
 # Programs no CPU test runs in full, and why (the test below checks each excuse is current).

@@ -30,6 +30,7 @@ from jaxode.train import (
     load_checkpoint,
 )
 from jaxode.train.optim import sgd_momentum
+from jaxode.train.steplog import StepLog, read_steps
 
 # ----------------------------------------------------------------- optimiser, schedules
 
@@ -143,6 +144,12 @@ def test_resume_reproduces_uninterrupted_run(digits, tmp_path):
     with pytest.raises(_Interrupt):  # a run stopped after its first epoch
         _fit(_tiny_ode(), digits, cfg, RunDir(str(tmp_path / "part"), {}), log=_stop_after_epoch_1)
     assert latest_checkpoint(str(tmp_path / "part" / "checkpoints")) == 1
+    # a crash in epoch 2 after a flush of steps.csv: rows past the checkpoint's step 3
+    with open(tmp_path / "part" / "steps.csv", "r+") as f:
+        header = f.readline().strip().split(",")
+        f.seek(0, os.SEEK_END)
+        f.write(",".join({"step": "4", "epoch": "2"}.get(k, "999") for k in header) + "\n")
+    assert read_steps(str(tmp_path / "part"))[-1]["nfe"] == 999
     # resume: the same run folder, now asking for 2 epochs
     resumed = _fit(_tiny_ode(), digits, cfg, RunDir(str(tmp_path / "part"), {}), resume=True)
     assert [r["phase"] for r in full.history] == ["euler", "adjoint"]
@@ -162,6 +169,43 @@ def test_resume_reproduces_uninterrupted_run(digits, tmp_path):
         assert (folder / name).exists(), name
     assert latest_checkpoint(str(folder / "checkpoints")) == 2
     assert open(folder / "metrics.csv").read().count("\n") == 3  # header + 2 epochs
+    # steps.csv: one row per step (3 per epoch), the same in the resumed run as in the
+    # uninterrupted one (the stale row 4 replaced), its epoch means those of metrics.csv
+    steps_full, steps_part = read_steps(str(tmp_path / "full")), read_steps(str(folder))
+    assert [r["step"] for r in steps_part] == [1, 2, 3, 4, 5, 6]
+    assert [r["epoch"] for r in steps_part] == [1, 1, 1, 2, 2, 2]
+    for a, b in zip(steps_full, steps_part):
+        assert {k: v for k, v in a.items() if k != "step_time_s"} == \
+            {k: v for k, v in b.items() if k != "step_time_s"}
+    assert [r["nfe"] for r in steps_part[:3]] == [2, 2, 2]  # 2 Euler steps, 1 eval each
+    for epoch, row in enumerate(resumed.history, 1):
+        rows = [r for r in steps_part if r["epoch"] == epoch]
+        for k in ("nfe", "nfe_backward", "loss"):
+            assert np.mean([r[k] for r in rows]) == pytest.approx(row[f"train_{k}"], rel=1e-5)
+    assert steps_part[-1]["nfe_backward"] > 0
+
+
+def test_step_log_flushes_every_k_and_truncates_on_resume(tmp_path):
+    path = str(tmp_path / "steps.csv")
+    log = StepLog(path, every=3)
+    log.start(0)
+    for i in range(1, 6):
+        log.add({"epoch": 1, "step": i, "nfe": 10.0 + i, "nfe_backward": 20.0})
+        written = len(read_steps(path)) if os.path.exists(path) else 0
+        assert written == 3 * (i // 3), (i, written)
+    log.flush()
+    assert [r["nfe"] for r in read_steps(path)] == [11, 12, 13, 14, 15]
+    with open(path, "a") as f:
+        f.write("1")  # a kill while appending row 16: its first digit written
+    StepLog(path).start(3)  # resuming from a checkpoint after step 3
+    assert [r["step"] for r in read_steps(path)] == [1, 2, 3]
+    log = StepLog(path)
+    log.start(3)
+    log.add({"step": 4, "epoch": 2, "nfe": 7.0, "extra": 1.0})  # no nfe_backward: empty
+    log.flush()
+    assert read_steps(path)[-1] == {"step": 4, "epoch": 2, "nfe": 7}
+    StepLog(path).start(0)  # a fresh run starts the file afresh
+    assert not os.path.exists(path)
 
 
 def test_nan_stops_with_message_and_keeps_checkpoint(digits, tmp_path):

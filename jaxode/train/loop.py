@@ -32,6 +32,8 @@ from jaxode.train.phases import apply_phase, parse_schedule, phase_at
 from jaxode.train.regularize import Regularization, add_to_loss, for_training
 from jaxode.train.rundir import RunDir
 from jaxode.train.schedules import PlateauState, learning_rate
+from jaxode.train.steplog import FILENAME as STEPS_CSV
+from jaxode.train.steplog import StepLog
 from jaxode.train.utils import ode_blocks, tree_is_finite
 
 
@@ -217,8 +219,9 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
       SGD with momentum from `config` (`sgd_momentum`).  ``config.g_lr_scale`` adds
       NODE-EW's theta_1 group to either.  Pass the same object to every call (a new
       optimiser object compiles a new step).
-    - `run`: a `RunDir` for metrics, plots and checkpoints (None: nothing written,
-      no resume).
+    - `run`: a `RunDir` for metrics (per epoch in ``metrics.csv``, per step in
+      ``steps.csv``: `jaxode.train.steplog`), plots and checkpoints (None: nothing
+      written, no resume).
     - `resume`: continue from the newest checkpoint in ``run.checkpoints``.
     - `on_step`: called after every step with ``{"epoch", "step" (1-based, counted over
       the run), "lr", "step_time_s", <training metrics>}``; a true return value ends
@@ -274,6 +277,10 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
             "mix with its own; pass resume=True (--resume) to continue it, or use another "
             "run folder. Nothing was deleted.")
 
+    # per-step metrics (steps.csv), from the step the run (re)starts at
+    steps_log = StepLog(os.path.join(run.path, STEPS_CSV)) if run is not None and run.writer else None
+    if steps_log is not None:
+        steps_log.start(step)
     model, opt_state, ema = replicate((model, opt_state, ema), mesh)
     # the schedule's value: the rate itself for the default SGD, else a factor on the
     # optimiser's own update (see `jaxode.train.optim`)
@@ -342,9 +349,11 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
             step += 1
-            stop = on_step is not None and on_step(
-                {"epoch": epoch + 1, "step": step, lr_name: eta, **metrics,
-                 "step_time_s": time.perf_counter() - t_step})
+            step_row = {"epoch": epoch + 1, "step": step, lr_name: eta, **metrics,
+                        "step_time_s": time.perf_counter() - t_step}
+            if steps_log is not None:
+                steps_log.add(step_row)
+            stop = on_step is not None and on_step(dict(step_row))
             if bar is not None:
                 bar.update(1)
                 post = {k: f"{sums[k] / count:.3g}" for k in ("loss", "acc", "nfe") if k in sums}
@@ -381,6 +390,8 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
                 )
             plateau = plateau.update(float(value), config)
         history.append(row)
+        if steps_log is not None:
+            steps_log.flush()  # before the checkpoint: the file covers every saved step
         if run is not None:
             run.write_history(history)
             meta = {"epoch": epoch + 1, "step": step, "history": history,

@@ -4,6 +4,8 @@
 
     config.json        the resolved configuration (everything needed to rerun)
     metrics.csv        one row per epoch (rewritten whole each epoch: columns may grow)
+    steps.csv          one row per training step (NFE forward/backward, loss, time, ...;
+                       written by `fit`, see `jaxode.train.steplog`)
     tb/                TensorBoard event files of the same metrics (tensorboardX: no
                        TensorFlow needed), one scalar per column and epoch; view with
                        ``tensorboard --logdir runs/<name>/tb``
