@@ -24,6 +24,36 @@ def _free_compiled_programs():
     gc.collect()
 
 
+@pytest.fixture(scope="module")
+def xla_disk_cache(tmp_path_factory):
+    """JAX's persistent compilation cache in a fresh folder, for one test module: a
+    program compiled again with the same HLO is read back instead of compiled.  That
+    happens when a test trains the same model twice (each `fit` builds a new optimizer,
+    a new static argument of the jitted step) and in child processes (each starts with
+    an empty in-memory cache; they inherit the folder through the environment).  A
+    cache hit is the executable compiled before for that exact program and compiler
+    options, so the results are the same; the folder is dropped after the module."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    folder = str(tmp_path_factory.mktemp("xla-cache"))
+    options = {"jax_compilation_cache_dir": folder,
+               "jax_persistent_cache_min_compile_time_secs": 0.0}
+    before = {k: getattr(jax.config, k) for k in options}
+    env = {"JAX_COMPILATION_CACHE_DIR": folder, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        for k, v in options.items():
+            jax.config.update(k, v)
+        cc.reset_cache()  # the cache reads its folder once: make it read the new one
+        try:
+            yield folder
+        finally:
+            for k, v in before.items():
+                jax.config.update(k, v)
+            cc.reset_cache()
+
+
 @pytest.fixture
 def key():
     return jax.random.PRNGKey(0)

@@ -105,7 +105,9 @@ def run_fit(path, resume, log=lambda s: None):
                config=cfg, run=run, resume=resume, log=log)
 
 
-def test_orbax_run_resumes_after_kill_9(tmp_path):
+def test_orbax_run_resumes_after_kill_9(tmp_path, xla_disk_cache):
+    # the killed child, the resume and the full run compile the same training step:
+    # the last two read it from the disk cache the child wrote (`xla_disk_cache`)
     killed = str(tmp_path / "killed")
     proc = subprocess.run([sys.executable, "-c", _RUN, killed, __file__],
                           env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
