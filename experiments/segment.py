@@ -331,7 +331,7 @@ def main(argv=None):
             key, MODELS.index(m)), resume=args.resume, chunk_epochs=args.chunk_epochs,
             rows_before=history, progress=not args.no_progress)
         history += h
-        run.write_history(history)
+        run.write_history(history, final=True)  # once per model: draw the plots
     for m in saved_models:  # models finished in earlier calls
         final = os.path.join(run.path, f"{m}_final.json")
         if summary.get(m) is None and os.path.exists(final):

@@ -64,3 +64,22 @@ def test_smoke_fit_writes_tensorboard_scalars(tmp_path):
             np.testing.assert_allclose(scalars[name][row["epoch"]], row[name], rtol=1e-6)
     assert set(scalars["train_loss"]) == {1, 2}
     assert "epoch" not in scalars
+
+
+def test_plots_are_redrawn_on_the_final_epoch_or_after_the_interval(tmp_path):
+    """metrics.csv is rewritten every epoch; the PNGs only when `final`, when
+    plot_interval_s has passed, or at close (so a short run draws them once)."""
+    rows = [{"epoch": 1, "train_loss": 2.0}, {"epoch": 2, "train_loss": 1.0}]
+    run = RunDir(str(tmp_path / "a"), None, tensorboard=False, plot_interval_s=3600)
+    loss_png = tmp_path / "a" / "loss.png"
+    run.write_history(rows[:1])
+    assert (tmp_path / "a" / "metrics.csv").read_text().count("\n") == 2
+    assert not loss_png.exists()
+    run.close()  # owed plots are drawn at close
+    assert loss_png.exists()
+    loss_png.unlink()
+    run.write_history(rows, final=True)
+    assert loss_png.exists()
+    eager = RunDir(str(tmp_path / "b"), None, tensorboard=False, plot_interval_s=0)
+    eager.write_history(rows[:1])
+    assert (tmp_path / "b" / "loss.png").exists()

@@ -393,7 +393,7 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
         if steps_log is not None:
             steps_log.flush()  # before the checkpoint: the file covers every saved step
         if run is not None:
-            run.write_history(history)
+            run.write_history(history, final=stop or epoch + 1 == config.epochs)
             meta = {"epoch": epoch + 1, "step": step, "history": history,
                     "plateau": plateau.to_dict(),
                     "seed": config.seed,

@@ -24,6 +24,7 @@ import csv
 import json
 import math
 import os
+import time
 from typing import Any
 
 from jaxode.train.parallel import is_writer
@@ -102,8 +103,14 @@ class RunDir:
     ``summary.json``; `checkpoints` is the checkpoint folder."""
 
     def __init__(self, path: str, config: dict | None = None, *, tensorboard: bool = True,
-                 checkpoint_format: str = "eqx"):
+                 checkpoint_format: str = "eqx", plot_interval_s: float = 60.0):
         self.path = os.path.abspath(path)
+        # The plots are redrawn at most every `plot_interval_s` seconds (and on the final
+        # epoch, and at close): four PNGs cost about 2-3 s, which in a short run is more
+        # than the training itself.  metrics.csv and TensorBoard are always current.
+        self.plot_interval_s = plot_interval_s
+        self._last_plot = time.monotonic()
+        self._unplotted: list[dict[str, Any]] | None = None
         self.checkpoints = os.path.join(self.path, "checkpoints")
         self.writer = is_writer()  # False in processes other than 0 of a distributed run
         if self.writer:
@@ -134,8 +141,10 @@ class RunDir:
 
     # -- metrics ---------------------------------------------------------------
 
-    def write_history(self, history: list[dict[str, Any]]) -> None:
-        """Rewrite ``metrics.csv`` from the full history and redraw the plots."""
+    def write_history(self, history: list[dict[str, Any]], *, final: bool = False) -> None:
+        """Rewrite ``metrics.csv`` from the full history, log the newest row to TensorBoard,
+        and redraw the plots if `final` or ``plot_interval_s`` has passed since the last
+        drawing (otherwise `close` draws them)."""
         if not self.writer:
             return
         columns: list[str] = []
@@ -153,7 +162,10 @@ class RunDir:
         os.replace(tmp, path)
         if history and self.tensorboard:
             self.log_scalars(history[-1], step=history[-1].get("epoch", len(history)))
-        self.plot(history)
+        if final or time.monotonic() - self._last_plot >= self.plot_interval_s:
+            self.plot(history)
+        else:
+            self._unplotted = list(history)
 
     def log_scalars(self, values: dict[str, Any], step: int) -> None:
         """Write the numeric entries of `values` (not ``epoch``) as TensorBoard scalars at
@@ -177,6 +189,7 @@ class RunDir:
         import matplotlib.pyplot as plt
 
         written = []
+        self._last_plot, self._unplotted = time.monotonic(), None
         epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
         for group in ("loss", "acc", "nfe", "lr"):
             cols = sorted({k for row in history for k in row if group in k.split("_")})
@@ -207,6 +220,9 @@ class RunDir:
         return path
 
     def close(self):
+        """Draw plots still owed by `write_history` and close the TensorBoard writer."""
+        if self._unplotted is not None:
+            self.plot(self._unplotted)
         if self._tb is not None:
             self._tb.close()
             self._tb = None
