@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from jaxode.ode._adjoint import ADJOINTS, AbstractAdjoint, Backsolve, Direct, RecursiveCheckpoint
-from jaxode.ode._regularize import JACOBIAN_PROBES, REGULARIZERS
+from jaxode.ode._regularize import JACOBIAN_PRODUCTS, JACOBIAN_PROBES, REGULARIZERS
 from jaxode.ode._solvers import _BATCH_MODES, ADAPTIVE_SOLVERS, SOLVERS, as_real
 
 
@@ -75,6 +75,7 @@ class SolveConfig(eqx.Module):
     on_max_steps: str = eqx.field(static=True)
     regularizers: tuple[str, ...] = eqx.field(static=True)
     jacobian_probe: str = eqx.field(static=True)
+    jacobian_product: str = eqx.field(static=True)
 
     def __init__(
         self,
@@ -90,6 +91,7 @@ class SolveConfig(eqx.Module):
         on_max_steps: str = "raise",
         regularizers: tuple[str, ...] = (),
         jacobian_probe: str = "rademacher",
+        jacobian_product: str = "jvp",
     ):
         self.solver = solver
         self.rtol = as_real(rtol)
@@ -107,6 +109,7 @@ class SolveConfig(eqx.Module):
             )
         self.regularizers = tuple(regularizers)
         self.jacobian_probe = jacobian_probe
+        self.jacobian_product = jacobian_product
 
     def __check_init__(self):
         def bad(name, value, allowed):
@@ -164,6 +167,8 @@ class SolveConfig(eqx.Module):
             raise ValueError(f"SolveConfig: regularizers repeat a name: {self.regularizers!r}.")
         if self.jacobian_probe not in JACOBIAN_PROBES:
             bad("jacobian_probe", self.jacobian_probe, JACOBIAN_PROBES)
+        if self.jacobian_product not in JACOBIAN_PRODUCTS:
+            bad("jacobian_product", self.jacobian_product, JACOBIAN_PRODUCTS)
         if "local_error" in self.regularizers:
             if not self.adaptive:
                 raise ValueError(
@@ -188,7 +193,8 @@ class SolveConfig(eqx.Module):
     def replace(self, **changes) -> SolveConfig:
         """A copy with some settings changed, e.g. ``cfg.replace(rtol=1e-5)``."""
         names = ("solver", "rtol", "atol", "adjoint", "max_steps", "num_steps", "dt",
-                 "batch_mode", "on_max_steps", "regularizers", "jacobian_probe")
+                 "batch_mode", "on_max_steps", "regularizers", "jacobian_probe",
+                 "jacobian_product")
         fields = {k: getattr(self, k) for k in names}
         fields.update(changes)
         return SolveConfig(**fields)
