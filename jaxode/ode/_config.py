@@ -62,6 +62,11 @@ class SolveConfig(eqx.Module):
       (default: a runtime error that names the block, the cause and how far it got)
       or ``flag`` (the unreached outputs are ``inf``, `SolveStats.max_steps_reached` /
       `SolveStats.nonfinite` say why, and the failed solve contributes zero gradient).
+    - `regularizers`: names of ``kinetic``, ``jacobian``, ``local_error`` to compute
+      during the solve (`jaxode.ode._regularize`); `jacobian_probe` (``rademacher`` or
+      ``gaussian``) and `jacobian_product` (``jvp``: ||J eps||^2, default, cheaper to
+      train through; ``vjp``: ||eps^T J||^2) choose the Hutchinson estimator of the
+      ``jacobian`` term.
     """
 
     solver: str = eqx.field(static=True)
