@@ -20,7 +20,11 @@ import statistics
 import jax
 
 
-def step_times(model_name: str, phase: str, steps: int, batch: int = 128, data_root=None) -> dict:
+def step_times(model_name: str, phase: str, steps: int, batch: int = 128, data_root=None,
+               regularizers=None, jacobian_product: str = "jvp") -> dict:
+    """One phase's timings; `regularizers` (``{name: weight}``, as
+    `TrainConfig.regularizers`) and `jacobian_product` (`SolveConfig`) regularise the
+    training steps (benchmarks/jacobian_reg_cost.py)."""
     from jaxode.data import load_classification
     from jaxode.models import make_model
     from jaxode.ode import SolveConfig
@@ -29,9 +33,11 @@ def step_times(model_name: str, phase: str, steps: int, batch: int = 128, data_r
     train, _ = load_classification("mnist", root=data_root, train_limit=batch * (steps + 1),
                                    test_limit=1)
     model = make_model(model_name, num_classes=10, in_channels=1, key=jax.random.PRNGKey(0),
-                       solve=SolveConfig(rtol=1e-3, atol=1e-3))
+                       solve=SolveConfig(rtol=1e-3, atol=1e-3,
+                                         jacobian_product=jacobian_product))
     config = TrainConfig(epochs=1, batch_size=batch, lr=0.1, momentum=0.9, phases=f"{phase}:1",
-                         euler_steps=10, progress=False, data_parallel=False)
+                         euler_steps=10, progress=False, data_parallel=False,
+                         regularizers=dict(regularizers or {}))
     rows = []
     fit(model, ClassificationTask(crop_padding=4),
         lambda e: dataset_batches(train, batch, seed=(0, e), drop_last=True),

@@ -8,6 +8,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from scipy.integrate import quad
 from scipy.linalg import expm
 
@@ -25,16 +26,19 @@ class LinearField(eqx.Module):
         return self.a @ z
 
 
-def test_cnf_kinetic_and_jacobian_closed_form():
+@pytest.mark.parametrize("product", ["jvp", "vjp"])
+def test_cnf_kinetic_and_jacobian_closed_form(product):
     """dz/dt = A z: K = int_0^T ||A expm(tA) z0||^2 dt (quadrature, scipy) and, for a
-    Rademacher probe eps, J = T ||eps^T A||^2, whose two values (eps = +-(1, 1),
-    +-(1, -1)) average to T ||A||_F^2.  The log-density part (d delta/dt = -tr A)
-    would add T tr(A)^2 to K if it were counted."""
+    Rademacher probe eps, J = T ||A eps||^2 (jvp) or T ||eps^T A||^2 (vjp), whose two
+    values (eps = +-(1, 1), +-(1, -1)) average to T ||A||_F^2.  The log-density part
+    (d delta/dt = -tr A) would add T tr(A)^2 to K if it were counted."""
     z0 = np.array([0.7, -1.2], np.float32)
-    config = SolveConfig(rtol=1e-7, atol=1e-7, regularizers=("kinetic", "jacobian"))
+    config = SolveConfig(rtol=1e-7, atol=1e-7, regularizers=("kinetic", "jacobian"),
+                         jacobian_product=product)
     block = ODEBlock(CNFField(LinearField(jnp.asarray(A))), 0.0, T, config)
     kinetic = quad(lambda t: float(np.sum((A @ expm(t * A) @ z0) ** 2)), 0, T, epsabs=1e-12)[0]
-    values = {T * float(np.sum((np.array(s, np.float32) @ A) ** 2)) for s in ((1, 1), (1, -1))}
+    times = (lambda s: A @ s) if product == "jvp" else (lambda s: s @ A)
+    values = {T * float(np.sum(times(np.array(s, np.float32)) ** 2)) for s in ((1, 1), (1, -1))}
     solve = eqx.filter_jit(lambda b, key: b((jnp.asarray(z0), jnp.zeros(())), key=key))
     seen = set()
     for i in range(8):

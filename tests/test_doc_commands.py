@@ -211,6 +211,9 @@ NOT_ON_CPU = {
     "benchmarks.phase_step_time": "times MNIST training steps of NODE-EW and the ODE-Net in "
                                   "both phases (compiles four steps, minutes on 2 cores); "
                                   "results/README.md gives the measured run",
+    "benchmarks.jacobian_reg_cost": "compiles the MNIST ODE-Net's training step once per "
+                                    "regulariser setting (25-75 s each on 2 cores); "
+                                    "docs/results/regularizers.md gives the measured run",
     "benchmarks.dcn_kernel_cost": "compiles a DCN training step per support mode (~1 min each "
                                   "on 2 cores); its argument checks run in "
                                   "tests/test_reliability_cli.py",

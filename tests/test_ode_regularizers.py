@@ -97,18 +97,83 @@ def test_batches_time_gradient_and_no_extra_steps(x64):
     assert int(steps) == int(plain_steps)
 
 
-def test_hutchinson_is_unbiased_for_a_matrix(x64):
-    """E ||eps^T M||^2 T = ||M||_F^2 T for both probes (a 3-D linear field; one Euler
-    step integrates the constant integrand exactly)."""
-    m = jnp.asarray([[0.3, -1.0, 0.2], [0.5, 0.1, 0.0], [-0.4, 0.7, -0.2]])
+M3 = np.asarray([[0.3, -1.0, 0.2], [0.5, 0.1, 0.0], [-0.4, 0.7, -0.2]])  # not symmetric
+
+
+@pytest.mark.parametrize("product", ["jvp", "vjp"])
+def test_hutchinson_is_unbiased_for_a_matrix(x64, product):
+    """E ||M eps||^2 T (jvp) = E ||eps^T M||^2 T (vjp) = ||M||_F^2 T for both probes (a
+    3-D linear field; one Euler step integrates the constant integrand exactly)."""
+    m = jnp.asarray(M3)
     n = 4000
     for probe in ("rademacher", "gaussian"):
         cfg = SolveConfig(solver="euler", num_steps=1, batch_mode="per_sample",
-                          regularizers=("jacobian",), jacobian_probe=probe)
+                          regularizers=("jacobian",), jacobian_probe=probe,
+                          jacobian_product=product)
         est = ODEBlock(Matrix(m), 0.0, 0.5, cfg).batched(jnp.ones((n, 3)), key=KEY)[1].jacobian
         exact = float(jnp.sum(m**2)) * 0.5
         assert abs(float(est.mean()) - exact) < 4 * float(est.std()) / np.sqrt(n)
         assert float(est.std()) > 0.1 * exact  # a random estimate, not the exact value
+
+
+def _first_two(z):
+    """A mask keeping the first two of the three state components (module level: the
+    augmented field is cached on it)."""
+    return jnp.broadcast_to(jnp.asarray([1.0, 1.0, 0.0], z.dtype), z.shape)
+
+
+@pytest.mark.parametrize("mask", [None, _first_two], ids=["whole", "masked"])
+def test_jacobian_rate_for_every_rademacher_probe(x64, mask):
+    """The integrand dJ/dt of the augmented field for dz/dt = M z, probe by probe:
+    ||m * (M s)||^2 (jvp) and ||(m * s)^T M||^2 (vjp) for each of the 2^3 sign vectors
+    s, one per example of a joint batch.  Over that set E[s s^T] = I exactly, so both
+    means equal ||diag(m) M||_F^2 to rounding; the per-probe values of the two forms
+    differ (M is not symmetric)."""
+    from jaxode.ode import _regularize as reg
+
+    signs = np.asarray([[a, b, c] for a in (1, -1) for b in (1, -1) for c in (1, -1)], float)
+    keep = np.ones(3) if mask is None else np.asarray([1.0, 1.0, 0.0])
+    z = jnp.asarray(np.linspace(-1, 1, 24).reshape(8, 3))  # J = M whatever z is
+    field = lambda t, z, args: z @ args[0].T  # noqa: E731  (batch of rows)
+    y = reg.initial_state(z, ("jacobian",), joint_batch=True)
+    rates = {}
+    for product in ("jvp", "vjp"):
+        aug = reg.augmented_field(field, ("jacobian",), True, mask, product)
+        out = aug(0.0, y, (jnp.asarray(M3), (None, jnp.asarray(signs))))
+        np.testing.assert_allclose(out.z, np.asarray(z) @ M3.T, rtol=1e-14)
+        rates[product] = np.asarray(out.reg.jacobian)
+    np.testing.assert_allclose(rates["jvp"], np.sum((keep * (signs @ M3.T)) ** 2, axis=1), rtol=1e-13)
+    np.testing.assert_allclose(rates["vjp"], np.sum(((keep * signs) @ M3) ** 2, axis=1), rtol=1e-13)
+    exact = np.sum((keep[:, None] * M3) ** 2)
+    for product in ("jvp", "vjp"):
+        np.testing.assert_allclose(rates[product].mean(), exact, rtol=1e-13)
+    assert np.max(np.abs(rates["jvp"] - rates["vjp"])) > 0.1
+
+
+class TanhField(eqx.Module):
+    w: jax.Array
+
+    def __call__(self, t, z):
+        return jnp.tanh(self.w @ z)
+
+
+@pytest.mark.parametrize("product", ["jvp", "vjp"])
+def test_jacobian_gradient_matches_finite_differences(x64, product):
+    """d J / d W for the nonlinear field f = tanh(W z) (3-D, a fixed probe), through
+    the backsolve adjoint, against central finite differences of the solve in two
+    entries of W."""
+    w0 = jnp.asarray(M3)
+    z0 = jnp.asarray([0.4, -0.8, 1.1])
+    cfg = SolveConfig(rtol=1e-10, atol=1e-10, regularizers=("jacobian",),
+                      jacobian_product=product)
+    jac = jax.jit(lambda w: ODEBlock(TanhField(w), 0.0, 1.0, cfg)(z0, key=KEY)[1].jacobian)
+    grad = jax.jit(jax.grad(jac))(w0)
+    assert float(jac(w0)) > 0.1
+    h = 1e-5
+    for i, j in ((0, 1), (2, 0)):
+        e = jnp.zeros((3, 3)).at[i, j].set(h)
+        fd = (jac(w0 + e) - jac(w0 - e)) / (2 * h)
+        np.testing.assert_allclose(grad[i, j], fd, rtol=1e-6, atol=1e-9)
 
 
 def test_local_error(x64):
@@ -138,6 +203,8 @@ def test_bad_input_errors():
         SolveConfig(regularizers=("kinetic", "kinetic"))
     with pytest.raises(ValueError, match="unknown jacobian_probe"):
         SolveConfig(regularizers=("jacobian",), jacobian_probe="uniform")
+    with pytest.raises(ValueError, match="unknown jacobian_product 'jacfwd'"):
+        SolveConfig(regularizers=("jacobian",), jacobian_product="jacfwd")
     with pytest.raises(ValueError, match="adjoint='checkpoint' or 'direct'"):
         SolveConfig(regularizers=("local_error",))
     with pytest.raises(ValueError, match="adaptive solver"):

@@ -124,27 +124,53 @@ def _tangent_w(x, dw, stride, padding):
     return y[:, :, 0, :]
 
 
+# The convolution y = conv(x, W) is bilinear, so its tangent is conv(dx, W) + conv(x, dW).
+# Three custom-JVP functions compute conv(., .) in the three layouts (`_forward`,
+# `_tangent_x`, `_tangent_w`), and all three share the rule below: the dx-term is always
+# `_conv_x` and the dW-term always `_conv_w`, whose transposes are canonical.  Because the
+# rule only calls these functions, derivatives of derivatives stay in them too: the
+# reverse-over-forward product that trains the Jacobian regulariser (a `jax.jvp` inside
+# the field, differentiated by the adjoint; `jaxode.ode._regularize`) runs canonical
+# convolutions only.  (When a tangent term is transposed JAX inlines the function, so a
+# first derivative is exactly the one `_tangent_x` / `_tangent_w` were written for.)
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _conv(x, w, stride, padding):
     return _forward(x, w, stride, padding)
 
 
-def _conv_jvp(stride, padding, primals, tangents):
-    x, w = primals
-    dx, dw = tangents
-    y = _forward(x, w, stride, padding)
-    dy = None
-    if not isinstance(dx, SymbolicZero):
-        dy = _tangent_x(dx, w, stride, padding)
-    if not isinstance(dw, SymbolicZero):
-        term = _tangent_w(x, dw, stride, padding)
-        dy = term if dy is None else dy + term
-    if dy is None:
-        dy = jnp.zeros_like(y)
-    return y, dy
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _conv_x(dx, w, stride, padding):
+    return _tangent_x(dx, w, stride, padding)
 
 
-_conv.defjvp(_conv_jvp, symbolic_zeros=True)
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _conv_w(x, dw, stride, padding):
+    return _tangent_w(x, dw, stride, padding)
+
+
+def _bilinear_rule(primal):
+    """The JVP of conv in `primal`'s layout: d conv(x, W) = conv_x(dx, W) + conv_w(x, dW)."""
+
+    def rule(stride, padding, primals, tangents):
+        x, w = primals
+        dx, dw = tangents
+        y = primal(x, w, stride, padding)
+        dy = None
+        if not isinstance(dx, SymbolicZero):
+            dy = _conv_x(dx, w, stride, padding)
+        if not isinstance(dw, SymbolicZero):
+            term = _conv_w(x, dw, stride, padding)
+            dy = term if dy is None else dy + term
+        if dy is None:
+            dy = jnp.zeros_like(y)
+        return y, dy
+
+    return rule
+
+
+for _f in (_conv, _conv_x, _conv_w):
+    _f.defjvp(_bilinear_rule(_f), symbolic_zeros=True)
+del _f
 
 
 def _backend() -> str:

@@ -321,7 +321,7 @@ class ODEBlock(eqx.Module):
             state, static = reg.initial_state(z0, names, joint_batch), (static, eps)
             # a field may regularise only part of its state (a CNF: z, not log p)
             mask = getattr(type(self.field), "regularized_mask", None)
-            vf = reg.augmented_field(vf, names, joint_batch, mask)
+            vf = reg.augmented_field(vf, names, joint_batch, mask, config.jacobian_product)
         zs, stats, t_reached = _solve(
             (t0, ts_, state, (params, a_diff), self.nfe_probe),
             (vf, static, config, self.name),

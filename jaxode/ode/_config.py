@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from jaxode.ode._adjoint import ADJOINTS, AbstractAdjoint, Backsolve, Direct, RecursiveCheckpoint
-from jaxode.ode._regularize import JACOBIAN_PROBES, REGULARIZERS
+from jaxode.ode._regularize import JACOBIAN_PRODUCTS, JACOBIAN_PROBES, REGULARIZERS
 from jaxode.ode._solvers import _BATCH_MODES, ADAPTIVE_SOLVERS, SOLVERS, as_real
 
 
@@ -62,6 +62,11 @@ class SolveConfig(eqx.Module):
       (default: a runtime error that names the block, the cause and how far it got)
       or ``flag`` (the unreached outputs are ``inf``, `SolveStats.max_steps_reached` /
       `SolveStats.nonfinite` say why, and the failed solve contributes zero gradient).
+    - `regularizers`: names of ``kinetic``, ``jacobian``, ``local_error`` to compute
+      during the solve (`jaxode.ode._regularize`); `jacobian_probe` (``rademacher`` or
+      ``gaussian``) and `jacobian_product` (``jvp``: ||J eps||^2, default, cheaper to
+      train through; ``vjp``: ||eps^T J||^2) choose the Hutchinson estimator of the
+      ``jacobian`` term.
     """
 
     solver: str = eqx.field(static=True)
@@ -75,6 +80,7 @@ class SolveConfig(eqx.Module):
     on_max_steps: str = eqx.field(static=True)
     regularizers: tuple[str, ...] = eqx.field(static=True)
     jacobian_probe: str = eqx.field(static=True)
+    jacobian_product: str = eqx.field(static=True)
 
     def __init__(
         self,
@@ -90,6 +96,7 @@ class SolveConfig(eqx.Module):
         on_max_steps: str = "raise",
         regularizers: tuple[str, ...] = (),
         jacobian_probe: str = "rademacher",
+        jacobian_product: str = "jvp",
     ):
         self.solver = solver
         self.rtol = as_real(rtol)
@@ -107,6 +114,7 @@ class SolveConfig(eqx.Module):
             )
         self.regularizers = tuple(regularizers)
         self.jacobian_probe = jacobian_probe
+        self.jacobian_product = jacobian_product
 
     def __check_init__(self):
         def bad(name, value, allowed):
@@ -164,6 +172,8 @@ class SolveConfig(eqx.Module):
             raise ValueError(f"SolveConfig: regularizers repeat a name: {self.regularizers!r}.")
         if self.jacobian_probe not in JACOBIAN_PROBES:
             bad("jacobian_probe", self.jacobian_probe, JACOBIAN_PROBES)
+        if self.jacobian_product not in JACOBIAN_PRODUCTS:
+            bad("jacobian_product", self.jacobian_product, JACOBIAN_PRODUCTS)
         if "local_error" in self.regularizers:
             if not self.adaptive:
                 raise ValueError(
@@ -188,7 +198,8 @@ class SolveConfig(eqx.Module):
     def replace(self, **changes) -> SolveConfig:
         """A copy with some settings changed, e.g. ``cfg.replace(rtol=1e-5)``."""
         names = ("solver", "rtol", "atol", "adjoint", "max_steps", "num_steps", "dt",
-                 "batch_mode", "on_max_steps", "regularizers", "jacobian_probe")
+                 "batch_mode", "on_max_steps", "regularizers", "jacobian_probe",
+                 "jacobian_product")
         fields = {k: getattr(self, k) for k in names}
         fields.update(changes)
         return SolveConfig(**fields)
