@@ -61,6 +61,10 @@ def test_chunks_and_resume_equal_one_run(tiny):
         "params"] == whole["params"]
     # a finished run resumed again just reports its summary
     assert again["test_miou"] == resumed["test_miou"]
+    # fit's per-step log: one file per model of the run, one row per step, the resumed
+    # chunk appended to the first (1 step per epoch x 2 epochs)
+    steps = (tiny / "runs" / "part" / "baseline_steps.csv").read_text().splitlines()
+    assert len(steps) == 1 + 2 and not (tiny / "runs" / "part" / "steps.csv").exists()
 
 
 @pytest.mark.parametrize("argv, words", [

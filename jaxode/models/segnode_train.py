@@ -69,12 +69,14 @@ class ModelRun:
     after `rows_before`, those of the models trained before it."""
 
     def __init__(self, run, name: str, rows_before: list, to_row):
-        self.path, self.run, self.name = run.path, run, name
+        self.path, self.run, self.name, self.writer = run.path, run, name, run.writer
         self.checkpoints = os.path.join(run.checkpoints, name)
+        self.steps_csv = os.path.join(run.path, f"{name}_steps.csv")  # one per model
         self.rows_before, self.to_row = list(rows_before), to_row
 
-    def write_history(self, history):
-        self.run.write_history(self.rows_before + [self.to_row(r) for r in history])
+    def write_history(self, history, *, final: bool = False):
+        self.run.write_history(self.rows_before + [self.to_row(r) for r in history],
+                               final=final)
 
 
 def metrics_row(name: str, row: dict, lr: float) -> dict:

@@ -32,7 +32,6 @@ from jaxode.train.phases import apply_phase, parse_schedule, phase_at
 from jaxode.train.regularize import Regularization, add_to_loss, for_training
 from jaxode.train.rundir import RunDir
 from jaxode.train.schedules import PlateauState, learning_rate
-from jaxode.train.steplog import FILENAME as STEPS_CSV
 from jaxode.train.steplog import StepLog
 from jaxode.train.utils import ode_blocks, tree_is_finite
 
@@ -278,7 +277,7 @@ def fit(model, task, train_batches: Callable[[int], Iterable], eval_batches=None
             "run folder. Nothing was deleted.")
 
     # per-step metrics (steps.csv), from the step the run (re)starts at
-    steps_log = StepLog(os.path.join(run.path, STEPS_CSV)) if run is not None and run.writer else None
+    steps_log = StepLog(run.steps_csv) if run is not None and run.writer else None
     if steps_log is not None:
         steps_log.start(step)
     model, opt_state, ema = replicate((model, opt_state, ema), mesh)

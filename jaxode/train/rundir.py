@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from jaxode.train.parallel import is_writer
+from jaxode.train.steplog import FILENAME as STEPS_CSV
 
 CLAIM = ".run-claim"
 
@@ -112,6 +113,7 @@ class RunDir:
         self._last_plot = time.monotonic()
         self._unplotted: list[dict[str, Any]] | None = None
         self.checkpoints = os.path.join(self.path, "checkpoints")
+        self.steps_csv = os.path.join(self.path, STEPS_CSV)  # `fit`'s per-step metrics
         self.writer = is_writer()  # False in processes other than 0 of a distributed run
         if self.writer:
             os.makedirs(self.path, exist_ok=True)
