@@ -16,7 +16,8 @@ system.
 - Adjoint strategies (`_adjoint.py`): `Backsolve` (default, counted backward solve),
   `RecursiveCheckpoint`, `Direct`, `DiffraxBacksolve`.
 - Regularisers of the dynamics (`_regularize.py`): kinetic energy, Jacobian norm,
-  the solver's local error, computed during the forward solve.
+  the solver's local error, TayNODE's K-th derivative (`_taylor.py`), computed during
+  the forward solve.
 - One Diffrax solve (`_solve.py`): step control that stops on NaN/inf, the starting
   step, statistics; the solvers and `SolveStats` (`_solvers.py`).
 """

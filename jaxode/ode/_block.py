@@ -189,7 +189,7 @@ class ODEBlock(eqx.Module):
     ``block.batched(z0s, ts, args)`` does the same for a batch along axis 0.
 
     **Regularisers** (`SolveConfig.regularizers`) come back in the `SolveStats`
-    fields ``kinetic``, ``jacobian``, ``local_error``.  The ``jacobian`` probe is
+    fields ``kinetic``, ``jacobian``, ``local_error``, ``taylor``.  The ``jacobian`` probe is
     drawn from a key given explicitly: ``block(z0, key=key)`` (``batched`` splits it
     per example in ``per_sample`` mode), or else the block's `probe_key` field (the
     trainer sets a fresh one on every block at each step); with neither, the call
@@ -321,7 +321,8 @@ class ODEBlock(eqx.Module):
             state, static = reg.initial_state(z0, names, joint_batch), (static, eps)
             # a field may regularise only part of its state (a CNF: z, not log p)
             mask = getattr(type(self.field), "regularized_mask", None)
-            vf = reg.augmented_field(vf, names, joint_batch, mask, config.jacobian_product)
+            vf = reg.augmented_field(vf, names, joint_batch, mask, config.jacobian_product,
+                                     config.taylor_order)
         zs, stats, t_reached = _solve(
             (t0, ts_, state, (params, a_diff), self.nfe_probe),
             (vf, static, config, self.name),

@@ -7,7 +7,8 @@ import jax
 import numpy as np
 
 from jaxode.ode._adjoint import ADJOINTS, AbstractAdjoint, Backsolve, Direct, RecursiveCheckpoint
-from jaxode.ode._regularize import JACOBIAN_PRODUCTS, JACOBIAN_PROBES, REGULARIZERS
+from jaxode.ode._regularize import (JACOBIAN_PRODUCTS, JACOBIAN_PROBES, REGULARIZERS,
+                                     check_taylor_order)
 from jaxode.ode._solvers import _BATCH_MODES, ADAPTIVE_SOLVERS, SOLVERS, as_real
 
 
@@ -62,11 +63,12 @@ class SolveConfig(eqx.Module):
       (default: a runtime error that names the block, the cause and how far it got)
       or ``flag`` (the unreached outputs are ``inf``, `SolveStats.max_steps_reached` /
       `SolveStats.nonfinite` say why, and the failed solve contributes zero gradient).
-    - `regularizers`: names of ``kinetic``, ``jacobian``, ``local_error`` to compute
-      during the solve (`jaxode.ode._regularize`); `jacobian_probe` (``rademacher`` or
-      ``gaussian``) and `jacobian_product` (``jvp``: ||J eps||^2, default, cheaper to
-      train through; ``vjp``: ||eps^T J||^2) choose the Hutchinson estimator of the
-      ``jacobian`` term.
+    - `regularizers`: names of ``kinetic``, ``jacobian``, ``local_error``, ``taylor``
+      to compute during the solve (`jaxode.ode._regularize`); `jacobian_probe`
+      (``rademacher`` or ``gaussian``) and `jacobian_product` (``jvp``: ||J eps||^2,
+      default, cheaper to train through; ``vjp``: ||eps^T J||^2) choose the
+      Hutchinson estimator of the ``jacobian`` term; `taylor_order` is K of the
+      ``taylor`` term int ||d^K z/dt^K||^2 dt (TayNODE; an int >= 1, default 2).
     """
 
     solver: str = eqx.field(static=True)
@@ -81,6 +83,7 @@ class SolveConfig(eqx.Module):
     regularizers: tuple[str, ...] = eqx.field(static=True)
     jacobian_probe: str = eqx.field(static=True)
     jacobian_product: str = eqx.field(static=True)
+    taylor_order: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -97,6 +100,7 @@ class SolveConfig(eqx.Module):
         regularizers: tuple[str, ...] = (),
         jacobian_probe: str = "rademacher",
         jacobian_product: str = "jvp",
+        taylor_order: int = 2,
     ):
         self.solver = solver
         self.rtol = as_real(rtol)
@@ -115,6 +119,7 @@ class SolveConfig(eqx.Module):
         self.regularizers = tuple(regularizers)
         self.jacobian_probe = jacobian_probe
         self.jacobian_product = jacobian_product
+        self.taylor_order = taylor_order
 
     def __check_init__(self):
         def bad(name, value, allowed):
@@ -174,6 +179,10 @@ class SolveConfig(eqx.Module):
             bad("jacobian_probe", self.jacobian_probe, JACOBIAN_PROBES)
         if self.jacobian_product not in JACOBIAN_PRODUCTS:
             bad("jacobian_product", self.jacobian_product, JACOBIAN_PRODUCTS)
+        try:
+            check_taylor_order(self.taylor_order)
+        except ValueError as e:
+            raise ValueError(f"SolveConfig: {e}") from None
         if "local_error" in self.regularizers:
             if not self.adaptive:
                 raise ValueError(
@@ -199,7 +208,7 @@ class SolveConfig(eqx.Module):
         """A copy with some settings changed, e.g. ``cfg.replace(rtol=1e-5)``."""
         names = ("solver", "rtol", "atol", "adjoint", "max_steps", "num_steps", "dt",
                  "batch_mode", "on_max_steps", "regularizers", "jacobian_probe",
-                 "jacobian_product")
+                 "jacobian_product", "taylor_order")
         fields = {k: getattr(self, k) for k in names}
         fields.update(changes)
         return SolveConfig(**fields)

@@ -1,6 +1,6 @@
 """Regularisers of the dynamics, computed during the forward solve.
 
-Three quantities that make a trained field cheaper to integrate when added to the
+Four quantities that make a trained field cheaper to integrate when added to the
 loss (requested with ``SolveConfig(regularizers=...)``, reported in `SolveStats`):
 
 - ``kinetic``:  K = int_{t0}^{t1} ||f(t, z)||^2 dt, the kinetic energy of the
@@ -25,9 +25,18 @@ loss (requested with ``SolveConfig(regularizers=...)``, reported in `SolveStats`
   weighting is this module's choice).  The estimate is *not* divided by
   atol + rtol |z|: that scaled norm is what the controller keeps near 1, so it would
   not fall as the dynamics become easier to integrate.
+- ``taylor``: R_K = int_{t0}^{t1} ||d^K z/dt^K||^2 dt, the squared K-th total time
+  derivative of the solution (TayNODE: Kelly, Bettencourt, Johnson, Duvenaud,
+  "Learning differential equations that are easy to solve", NeurIPS 2020), K =
+  `SolveConfig.taylor_order` (default 2).  d^K z/dt^K is the (K-1)-th total derivative
+  of f along the trajectory (d^2 z/dt^2 = df/dt + (df/dz) f, ...), computed by
+  Taylor-mode AD (`jax.experimental.jet`, with the custom-JVP calls of the project's
+  layers inlined to work around a `jet` bug: `jaxode.ode._taylor`).  K = 1 is
+  ``kinetic``.  A high K penalises the dynamics that force an order-p solver into
+  small steps (its local error is driven by d^{p+1} z/dt^{p+1}).
 
-K and J are integrated as extra state, ``Augmented(z, RegState(...))``, so every
-adjoint strategy differentiates them (`Backsolve` carries their adjoints backwards
+The kinetic, Jacobian and Taylor terms are integrated as extra state,
+``Augmented(z, RegState(...))``, so every adjoint strategy differentiates them (`Backsolve` carries their adjoints backwards
 like any other state).  They do not steer the step size: the error norm of a solve
 sees only z (`state_norm`), so requesting them never changes the steps taken.  E is
 accumulated by the step-size controller (`jaxode.ode._solve.GuardedPIDController`)
@@ -44,12 +53,14 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import optimistix as optx
 
-REGULARIZERS = ("kinetic", "jacobian", "local_error")
+from jaxode.ode._taylor import total_derivative
+
+REGULARIZERS = ("kinetic", "jacobian", "local_error", "taylor")
 JACOBIAN_PROBES = ("rademacher", "gaussian")
 JACOBIAN_PRODUCTS = ("jvp", "vjp")
 # The regularisers integrated as extra state (local_error comes from the controller
 # but has a slot in the state so that it leaves the solve as a differentiable output).
-_INTEGRATED = ("kinetic", "jacobian")
+_INTEGRATED = ("kinetic", "jacobian", "taylor")
 
 
 class RegState(eqx.Module):
@@ -60,6 +71,7 @@ class RegState(eqx.Module):
     kinetic: jax.Array | None = None
     jacobian: jax.Array | None = None
     local_error: jax.Array | None = None
+    taylor: jax.Array | None = None
 
 
 class Augmented(eqx.Module):
@@ -107,7 +119,8 @@ def initial_state(z0, names, joint_batch: bool) -> Augmented:
     batch = (jtu.tree_leaves(z0)[0].shape[0],) if joint_batch else ()
     per_example = lambda name: jnp.zeros(batch, dtype) if name in names else None
     local = jnp.zeros((), dtype) if "local_error" in names else None
-    return Augmented(z0, RegState(per_example("kinetic"), per_example("jacobian"), local))
+    return Augmented(z0, RegState(per_example("kinetic"), per_example("jacobian"), local,
+                                  per_example("taylor")))
 
 
 def probe_noise(key, z0, kind: str):
@@ -122,12 +135,13 @@ def probe_noise(key, z0, kind: str):
 
 
 def augmented_field(vf, names: tuple[str, ...], joint_batch: bool, mask=None,
-                    product: str = "jvp"):
+                    product: str = "jvp", taylor_order: int = 2):
     """The dynamics of ``Augmented(z, reg)`` for Diffrax's field `vf`:
 
         dz/dt = f,  dK/dt = ||m * f||^2,  dE/dt = 0,
         dJ/dt = ||m * (df/dz eps)||^2   (product "jvp")
-             or ||(m * eps)^T df/dz||^2 (product "vjp").
+             or ||(m * eps)^T df/dz||^2 (product "vjp"),
+        dR_K/dt = ||m * d^K z/dt^K||^2  (K = `taylor_order`).
 
     Its args are ``(theta, (static, eps))``: `vf`'s own args plus the probe eps
     (None without ``jacobian``).  `mask` (a plain function, or None: m = 1) maps the
@@ -135,11 +149,22 @@ def augmented_field(vf, names: tuple[str, ...], joint_batch: bool, mask=None,
     regularised: for a CNF's ``(z, delta)`` only z (RNODE, Finlay et al. 2020, eqs.
     3-4, `jaxode.fields.cnf.CNFField.regularized_mask`).  Either form estimates the
     squared Frobenius norm of d f_m / dz over the whole state (the rows of f that m
-    keeps, every column), which is ||d f_z / dz||_F^2 when f_z depends on z alone."""
+    keeps, every column), which is ||d f_z / dz||_F^2 when f_z depends on z alone.
+    Likewise m * d^K z/dt^K is exact for the part z of a CNF's state, whose dynamics
+    do not depend on the rest."""
     if product not in JACOBIAN_PRODUCTS:
         raise ValueError(f"unknown jacobian product {product!r}; choose one of "
                          f"{', '.join(JACOBIAN_PRODUCTS)}.")
-    return _augmented_field(vf, tuple(names), joint_batch, mask, product)
+    check_taylor_order(taylor_order)
+    return _augmented_field(vf, tuple(names), joint_batch, mask, product, taylor_order)
+
+
+def check_taylor_order(order) -> None:
+    """K of the ``taylor`` regulariser must be an int >= 1 (1: the kinetic energy)."""
+    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+        raise ValueError(
+            f"taylor_order must be an int >= 1 (K of int ||d^K z/dt^K||^2 dt; 1 is the "
+            f"kinetic energy, TayNODE uses 2 or 3), got {order!r}.")
 
 
 def _jacobian_term(call, z, eps, select, product, joint_batch):
@@ -153,21 +178,26 @@ def _jacobian_term(call, z, eps, select, product, joint_batch):
 
 
 @functools.cache
-def _augmented_field(vf, names, joint_batch, mask, product):
+def _augmented_field(vf, names, joint_batch, mask, product, taylor_order):
     # Cached: the function is a static argument of custom-VJP and jitted functions.
     def aug(t, y, args):
         theta, (static, eps) = args
         call = lambda z: vf(t, z, (theta, static))
         select = (lambda tree: tree) if mask is None else (
             lambda tree: jtu.tree_map(jnp.multiply, tree, mask(y.z)))
-        jac = None
+        jac = tay = f = None
         if "jacobian" in names:
             f, jac = _jacobian_term(call, y.z, eps, select, product, joint_batch)
-        else:
+        if "taylor" in names:
+            field = lambda t_, z_: vf(t_, z_, (theta, static))
+            f_t, dkz = total_derivative(field, t, y.z, taylor_order)
+            f = f_t if f is None else f
+            tay = _sum_squares(select(dkz), joint_batch)
+        if f is None:
             f = call(y.z)
         kin = _sum_squares(select(f), joint_batch) if "kinetic" in names else None
         local = None if y.reg.local_error is None else jnp.zeros_like(y.reg.local_error)
-        return Augmented(f, RegState(kin, jac, local))
+        return Augmented(f, RegState(kin, jac, local, tay))
 
     return aug
 

@@ -91,7 +91,7 @@ class SolveStats(eqx.Module):
       maximum of `nfe`; elsewhere it equals `nfe`.
     - `max_steps_reached`: the solve ran out of steps before its end time.
     - `nonfinite`: the state or the field became NaN or inf (or z0 was not finite).
-    - `kinetic`, `jacobian`, `local_error`: the regularisers requested with
+    - `kinetic`, `jacobian`, `local_error`, `taylor`: the regularisers requested with
       `SolveConfig.regularizers` (None otherwise), differentiable (see
       `jaxode.ode._regularize`); batch means in a joint solve.
 
@@ -109,6 +109,7 @@ class SolveStats(eqx.Module):
     kinetic: jax.Array | None = None
     jacobian: jax.Array | None = None
     local_error: jax.Array | None = None
+    taylor: jax.Array | None = None
 
     @property
     def failed(self) -> jax.Array:

@@ -1,0 +1,94 @@
+"""Total time derivatives of an ODE's solution by Taylor-mode AD (for TayNODE).
+
+For dz/dt = f(t, z) the K-th derivative of the solution through (t, z) is the
+(K-1)-th total derivative of f along it,
+
+    d^1 z/dt^1 = f,   d^2 z/dt^2 = df/dt + (df/dz) f,   ...,
+    d^{K} z/dt^{K} = d^{K-1}/dt^{K-1} f(t, z(t)),
+
+the quantity TayNODE regularises (Kelly, Bettencourt, Johnson, Duvenaud, "Learning
+differential equations that are easy to solve", NeurIPS 2020).  `total_derivative`
+computes it with `jax.experimental.jet` by the usual recursion: with the input
+series t(s) = t + s (derivative coefficients [1, 0, 0, ...]) and
+z(s) = z + sum_k z_k s^k / k!, the k-th derivative coefficient of f(t(s), z(s))
+depends only on z_1, ..., z_k, and it *is* z_{k+1}; so K - 1 jets of orders
+1, ..., K - 1, each fed the coefficients found so far, give z_K.
+
+`jet` and custom derivative rules.  In the JAX of this project (0.10.2) `jet` fails
+with ``UnexpectedTracerError`` on every function with a `jax.custom_jvp` rule
+(`jax.nn.relu`, the project's convolution `jaxode.nn.conv` and its GroupNorm
+`jaxode.nn.layers.GroupNorm`): its handler evaluates the primal body outside the jet
+trace (jax-ml/jax#30352, fix proposed in jax-ml/jax#40747).  `jet` means to ignore
+custom rules anyway and differentiate the primal body, so `_inline` does exactly that
+before `jet` sees the function: it traces the field to a jaxpr and evaluates it with
+every custom-JVP/VJP call and nested jit replaced by its primal body.  The values are
+those of the field itself; only the custom rules' speed is lost inside the Taylor
+term (XLA:CPU's fast convolution layouts in its reverse pass, for instance).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jax.experimental.jet import jet
+from jax.extend.core import ClosedJaxpr, Literal
+
+# primitives whose primal body (a jaxpr parameter) `_inline` evaluates in their place
+_BODY = {"custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr",
+         "custom_vjp_call_jaxpr": "fun_jaxpr", "jit": "jaxpr", "pjit": "jaxpr",
+         "closed_call": "call_jaxpr", "core_call": "call_jaxpr"}
+
+
+def _eval_inlined(closed: ClosedJaxpr, *args):
+    """Evaluate `closed` on `args` (in the current trace), custom-derivative calls and
+    nested jits replaced by their primal bodies."""
+    jaxpr = closed.jaxpr
+    env = dict(zip(jaxpr.constvars, closed.consts))
+    env.update(zip(jaxpr.invars, args))
+    read = lambda v: v.val if isinstance(v, Literal) else env[v]  # noqa: E731
+    for eqn in jaxpr.eqns:
+        ins = [read(v) for v in eqn.invars]
+        body = _BODY.get(eqn.primitive.name)
+        if body is not None and body in eqn.params:
+            sub = eqn.params[body]
+            outs = _eval_inlined(sub if isinstance(sub, ClosedJaxpr) else ClosedJaxpr(sub, ()), *ins)
+        else:
+            with eqn.ctx.manager:
+                outs = eqn.primitive.bind(*ins, **eqn.primitive.get_bind_params(eqn.params))
+            if not eqn.primitive.multiple_results:
+                outs = [outs]
+        env.update(zip(eqn.outvars, outs))
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _inline(fn, t, z):
+    """``g(t, *leaves(z)) -> leaves(fn(t, z))`` with custom rules inlined, and the
+    output's tree structure."""
+    leaves, treedef = jtu.tree_flatten(z)
+    flat = lambda t_, *xs: fn(t_, jtu.tree_unflatten(treedef, xs))  # noqa: E731
+    closed, out_shape = jax.make_jaxpr(flat, return_shape=True)(t, *leaves)
+    return (lambda *xs: _eval_inlined(closed, *xs)), jtu.tree_structure(out_shape)
+
+
+def total_derivative(fn, t, z, order: int):
+    """``(f(t, z), d^K z/dt^K)`` along the solution of dz/dt = fn(t, z) through (t, z),
+    K = `order` >= 1 (a Python int), by Taylor-mode AD (module docstring).  `z` may be
+    any PyTree of arrays; `t` a scalar.  K = 1 returns ``(f, f)``; each further order
+    costs one `jet` of the field of one more order."""
+    if not isinstance(order, int) or order < 1:
+        raise ValueError(f"total_derivative: order must be an int >= 1, got {order!r}.")
+    f = fn(t, z)
+    if order == 1:
+        return f, f
+    t = jnp.asarray(t)
+    g, out_tree = _inline(fn, t, z)
+    primals = (t, *jtu.tree_leaves(z))
+    series = [jtu.tree_leaves(f)]  # series[k - 1]: the leaves of d^k z/dt^k
+    for k in range(1, order):
+        t_terms = [jnp.ones_like(t)] + [jnp.zeros_like(t)] * (k - 1)
+        z_terms = [[s[i] for s in series] for i in range(len(primals) - 1)]
+        _, out_terms = jet(g, primals, (t_terms, *z_terms))
+        # out_terms[leaf][j]: the (j + 1)-th derivative of f's leaf, i.e. of z^{(j + 2)}
+        series = [series[0]] + [[leaf[j] for leaf in out_terms] for j in range(k)]
+    return f, jtu.tree_unflatten(out_tree, series[-1])
