@@ -21,10 +21,13 @@ import jax
 
 
 def step_times(model_name: str, phase: str, steps: int, batch: int = 128, data_root=None,
-               regularizers=None, jacobian_product: str = "jvp") -> dict:
+               regularizers=None, jacobian_product: str = "jvp", taylor_order: int = 2,
+               taylor_method: str = "auto") -> dict:
     """One phase's timings; `regularizers` (``{name: weight}``, as
-    `TrainConfig.regularizers`) and `jacobian_product` (`SolveConfig`) regularise the
-    training steps (benchmarks/jacobian_reg_cost.py)."""
+    `TrainConfig.regularizers`), `jacobian_product`, `taylor_method` (`SolveConfig`) and
+    `taylor_order` (`TrainConfig`) regularise the training steps (benchmarks/jacobian_reg_cost.py).
+    ``init_loss`` and ``init_<name>`` are the task loss and each regulariser on the
+    first batch, at the initial weights."""
     from jaxode.data import load_classification
     from jaxode.models import make_model
     from jaxode.ode import SolveConfig
@@ -34,10 +37,11 @@ def step_times(model_name: str, phase: str, steps: int, batch: int = 128, data_r
                                    test_limit=1)
     model = make_model(model_name, num_classes=10, in_channels=1, key=jax.random.PRNGKey(0),
                        solve=SolveConfig(rtol=1e-3, atol=1e-3,
-                                         jacobian_product=jacobian_product))
+                                         jacobian_product=jacobian_product,
+                                         taylor_method=taylor_method))
     config = TrainConfig(epochs=1, batch_size=batch, lr=0.1, momentum=0.9, phases=f"{phase}:1",
                          euler_steps=10, progress=False, data_parallel=False,
-                         regularizers=dict(regularizers or {}))
+                         regularizers=dict(regularizers or {}), taylor_order=taylor_order)
     rows = []
     fit(model, ClassificationTask(crop_padding=4),
         lambda e: dataset_batches(train, batch, seed=(0, e), drop_last=True),
@@ -48,7 +52,8 @@ def step_times(model_name: str, phase: str, steps: int, batch: int = 128, data_r
             "median_step_s": statistics.median(r["step_time_s"] for r in later),
             "nfe_forward": statistics.mean(r["nfe"] for r in later),
             "nfe_backward": statistics.mean(r.get("nfe_backward", 0.0) for r in later),
-            "steps_timed": len(later)}
+            "steps_timed": len(later), "init_loss": rows[0]["loss"],
+            **{f"init_{k}": rows[0][k] for k in dict(regularizers or {})}}
 
 
 def main(argv=None):

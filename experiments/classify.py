@@ -30,6 +30,7 @@ from experiments.configs import describe, get_config, names, print_list
 from experiments.configs.classify import ClassifyConfig
 from jaxode import cli
 from jaxode.cli import MIN_TOL, parse_milestones, parse_regularizers, parse_tolerances
+from jaxode.ode import REGULARIZERS
 from jaxode.train.steps import evaluate_steps, sweep_lines
 
 
@@ -159,8 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--euler-steps", type=int, help="steps of the fixed-step phase/solver")
     a("--regularizers", "--reg", dest="regularizers",
       help="regularisers of the dynamics and their loss weights, e.g. kinetic=0.01,"
-           "jacobian=0.01 (kinetic, jacobian, local_error; local_error needs --adjoint "
+           f"jacobian=0.01 ({', '.join(REGULARIZERS)}; local_error needs --adjoint "
            "checkpoint or direct)")
+    a("--taylor-order", type=int,
+      help="K of the taylor regulariser int ||d^K z/dt^K||^2 dt (TayNODE; default 2)")
     a("--steer", type=float,
       help="STEER: draw the ODE block's end time from U(t1 - B, t1 + B) at each training step")
     a("--tol-sweep", help="inference tolerances, e.g. 1e-1,1e-2,1e-3 ('' = none)")
@@ -211,7 +214,8 @@ def check_args(parser, args) -> None:
 
     cli.check_args(parser, args,
                    positive=("channels", "epochs", "batch_size", "eval_batch_size", "lr", "tol",
-                             "euler_steps", "max_train_batches", "max_steps", "steer"),
+                             "euler_steps", "max_train_batches", "max_steps", "steer",
+                             "taylor_order"),
                    non_negative=("dropout", "weight_decay", "g_lr_scale", "train_limit",
                                  "test_limit", "seed"),
                    parsers={**PARSED, "dataset": cli.dataset_spec}, existing=("data_root",))

@@ -14,7 +14,8 @@ the shared lr 1e-2 the flow grows stiff and the loss climbs back.  ``--g-lr`` gi
 theta_1 its own rate (`TrainConfig.g_lr_scale`; default lr / 100, stable over 3,000
 iterations in docs/results/node_ew.md); ``--clip`` clips the global gradient norm.
 ``--trace hutchinson`` trains with FFJORD's estimator (test NLL and plots: exact).
-``--reg kinetic=W,jacobian=W`` (RNODE, of dz/dt) and ``--steer B`` regularise the
+``--reg kinetic=W,jacobian=W`` (RNODE, of dz/dt), ``--reg taylor=W`` (TayNODE's
+int ||d^K z/dt^K||^2 dt, K = ``--taylor-order``) and ``--steer B`` regularise the
 fixed flow's dynamics (`jaxode.train.regularize`; benchmarks.cnf_regularizers).
 
     python -m experiments.flow --name flow --densities moons,rings,checkerboard
@@ -47,6 +48,7 @@ HALF = 4.5  # the plots and the grid cover [-HALF, HALF]^2
 def main(argv=None):
     from experiments.configs.node_ew import parse_run_flags
     from jaxode.cli import ArgumentParser, check_args, parse_regularizers, split_list
+    from jaxode.ode import REGULARIZERS
 
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
@@ -65,7 +67,10 @@ def main(argv=None):
     a("--tol", type=float, default=1e-4, help="rtol = atol of dopri5")
     a("--test-size", type=int, help="fresh test samples")
     a("--grid", type=int, help="grid points per axis of the density plot")
-    a("--reg", default="", help="RNODE weights, e.g. kinetic=0.1,jacobian=0.1 (fixed flow)")
+    a("--reg", default="", help="regulariser weights of the fixed flow, e.g. "
+      f"kinetic=0.1,jacobian=0.1 (RNODE); of {', '.join(REGULARIZERS)}")
+    a("--taylor-order", type=int, default=2,
+      help="K of the taylor regulariser int ||d^K z/dt^K||^2 dt (TayNODE)")
     a("--steer", type=float, help="STEER: each step's t1 ~ U(1 - B, 1 + B), B < 1 (fixed flow)")
     a("--seed", type=int, default=0)
     a("--smoke", action="store_true", help="the smoke config's sizes (same as --config smoke)")
@@ -73,7 +78,7 @@ def main(argv=None):
     if args.smoke:
         args.iters, args.hidden, args.test_size, args.grid = 5, 8, 200, 20
     check_args(p, args, positive=("iters", "batch", "hidden", "depth", "g_hidden", "lr", "tol",
-                                  "test_size", "g_lr", "steer"), non_negative=("seed", "clip"),
+                                  "test_size", "g_lr", "steer", "taylor_order"), non_negative=("seed", "clip"),
                at_least={"grid": 2}, choices={"densities": DENSITIES, "models": FLOW_KINDS},
                parsers={"reg": parse_regularizers})
     densities, models = split_list(args.densities), split_list(args.models)
@@ -99,7 +104,8 @@ def main(argv=None):
             flow, log, compile_s, test_nll = fit_flow(
                 flow, density, iters=args.iters, batch=args.batch, lr=args.lr, g_lr=args.g_lr,
                 clip=args.clip, seed=args.seed + d_i, test=test, label=f"{density}/{kind}",
-                progress=not args.no_progress, regularizers=regs, steer=args.steer)
+                progress=not args.no_progress, regularizers=regs, steer=args.steer,
+                taylor_order=args.taylor_order)
             logs += log
             logp = -evaluate(flow, DensityTask(), [{"x": points}])["nll"]  # exact trace
             grids[(density, kind)] = logp.reshape(args.grid, args.grid)

@@ -168,5 +168,6 @@ def test_every_setting_is_a_valid_classify_command_line():
         assert ("kinetic" in regs) == ("kinetic" in name or name == "rnode")
         assert ("jacobian" in regs) == (name == "rnode")
         assert ("local_error" in regs) == (name == "local-error")
+        assert ("taylor" in regs) == (name == "taylor") and cfg.taylor_order == 2
         assert (cfg.steer == 0.5) == ("steer" in name)
         assert (cfg.adjoint == "checkpoint") == (reg_mnist.SETTINGS[name][1] == "none-checkpoint")

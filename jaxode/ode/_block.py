@@ -322,7 +322,7 @@ class ODEBlock(eqx.Module):
             # a field may regularise only part of its state (a CNF: z, not log p)
             mask = getattr(type(self.field), "regularized_mask", None)
             vf = reg.augmented_field(vf, names, joint_batch, mask, config.jacobian_product,
-                                     config.taylor_order)
+                                     config.taylor_order, config.taylor_method)
         zs, stats, t_reached = _solve(
             (t0, ts_, state, (params, a_diff), self.nfe_probe),
             (vf, static, config, self.name),

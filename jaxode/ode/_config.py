@@ -8,7 +8,7 @@ import numpy as np
 
 from jaxode.ode._adjoint import ADJOINTS, AbstractAdjoint, Backsolve, Direct, RecursiveCheckpoint
 from jaxode.ode._regularize import (JACOBIAN_PRODUCTS, JACOBIAN_PROBES, REGULARIZERS,
-                                     check_taylor_order)
+                                     TAYLOR_METHODS, check_taylor_order)
 from jaxode.ode._solvers import _BATCH_MODES, ADAPTIVE_SOLVERS, SOLVERS, as_real
 
 
@@ -68,7 +68,10 @@ class SolveConfig(eqx.Module):
       (``rademacher`` or ``gaussian``) and `jacobian_product` (``jvp``: ||J eps||^2,
       default, cheaper to train through; ``vjp``: ||eps^T J||^2) choose the
       Hutchinson estimator of the ``jacobian`` term; `taylor_order` is K of the
-      ``taylor`` term int ||d^K z/dt^K||^2 dt (TayNODE; an int >= 1, default 2).
+      ``taylor`` term int ||d^K z/dt^K||^2 dt (TayNODE; an int >= 1, default 2) and
+      `taylor_method` how d^K z/dt^K is computed (``jet``: Taylor mode; ``jvp``: nested
+      JVPs; ``auto``, default: ``jvp`` up to K = 3, faster on the conv fields on CPU;
+      `jaxode.ode._taylor`).
     """
 
     solver: str = eqx.field(static=True)
@@ -84,6 +87,7 @@ class SolveConfig(eqx.Module):
     jacobian_probe: str = eqx.field(static=True)
     jacobian_product: str = eqx.field(static=True)
     taylor_order: int = eqx.field(static=True)
+    taylor_method: str = eqx.field(static=True)
 
     def __init__(
         self,
@@ -101,6 +105,7 @@ class SolveConfig(eqx.Module):
         jacobian_probe: str = "rademacher",
         jacobian_product: str = "jvp",
         taylor_order: int = 2,
+        taylor_method: str = "auto",
     ):
         self.solver = solver
         self.rtol = as_real(rtol)
@@ -120,6 +125,7 @@ class SolveConfig(eqx.Module):
         self.jacobian_probe = jacobian_probe
         self.jacobian_product = jacobian_product
         self.taylor_order = taylor_order
+        self.taylor_method = taylor_method
 
     def __check_init__(self):
         def bad(name, value, allowed):
@@ -183,6 +189,8 @@ class SolveConfig(eqx.Module):
             check_taylor_order(self.taylor_order)
         except ValueError as e:
             raise ValueError(f"SolveConfig: {e}") from None
+        if self.taylor_method not in TAYLOR_METHODS:
+            bad("taylor_method", self.taylor_method, TAYLOR_METHODS)
         if "local_error" in self.regularizers:
             if not self.adaptive:
                 raise ValueError(
@@ -208,7 +216,7 @@ class SolveConfig(eqx.Module):
         """A copy with some settings changed, e.g. ``cfg.replace(rtol=1e-5)``."""
         names = ("solver", "rtol", "atol", "adjoint", "max_steps", "num_steps", "dt",
                  "batch_mode", "on_max_steps", "regularizers", "jacobian_probe",
-                 "jacobian_product", "taylor_order")
+                 "jacobian_product", "taylor_order", "taylor_method")
         fields = {k: getattr(self, k) for k in names}
         fields.update(changes)
         return SolveConfig(**fields)

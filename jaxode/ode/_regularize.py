@@ -31,8 +31,9 @@ loss (requested with ``SolveConfig(regularizers=...)``, reported in `SolveStats`
   `SolveConfig.taylor_order` (default 2).  d^K z/dt^K is the (K-1)-th total derivative
   of f along the trajectory (d^2 z/dt^2 = df/dt + (df/dz) f, ...), computed by
   Taylor-mode AD (`jax.experimental.jet`, with the custom-JVP calls of the project's
-  layers inlined to work around a `jet` bug: `jaxode.ode._taylor`).  K = 1 is
-  ``kinetic``.  A high K penalises the dynamics that force an order-p solver into
+  layers inlined to work around a `jet` bug) or by nested JVPs, which are faster on the
+  project's conv fields up to K = 3 (`SolveConfig.taylor_method`, `jaxode.ode._taylor`).
+  K = 1 is ``kinetic``.  A high K penalises the dynamics that force an order-p solver into
   small steps (its local error is driven by d^{p+1} z/dt^{p+1}).
 
 The kinetic, Jacobian and Taylor terms are integrated as extra state,
@@ -53,7 +54,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import optimistix as optx
 
-from jaxode.ode._taylor import total_derivative
+from jaxode.ode._taylor import TAYLOR_METHODS, total_derivative
 
 REGULARIZERS = ("kinetic", "jacobian", "local_error", "taylor")
 JACOBIAN_PROBES = ("rademacher", "gaussian")
@@ -135,13 +136,13 @@ def probe_noise(key, z0, kind: str):
 
 
 def augmented_field(vf, names: tuple[str, ...], joint_batch: bool, mask=None,
-                    product: str = "jvp", taylor_order: int = 2):
+                    product: str = "jvp", taylor_order: int = 2, taylor_method: str = "auto"):
     """The dynamics of ``Augmented(z, reg)`` for Diffrax's field `vf`:
 
         dz/dt = f,  dK/dt = ||m * f||^2,  dE/dt = 0,
         dJ/dt = ||m * (df/dz eps)||^2   (product "jvp")
              or ||(m * eps)^T df/dz||^2 (product "vjp"),
-        dR_K/dt = ||m * d^K z/dt^K||^2  (K = `taylor_order`).
+        dR_K/dt = ||m * d^K z/dt^K||^2  (K = `taylor_order`, by `taylor_method`).
 
     Its args are ``(theta, (static, eps))``: `vf`'s own args plus the probe eps
     (None without ``jacobian``).  `mask` (a plain function, or None: m = 1) maps the
@@ -156,7 +157,11 @@ def augmented_field(vf, names: tuple[str, ...], joint_batch: bool, mask=None,
         raise ValueError(f"unknown jacobian product {product!r}; choose one of "
                          f"{', '.join(JACOBIAN_PRODUCTS)}.")
     check_taylor_order(taylor_order)
-    return _augmented_field(vf, tuple(names), joint_batch, mask, product, taylor_order)
+    if taylor_method not in TAYLOR_METHODS:
+        raise ValueError(f"unknown taylor method {taylor_method!r}; choose one of "
+                         f"{', '.join(TAYLOR_METHODS)}.")
+    return _augmented_field(vf, tuple(names), joint_batch, mask, product, taylor_order,
+                            taylor_method)
 
 
 def check_taylor_order(order) -> None:
@@ -178,7 +183,7 @@ def _jacobian_term(call, z, eps, select, product, joint_batch):
 
 
 @functools.cache
-def _augmented_field(vf, names, joint_batch, mask, product, taylor_order):
+def _augmented_field(vf, names, joint_batch, mask, product, taylor_order, taylor_method):
     # Cached: the function is a static argument of custom-VJP and jitted functions.
     def aug(t, y, args):
         theta, (static, eps) = args
@@ -190,7 +195,7 @@ def _augmented_field(vf, names, joint_batch, mask, product, taylor_order):
             f, jac = _jacobian_term(call, y.z, eps, select, product, joint_batch)
         if "taylor" in names:
             field = lambda t_, z_: vf(t_, z_, (theta, static))
-            f_t, dkz = total_derivative(field, t, y.z, taylor_order)
+            f_t, dkz = total_derivative(field, t, y.z, taylor_order, taylor_method)
             f = f_t if f is None else f
             tay = _sum_squares(select(dkz), joint_batch)
         if f is None:

@@ -31,7 +31,8 @@ class ClassifyConfig:
       `plateau_patience`, `ema_decay`, `max_train_batches`.
     - regularisation of the dynamics (training only, `jaxode.train.regularize`):
       `regularizers` (``((name, weight), ...)``, e.g. ``(("kinetic", 0.01),)``),
-      `steer` (STEER's b, None = off).
+      `steer` (STEER's b, None = off), `taylor_order` (K of the ``taylor``
+      regulariser, TayNODE's int ||d^K z/dt^K||^2 dt).
     - evaluation: `per_sample_eval` (final test pass with one adaptive solve per
       image: steps per image mean +- std, Fig. 1), `tol_sweep` (inference-time
       tolerances), `fig_examples` (images per side in Fig. 1).
@@ -74,6 +75,7 @@ class ClassifyConfig:
     max_train_batches: int | None = None
     regularizers: tuple[tuple[str, float], ...] = ()
     steer: float | None = None
+    taylor_order: int = 2
     per_sample_eval: bool = True
     tol_sweep: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4)
     fig_examples: int = 5

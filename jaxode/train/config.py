@@ -43,9 +43,11 @@ class TrainConfig:
 
     **Regularisation of the dynamics** (training steps only, `jaxode.train.regularize`):
     `regularizers` maps a regulariser name (``kinetic``, ``jacobian``,
-    ``local_error``) to its weight in the loss, e.g. ``{"kinetic": 0.01}``; the
-    values are logged as training metrics of the same names.  `steer` = b draws
-    every block's end time from U(t1 - b, t1 + b) at each step (STEER; ``None`` = off).
+    ``local_error``, ``taylor``; `jaxode.ode.REGULARIZERS`) to its weight in the loss,
+    e.g. ``{"kinetic": 0.01}``; the values are logged as training metrics of the same
+    names.  `taylor_order` is K of ``taylor`` (int ||d^K z/dt^K||^2 dt, TayNODE).
+    `steer` = b draws every block's end time from U(t1 - b, t1 + b) at each step
+    (STEER; ``None`` = off).
     """
 
     epochs: int = 1
@@ -75,6 +77,7 @@ class TrainConfig:
     max_train_batches: int | None = None
     regularizers: dict[str, float] = dataclasses.field(default_factory=dict)
     steer: float | None = None
+    taylor_order: int = 2
 
     def __post_init__(self):
         def bad(msg):
@@ -104,6 +107,12 @@ class TrainConfig:
         from jaxode.train.regularize import check_weights
 
         check_weights(self.regularizers)
+        from jaxode.ode._regularize import check_taylor_order
+
+        try:
+            check_taylor_order(self.taylor_order)
+        except ValueError as e:
+            bad(str(e))
         object.__setattr__(self, "regularizers", dict(self.regularizers))
         if self.steer is not None and not 0 < self.steer < float("inf"):
             bad(f"steer must be a positive number or None, got {self.steer!r}.")

@@ -25,15 +25,16 @@ def flow_optimizer(lr: float, clip: float = 0.0):
 def fit_flow(flow, density: str, *, iters: int, batch: int, lr: float, g_lr: float,
              clip: float, seed: int, test, label: str, progress: bool = True,
              regularizers=(), steer: float | None = None, eval_every: int | None = None,
-             evals: list | None = None):
+             evals: list | None = None, taylor_order: int = 2):
     """Train `flow` on `iters` fresh batches of `density` (`FreshBatches`), theta_1 at
     rate `g_lr`; evaluate the NLL of the `test` points (exact trace).  Returns the
     trained flow, the per-iteration log (``model``, ``iter``, ``nll``, ``nfe_forward``,
     ``nfe_backward``, ``seconds`` after the first step, and the value of each
     requested regulariser), the first step's (compile) seconds and the test NLL.
 
-    `regularizers` (``{"kinetic": w, "jacobian": w}``, RNODE; of z only, see
-    `CNFField.regularized_mask`) and `steer` (b) as in `TrainConfig`.  `eval_every`
+    `regularizers` (``{"kinetic": w, "jacobian": w}``, RNODE, or ``{"taylor": w}``;
+    of z only, see `CNFField.regularized_mask`), `steer` (b) and `taylor_order` as in
+    `TrainConfig`.  `eval_every`
     (a divisor of `iters`; default `iters`) evaluates the test NLL every so many
     iterations (the same data stream), appending ``{"iter", "test_nll", "test_nfe"}``
     to the list `evals` if given."""
@@ -43,7 +44,8 @@ def fit_flow(flow, density: str, *, iters: int, batch: int, lr: float, g_lr: flo
                          f"iters={iters}.")
     config = TrainConfig(epochs=iters // every, batch_size=batch, lr=lr, g_lr_scale=g_lr / lr,
                          seed=seed, data_parallel=False, keep_checkpoints=1, progress=progress,
-                         regularizers=dict(regularizers), steer=steer)
+                         regularizers=dict(regularizers), steer=steer,
+                         taylor_order=taylor_order)
     log, clock = [], [0.0, 0.0]  # [compile seconds, training seconds after it]
 
     def on_step(row):

@@ -9,7 +9,9 @@
 
   R_r being what the model reports in its ``aux`` under the regulariser's name (the
   sum over its blocks, averaged over the batch).  A fresh Hutchinson probe key is
-  set on each block at every step (folded in from the step's key).
+  set on each block at every step (folded in from the step's key).  With ``taylor``
+  (TayNODE's int ||d^K z/dt^K||^2 dt) every block integrates with K =
+  `TrainConfig.taylor_order`.
 - STEER (Ghosh, Behl, Dupont, Torr, Namboodiri, "STEER: simple temporal regularization
   for neural ODEs", NeurIPS 2020): at every training step each block's end time is
   drawn as t1' ~ U(t1 - b, t1 + b) (`TrainConfig.steer` = b, which must be smaller
@@ -35,15 +37,17 @@ _PROBE_SALT, _STEER_SALT = 0x5E6, 0x57E
 @dataclasses.dataclass(frozen=True)
 class Regularization:
     """Hashable (static) form of the trainer's options: `weights` is a sorted tuple of
-    (name, weight); `steer` is b or None."""
+    (name, weight); `steer` is b or None; `taylor_order` is K of ``taylor``."""
 
     weights: tuple[tuple[str, float], ...] = ()
     steer: float | None = None
+    taylor_order: int = 2
 
     @classmethod
     def from_config(cls, config) -> Regularization:
         weights = tuple(sorted((str(k), float(v)) for k, v in dict(config.regularizers).items()))
-        return cls(weights, None if config.steer is None else float(config.steer))
+        return cls(weights, None if config.steer is None else float(config.steer),
+                   int(getattr(config, "taylor_order", 2)))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -92,7 +96,9 @@ def for_training(model, reg: Regularization, key):
         k_steer = jax.random.fold_in(jax.random.fold_in(key, _STEER_SALT), i)
         if reg.names:
             names = tuple(dict.fromkeys(block.config.regularizers + reg.names))
-            block = eqx.tree_at(lambda b: b.config, block, block.config.replace(regularizers=names))
+            order = {"taylor_order": reg.taylor_order} if "taylor" in reg.names else {}
+            block = eqx.tree_at(lambda b: b.config, block,
+                                block.config.replace(regularizers=names, **order))
             block = _set_probe_key(block, k_probe)
         if reg.steer is not None:
             block = _steer_t1(block, reg.steer, k_steer)

@@ -40,7 +40,7 @@ class ClassificationTask:
 
     Training metrics (batch means): ``loss``, ``acc``, ``nfe`` and ``steps`` (forward
     solver statistics summed over ODE blocks, from the model's ``aux``), and any
-    regulariser the model reports (``kinetic``, ``jacobian``, ``local_error``).  Evaluation
+    regulariser the model reports (`jaxode.ode.REGULARIZERS`).  Evaluation
     metrics are per example: ``loss``, ``acc`` (0 or 1), ``pred``, ``nfe``, ``steps``.
     """
 
