@@ -33,9 +33,9 @@ term (XLA:CPU's fast convolution layouts in its reverse pass, for instance).
 For K = 2 this is the order-1 jet itself; its cost doubles with each further order,
 but it keeps the layers' custom JVP rules, which the backsolve adjoint then
 differentiates in XLA:CPU's fast layouts.  A training step of the MNIST ODE-Net
-(batch 32, 2-core CPU) took 2.0 s with ``jvp`` against 8.0 s with ``jet`` at K = 2, and
-4.1 s against 13.6 s at K = 3 (docs/results/regularizers.md, "TayNODE"), with the same
-values; hence ``auto``.
+(batch 32, loaded 2-core CPU) took 2.4 s with ``jvp`` against 9.0 s with ``jet`` at
+K = 2, and 4.7 s against 14.7 s at K = 3, with the same values (docs/results/
+regularizers.md, section TayNODE); hence ``auto``.
 """
 
 from __future__ import annotations
