@@ -7,8 +7,13 @@ import jax
 import numpy as np
 
 from jaxode.ode._adjoint import ADJOINTS, AbstractAdjoint, Backsolve, Direct, RecursiveCheckpoint
-from jaxode.ode._regularize import (JACOBIAN_PRODUCTS, JACOBIAN_PROBES, REGULARIZERS,
-                                     TAYLOR_METHODS, check_taylor_order)
+from jaxode.ode._regularize import (
+    JACOBIAN_PROBES,
+    JACOBIAN_PRODUCTS,
+    REGULARIZERS,
+    TAYLOR_METHODS,
+    check_taylor_order,
+)
 from jaxode.ode._solvers import _BATCH_MODES, ADAPTIVE_SOLVERS, SOLVERS, as_real
 
 

@@ -61,7 +61,7 @@ def _eval_inlined(closed: ClosedJaxpr, *args):
     jaxpr = closed.jaxpr
     env = dict(zip(jaxpr.constvars, closed.consts))
     env.update(zip(jaxpr.invars, args))
-    read = lambda v: v.val if isinstance(v, Literal) else env[v]  # noqa: E731
+    read = lambda v: v.val if isinstance(v, Literal) else env[v]
     for eqn in jaxpr.eqns:
         ins = [read(v) for v in eqn.invars]
         body = _BODY.get(eqn.primitive.name)
@@ -81,7 +81,7 @@ def _inline(fn, t, z):
     """``g(t, *leaves(z)) -> leaves(fn(t, z))`` with custom rules inlined, and the
     output's tree structure."""
     leaves, treedef = jtu.tree_flatten(z)
-    flat = lambda t_, *xs: fn(t_, jtu.tree_unflatten(treedef, xs))  # noqa: E731
+    flat = lambda t_, *xs: fn(t_, jtu.tree_unflatten(treedef, xs))
     closed, out_shape = jax.make_jaxpr(flat, return_shape=True)(t, *leaves)
     return (lambda *xs: _eval_inlined(closed, *xs)), jtu.tree_structure(out_shape)
 
