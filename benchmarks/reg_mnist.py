@@ -16,8 +16,10 @@ Two subcommands:
   `experiments.classify` run folder; its ``steps.csv`` has the forward and backward
   NFE of every training step).  A finished setting (``summary.json``) is skipped; an
   unfinished one resumes from its newest checkpoint.  A finished run's checkpoints
-  (the weights) are deleted: metrics, summary and plots stay.  A lock file keeps two
-  campaigns from training into one folder at once, and ``OUT/campaign.json`` records
+  (the weights) are deleted: metrics, summary and plots stay.  Each setting trains
+  under its own lock file (``OUT/.<setting>.lock``), so several ``run`` calls (one per
+  core or device) can share a campaign: a setting another call is training is skipped
+  by this one.  ``OUT/campaign.json`` records
   the base config and extra flags, which a later call must repeat.
 - ``report``: read the finished folders and write the table (markdown) and the figure
   "NFE against training step"; it refuses, naming the missing or unfinished settings
@@ -91,17 +93,29 @@ def status(folder: str) -> str:
 
 
 @contextlib.contextmanager
-def campaign_lock(out: str):
-    """Hold ``OUT/.lock`` (flock) while training; a second campaign is refused."""
+def held_lock(path: str):
+    """Hold the flock of `path` while inside; yields False (holding nothing) when
+    another process holds it."""
     import fcntl
 
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, ".lock"), "a+") as f:
+    with open(path, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SystemExit(f"another `benchmarks.reg_mnist run` is training into {out} "
-                             "(it holds OUT/.lock); wait for it to end.") from None
+            yield False
+            return
+        yield True
+
+
+@contextlib.contextmanager
+def campaign_lock(out: str):
+    """Hold ``OUT/.campaign.lock`` while `check_campaign` reads or writes
+    ``campaign.json``; a second caller at that moment is refused."""
+    os.makedirs(out, exist_ok=True)
+    with held_lock(os.path.join(out, ".campaign.lock")) as held:
+        if not held:
+            raise SystemExit(f"another `benchmarks.reg_mnist run` is starting in {out}; "
+                             "try again in a minute.")
         yield
 
 
@@ -138,26 +152,41 @@ def run(out: str, settings: list[str], config: str, extra: list[str],
     data_flags = ["--data-root", data_root] if data_root else []
     with campaign_lock(out):
         check_campaign(out, config, extra)
-        for name in settings:
-            folder = os.path.join(out, name)
-            state = status(folder)
-            if state == "missing" and os.path.isdir(folder):
-                from jaxode.train.rundir import release_run_dir
+    busy = []
+    for name in settings:
+        # each setting is trained under its own lock, so that several `run`s (one per
+        # core or device) can share a campaign: a setting another one holds is skipped
+        with held_lock(os.path.join(out, f".{name}.lock")) as held:
+            if not held:
+                log(f"=== {name}: another `run` is training it; skipped")
+                busy.append(name)
+                continue
+            train_setting(out, name, config, extra, data_flags, launch, log)
+    if busy:
+        log(f"=== not finished by this call (trained by another): {', '.join(busy)}")
 
-                release_run_dir(folder)  # a claim left by a run killed before it wrote anything
-            if state != "finished":
-                argv = classify_argv(name, out, config, extra, resume=state == "unfinished")
-                log(f"=== {name}: python -m experiments.classify {shlex.join(argv)}")
-                sys.stdout.flush()
-                code = launch([*argv, *data_flags])
-                if code != 0:
-                    raise SystemExit(
-                        f"{name} stopped (exit status {code}); its folder {folder} "
-                        "is kept. Run the same command again to resume it.")
-            ckpt = os.path.join(folder, "checkpoints")
-            if os.path.isdir(ckpt):  # finished: the weights are not kept
-                shutil.rmtree(ckpt)
-            log(f"=== {name}: finished ({folder})")
+
+def train_setting(out, name, config, extra, data_flags, launch, log) -> None:
+    """Train (or resume) one setting unless it has finished, then drop its weights."""
+    folder = os.path.join(out, name)
+    state = status(folder)
+    if state == "missing" and os.path.isdir(folder):
+        from jaxode.train.rundir import release_run_dir
+
+        release_run_dir(folder)  # a claim left by a run killed before it wrote anything
+    if state != "finished":
+        argv = classify_argv(name, out, config, extra, resume=state == "unfinished")
+        log(f"=== {name}: python -m experiments.classify {shlex.join(argv)}")
+        sys.stdout.flush()
+        code = launch([*argv, *data_flags])
+        if code != 0:
+            raise SystemExit(
+                f"{name} stopped (exit status {code}); its folder {folder} "
+                "is kept. Run the same command again to resume it.")
+    ckpt = os.path.join(folder, "checkpoints")
+    if os.path.isdir(ckpt):  # finished: the weights are not kept
+        shutil.rmtree(ckpt)
+    log(f"=== {name}: finished ({folder})")
 
 
 # --------------------------------------------------------------------------- report

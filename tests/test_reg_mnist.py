@@ -103,10 +103,37 @@ def test_campaign_flags_must_repeat(tmp_path):
     reg_mnist.check_campaign(out, "reg-mnist-odenet", ["--train-limit", "6000"])
     with pytest.raises(SystemExit, match="repeat those"):
         reg_mnist.check_campaign(out, "reg-mnist-odenet", [])
-    with reg_mnist.campaign_lock(out):  # a second campaign is refused while one runs
+    with reg_mnist.campaign_lock(out):  # two calls never write campaign.json at once
         with pytest.raises(SystemExit, match="another"):
             with reg_mnist.campaign_lock(out):
                 pass
+
+
+def test_a_setting_another_run_holds_is_skipped(tmp_path):
+    """Two `run` calls share a campaign: the setting the other call is training (it
+    holds OUT/.<setting>.lock) is skipped, the others are trained by this one."""
+    out = str(tmp_path / "reg")
+    launched, lines = [], []
+
+    def launch(argv):  # stands in for experiments.classify: writes a finished run
+        name = argv[argv.index("--name") + 1]
+        launched.append(name)
+        os.makedirs(os.path.join(out, name))
+        for f in ("config.json", "summary.json"):
+            with open(os.path.join(out, name, f), "w") as fh:
+                fh.write("{}")
+        return 0
+
+    os.makedirs(out)
+    with reg_mnist.held_lock(os.path.join(out, ".kinetic.lock")) as held:
+        assert held
+        reg_mnist.run(out, ["none", "kinetic", "steer"], "reg-mnist-odenet", [],
+                      log=lines.append, launch=launch)
+    assert launched == ["none", "steer"]
+    assert any("kinetic: another" in line for line in lines)
+    reg_mnist.run(out, ["none", "kinetic", "steer"], "reg-mnist-odenet", [],
+                  log=lines.append, launch=launch)  # lock released: kinetic now trains
+    assert launched == ["none", "steer", "kinetic"]
 
 
 def test_runner_and_report_on_a_tiny_digits_campaign(tmp_path, monkeypatch):
