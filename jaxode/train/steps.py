@@ -55,8 +55,9 @@ def evaluate_steps(model, task, test, out: str, *, batch_size: int, per_sample: 
         summary["steps_counts"] = {int(s): int(c) for s, c in zip(*np.unique(steps,
                                                                             return_counts=True))}
     if per_sample and examples > 0:
-        summary["fig1"] = os.path.join(out, "fig1_steps.png")
-        summary["fig1_indices"] = steps_figure(test, steps, summary["fig1"], examples)
+        summary["fig1"] = "fig1_steps.png"  # in the run folder (which may move)
+        summary["fig1_indices"] = steps_figure(test, steps, os.path.join(out, "fig1_steps.png"),
+                                               examples)
     if tols:
         summary["tol_sweep"] = tolerance_sweep(model, task, batches, tols,
                                                batch_size=batch_size, mesh=mesh)
