@@ -177,7 +177,7 @@ def test_resume_accepts_a_config_written_before_the_refactor(saved_run, capsys):
     classify.check_resume(parser, cfg)  # exits 2 listing any difference
     saved = json.loads((saved_run / "config.json").read_text())
     now = json.loads(json.dumps(cfg.to_dict()))
-    added = {"g_lr_scale": 1.0}  # settings added to ClassifyConfig since: their defaults
+    added = {"g_lr_scale": 1.0, "taylor_order": 2}  # settings added to ClassifyConfig since: their defaults
     assert settings_differences(saved["classify"], now) == [
         f"{k}: None -> {v!r}" for k, v in added.items()]
     assert settings_differences(saved["classify"], now, defaults=added) == []
