@@ -14,17 +14,11 @@ import jax.scipy.linalg as jsl
 import jax.scipy.stats as jss
 import numpy as np
 import pytest
+from fields import MatrixLinear as Linear
 
 from jaxode.fields.cnf import CNF, CNFField, ConcatMLP, sample_probe
 from jaxode.fields.evolving import EvolvingODE
 from jaxode.ode import ODEBlock, SolveConfig
-
-
-class Linear(eqx.Module):
-    A: jax.Array
-
-    def __call__(self, t, z):
-        return self.A @ z
 
 
 def test_linear_flow_matches_change_of_variables():

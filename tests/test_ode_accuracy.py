@@ -9,11 +9,11 @@ tolerances or t1 of a jitted solve must not retrace it.
 import math
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
+from fields import MatrixLinear as Linear
 
 from jaxode.ode import ODEBlock, SolveConfig
 
@@ -29,15 +29,6 @@ A_NP = np.array(
 Z0_NP = np.array([1.0, -0.5, 0.3, 0.7])
 T1 = 1.0
 ORDERS = {"euler": 1, "midpoint": 2, "rk4": 4}
-
-
-class Linear(eqx.Module):
-    """f(t, z) = A z."""
-
-    A: jax.Array
-
-    def __call__(self, t, z):
-        return self.A @ z
 
 
 def _truth(t):

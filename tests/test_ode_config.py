@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
+from fields import MatrixLinear as Linear
 
 from jaxode.ode import ODEBlock, SolveConfig, trainable
 
@@ -21,13 +22,6 @@ A_NP = np.array(
 )
 MAX_STEPS = 6
 LOOSE, TIGHT = 1e-5, 1e-8  # LOOSE fits in MAX_STEPS for every sample; TIGHT not for all
-
-
-class Linear(eqx.Module):
-    A: jax.Array
-
-    def __call__(self, t, z):
-        return self.A @ z
 
 
 # Two samples of different difficulty: with atol = rtol = tol, an error estimate is

@@ -12,25 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fields import MatrixLinear as Matrix
+from fields import ScalarLinear as Linear
 
 from jaxode.ode import ODEBlock, SolveConfig
 
 A, Z0, T = 0.7, 1.3, 1.5
 KEY = jax.random.PRNGKey(0)
-
-
-class Linear(eqx.Module):
-    a: jax.Array
-
-    def __call__(self, t, z):
-        return self.a * z
-
-
-class Matrix(eqx.Module):
-    m: jax.Array
-
-    def __call__(self, t, z):
-        return self.m @ z
 
 
 def kinetic_exact(a, z0, t):

@@ -13,18 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fields import ScalarLinear as Linear
 from scipy.integrate import quad
 
 from jaxode.ode import ODEBlock, SolveConfig
 
 A, Z0, T = 0.7, 1.3, 1.5
-
-
-class Linear(eqx.Module):
-    a: jax.Array
-
-    def __call__(self, t, z):
-        return self.a * z
 
 
 class TimeLinear(eqx.Module):
