@@ -22,8 +22,9 @@ Two subcommands:
   by this one.  ``OUT/campaign.json`` records
   the base config and extra flags, which a later call must repeat.
 - ``report``: read the finished folders and write the table (markdown) and the figure
-  "NFE against training step"; it refuses, naming the missing or unfinished settings
-  and the command that finishes them, unless every requested setting has finished.
+  "NFE against training step", and name the best setting (`best_setting`); it
+  refuses, naming the missing or unfinished settings and the command that finishes
+  them, unless every requested setting has finished.
 
 ::
 
@@ -301,6 +302,29 @@ def compare(numbers: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
+def best_setting(ratios: dict[str, dict]) -> str | None:
+    """Issue 19's best setting: of the regularised settings whose test error is at most
+    ``GOAL_ERROR_POINTS`` above their baseline's, the one with the largest NFE ratio
+    (ties: the larger wall ratio).  None when no regulariser kept the accuracy: then
+    the baseline stays the default."""
+    kept = [(r["nfe_ratio"], r["wall_ratio"], s) for s, r in ratios.items()
+            if s != r["baseline"] and r["error_points"] <= GOAL_ERROR_POINTS + 1e-9]
+    return max(kept)[2] if kept else None
+
+
+def best_line(ratios: dict[str, dict]) -> str:
+    """One sentence naming `best_setting` and whether it meets the whole goal."""
+    best = best_setting(ratios)
+    if best is None:
+        return (f"best setting: none of the regularised settings kept the test error within "
+                f"{GOAL_ERROR_POINTS} points of its baseline, so no regulariser is the default.")
+    r = ratios[best]
+    return (f"best setting: {best} ({r['nfe_ratio']:.2f}x fewer NFE, wall {r['wall_ratio']:.2f}x, "
+            f"error {r['error_points']:+.2f} points against {r['baseline']}); issue 19's goal "
+            f"(>= {GOAL_NFE_RATIO}x NFE, >= {GOAL_WALL_RATIO}x wall) is "
+            f"{'met' if r['goal'] else 'not met'}.")
+
+
 def _num(v) -> str:
     return "n/c" if v is None else f"{v:.1f}"  # n/c: not counted (checkpoint adjoint)
 
@@ -324,7 +348,7 @@ def table(numbers: dict[str, dict], ratios: dict[str, dict]) -> str:
             f"{'' if r['nfe_ratio_of'] != 'forward' else ' (fwd)'} | {r['wall_ratio']:.2f} "
             f"| {r['error_points']:+.2f} | {'yes' if r['goal'] else 'no'} |"
             if r else f"| {s} | `{flags}` | (no baseline run) |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + best_line(ratios) + "\n"
 
 
 def nfe_figure(out: str, settings: list[str], path: str, smooth: int) -> None:
@@ -380,11 +404,12 @@ def report(out: str, settings: list[str], table_path: str, figure_path: str,
     with open(table_path, "w") as f:
         f.write(text)
     with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump({"numbers": numbers, "ratios": ratios}, f, indent=2)
+        json.dump({"numbers": numbers, "ratios": ratios, "best": best_setting(ratios)}, f,
+                  indent=2)
     nfe_figure(out, settings, figure_path, smooth)
     log(text)
     log(f"table: {table_path}\nfigure: {figure_path}\nnumbers: {os.path.join(out, 'report.json')}")
-    return {"numbers": numbers, "ratios": ratios}
+    return {"numbers": numbers, "ratios": ratios, "best": best_setting(ratios)}
 
 
 def main(argv=None) -> int:

@@ -73,9 +73,25 @@ def test_report_numbers_and_goal_match_hand_computation(tmp_path):
     assert "| none-checkpoint | 2.50 (fwd) | 1.50 | +0.00 | yes |" in text
     assert "| kinetic | `kinetic=0.01` | 10.0 / 7.4; 10.0 / 2.0 | 120 |" in text
     assert "| steer | `steer=0.5` |" in text and "| none | `—` |" in text
-    assert "| 2.30 | 1.67 | +0.05 | yes |" in text and text.count("\n") == 7
+    assert "| 2.30 | 1.67 | +0.05 | yes |" in text and text.count("\n") == 9
+    # the best setting: the most NFE saved among those within 0.1 point of the baseline
+    assert res["best"] == "local-error"
+    assert text.endswith("best setting: local-error (2.50x fewer NFE, wall 1.50x, error +0.00 "
+                         "points against none-checkpoint); issue 19's goal (>= 2.0x NFE, >= "
+                         "1.5x wall) is met.\n")
     assert fig.stat().st_size > 10_000
     assert json.loads((out / "report.json").read_text())["ratios"]["kinetic"]["goal"] is True
+
+
+def test_best_setting_keeps_the_accuracy_first():
+    ratio = lambda nfe, err, base="none": {"baseline": base, "nfe_ratio": nfe,  # noqa: E731
+                                           "wall_ratio": 1.0, "error_points": err, "goal": False}
+    ratios = {"none": ratio(1.0, 0.0), "kinetic-1e-3": ratio(1.4, 0.74), "steer": ratio(0.97, 0.23),
+              "kinetic": ratio(1.1, 0.08), "taylor": ratio(1.2, 0.1)}
+    assert reg_mnist.best_setting(ratios) == "taylor"  # 0.1 points is still within the bound
+    del ratios["taylor"], ratios["kinetic"]
+    assert reg_mnist.best_setting(ratios) is None
+    assert "no regulariser is the default" in reg_mnist.best_line(ratios)
 
 
 def test_report_refuses_unfinished_and_mixed_recipes(tmp_path):
