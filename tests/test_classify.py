@@ -36,6 +36,13 @@ def test_named_configs_and_overrides():
     assert (cfg.epochs, cfg.lr, cfg.milestones, cfg.tol_sweep) == (3, 0.05, (1, 2), (1e-2, 1e-3))
     assert cfg.phases == "euler:1,adjoint:2" and cfg.per_sample_eval is False
     assert cfg.model == "chen-odenet" and cfg.dataset == "mnist"  # untouched fields kept
+    # issue 19: the MNIST ODE-Net configs default to the comparison's best setting, the
+    # comparison's own recipe stays unregularised, and `--reg ""` switches it off
+    assert cfg.regularizers == get_config("smoke-mnist-odenet").regularizers == (
+        ("kinetic", 3e-4),)
+    assert get_config("reg-mnist-odenet").regularizers == ()
+    off = classify.build_parser().parse_args(["--config", "chen-mnist-odenet", "--reg", ""])
+    assert classify.config_from_args(off).regularizers == ()
     with pytest.raises(ValueError, match="unknown config 'nope'"):
         get_config("nope")
 
