@@ -225,6 +225,9 @@ def setting_numbers(folder: str) -> dict:
     if cfg.get("adjoint") in UNCOUNTED_ADJOINTS:  # backprop through the steps: no adjoint solve
         out["nfe_bwd"] = out["nfe_bwd_last10"] = None
     out["nfe_total"] = out["nfe_fwd"] + (out["nfe_bwd"] or 0.0)
+    # what one evaluation cost, as trained: it shows the machine's load (settings with the
+    # same work per evaluation should agree)
+    out["ms_per_nfe"] = 1000 * out["s_per_step_median"] / out["nfe_total"]
     return out
 
 
@@ -335,7 +338,7 @@ def _num(v) -> str:
 def table(numbers: dict[str, dict], ratios: dict[str, dict]) -> str:
     """The markdown table of `report`."""
     head = ("| setting | trained with | NFE fwd / bwd per step: mean; last 10% | training s "
-            "| s/epoch | median s/step | test error (%) | test NFE per image "
+            "| s/epoch | median s/step | ms/NFE | test error (%) | test NFE per image "
             "| vs | NFE ratio | wall ratio | error Δ (points) | goal |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for s, n in numbers.items():
@@ -345,7 +348,7 @@ def table(numbers: dict[str, dict], ratios: dict[str, dict]) -> str:
         lines.append(
             f"| {s} | `{flags}` | {n['nfe_fwd']:.1f} / {_num(n['nfe_bwd'])}; "
             f"{n['nfe_fwd_last10']:.1f} / {_num(n['nfe_bwd_last10'])} | {n['train_wall_s']:.0f} "
-            f"| {n['s_per_epoch']:.0f} | {n['s_per_step_median']:.2f} "
+            f"| {n['s_per_epoch']:.0f} | {n['s_per_step_median']:.2f} | {n['ms_per_nfe']:.0f} "
             f"| {100 * n['test_error']:.2f} | {'—' if test_nfe is None else f'{test_nfe:.1f}'} "
             f"| {r.get('baseline', '—')} | {r['nfe_ratio']:.2f}"
             f"{'' if r['nfe_ratio_of'] != 'forward' else ' (fwd)'} | {r['wall_ratio']:.2f} "

@@ -58,6 +58,7 @@ def test_report_numbers_and_goal_match_hand_computation(tmp_path):
     assert k["nfe_bwd_last10"] == 2 and k["steps"] == 10  # the last 10% = the last step
     assert k["train_wall_s"] == 120 and k["s_per_epoch"] == 60
     assert k["s_per_step_median"] == pytest.approx(np.median(np.arange(2.0, 11.0)))
+    assert k["ms_per_nfe"] == pytest.approx(1000 * 6.0 / 17.4)
     assert r["nfe_ratio"] == pytest.approx(40 / 17.4) and r["wall_ratio"] == pytest.approx(200 / 120)
     assert r["error_points"] == pytest.approx(0.05) and r["goal"]
     s = res["ratios"]["steer"]
@@ -71,7 +72,7 @@ def test_report_numbers_and_goal_match_hand_computation(tmp_path):
     text = table.read_text()
     assert "| local-error | `local_error=1 adjoint=checkpoint` | 8.0 / n/c; 8.0 / n/c |" in text
     assert "| none-checkpoint | 2.50 (fwd) | 1.50 | +0.00 | yes |" in text
-    assert "| kinetic | `kinetic=0.01` | 10.0 / 7.4; 10.0 / 2.0 | 120 |" in text
+    assert "| kinetic | `kinetic=0.01` | 10.0 / 7.4; 10.0 / 2.0 | 120 | 60 | 6.00 | 345 |" in text
     assert "| steer | `steer=0.5` |" in text and "| none | `—` |" in text
     assert "| 2.30 | 1.67 | +0.05 | yes |" in text and text.count("\n") == 9
     # the best setting: the most NFE saved among those within 0.1 point of the baseline
