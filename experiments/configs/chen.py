@@ -3,10 +3,10 @@ ODE-Net and its six-block ResNet.
 
 Training as torchdiffeq's odenet_mnist example: SGD lr 0.1 (batch 128), momentum 0.9,
 160 epochs, lr x0.1 at epochs 60/100/140, random crop 28 with padding 4, no input
-normalisation; dopri5 with rtol = atol = 1e-3 and the backsolve adjoint.
+normalisation; dopri5 with rtol = atol = 1e-3 and the backsolve adjoint.  The ODE-Net configs
+add the kinetic energy int ||f||^2 dt at 3e-4, issue 19's best setting on full MNIST (1.02% vs
+0.98% error, NFE held at 21; docs/results/regularizers.md); `--reg ""` is the paper's recipe.
 """
-
-from __future__ import annotations
 
 from experiments.configs import register
 from experiments.configs.classify import ClassifyConfig
@@ -16,23 +16,12 @@ PAPER = dict(
     momentum=0.9, weight_decay=0.0, lr_schedule="step", milestones=(60, 100, 140),
     crop_padding=4, tol=1e-3,
 )
-
-
-# The default regulariser of the MNIST ODE-Net configs: RNODE's kinetic energy
-# int_0^1 ||f(z, t)||^2 dt (Finlay et al. 2020, eq. 3) at weight 3e-4, the best setting of
-# issue 19's comparison (`python -m benchmarks.reg_mnist report`, docs/results/
-# regularizers.md): of the settings that kept the test error within 0.1 point of the
-# unregularised run's after 2 epochs of full MNIST, the one with the fewest NFE (1.02% vs
-# 0.98% test error; the unregularised field's forward NFE grew from 21 to 27 per step in
-# the second epoch, this one's stayed at 15-21).  `--reg ""` is Chen et al.'s
-# unregularised recipe, with which results/mnist-chen-odenet was trained.
-MNIST_ODENET_REGULARIZERS = (("kinetic", 3e-4),)
+MNIST_ODENET_REGULARIZERS = (("kinetic", 3e-4),)  # issue 19's best setting (module docstring)
 
 
 @register("chen-mnist-odenet")
 def chen_mnist_odenet():
-    """Chen et al. Table 1, ODE-Net ('conv' down-sampling: 208,266 params; paper 0.42%),
-    with the kinetic regulariser 3e-4 (`MNIST_ODENET_REGULARIZERS`; `--reg ""` for none).
+    """Chen et al. Table 1, ODE-Net ('conv' down-sampling: 208,266 params; paper 0.42%).
     python -m experiments.classify --config chen-mnist-odenet --data-root DATA"""
     return ClassifyConfig(model="chen-odenet", name="chen-mnist-odenet",
                           description="Chen et al. Table 1: MNIST ODE-Net",
@@ -58,13 +47,9 @@ def smoke_mnist_odenet():
 
 @register("reg-mnist-odenet")
 def reg_mnist_odenet():
-    """Issue 19: chen-mnist-odenet for 2 epochs (lr 0.1, x0.1 after epoch 1), no tol sweep.
-    python -m experiments.classify --config reg-mnist-odenet --data-root DATA
-    The recipe of the regulariser comparison (`python -m benchmarks.reg_mnist run`):
-    Chen et al.'s 160 epochs with decays at 60/100/140 shortened to 2 with the first
-    decay at half way, as results/train_mnist.sh shortens them to 8 with decays at 4, 6;
-    the final test pass solves one image at a time (test NFE per image).  Unregularised:
-    each setting adds its own regulariser flags."""
+    """Issue 19: chen-mnist-odenet for 2 epochs (x0.1 after epoch 1), unregularised, no tol
+    sweep: the recipe of `python -m benchmarks.reg_mnist run` (its settings add regularisers);
+    the final test pass solves one image at a time (test NFE per image)."""
     return chen_mnist_odenet().replace(
         name="reg-mnist-odenet", epochs=2, milestones=(1,), tol_sweep=(), regularizers=(),
         description="MNIST ODE-Net, 2 epochs: regulariser comparison recipe")
