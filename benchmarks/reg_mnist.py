@@ -385,8 +385,9 @@ def nfe_figure(out: str, settings: list[str], path: str, smooth: int) -> None:
         ax.set_ylabel(f"{what} NFE per step")
         ax.set_title(f"{what} NFE, moving average over {smooth} steps", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()  # below the panels, off the lines
+    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.06 * (1 + (len(labels) - 1) // 5), 1, 1))
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
