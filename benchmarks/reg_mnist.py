@@ -303,9 +303,15 @@ def compare(numbers: dict[str, dict]) -> dict[str, dict]:
              "error_points": 100 * (n["test_error"] - base["test_error"])}
         r["goal"] = (s != base_name and r["nfe_ratio"] >= GOAL_NFE_RATIO
                      and r["wall_ratio"] >= GOAL_WALL_RATIO
-                     and r["error_points"] <= GOAL_ERROR_POINTS)
+                     and keeps_accuracy(r))
         out[s] = r
     return out
+
+
+def keeps_accuracy(ratio: dict) -> bool:
+    """The accuracy part of issue 19's goal: at most ``GOAL_ERROR_POINTS`` more test
+    error than the baseline (`compare`'s ``error_points``)."""
+    return ratio["error_points"] <= GOAL_ERROR_POINTS
 
 
 def best_setting(ratios: dict[str, dict]) -> str | None:
@@ -314,7 +320,7 @@ def best_setting(ratios: dict[str, dict]) -> str | None:
     (ties: the larger wall ratio).  None when no regulariser kept the accuracy: then
     the baseline stays the default."""
     kept = [(r["nfe_ratio"], r["wall_ratio"], s) for s, r in ratios.items()
-            if s != r["baseline"] and r["error_points"] <= GOAL_ERROR_POINTS + 1e-9]
+            if s != r["baseline"] and keeps_accuracy(r)]
     return max(kept)[2] if kept else None
 
 
@@ -406,17 +412,17 @@ def report(out: str, settings: list[str], table_path: str, figure_path: str,
                          "\n  ".join(differ))
     numbers = {s: setting_numbers(os.path.join(out, s)) for s in settings}
     ratios = compare(numbers)
+    best = best_setting(ratios)
     text = table(numbers, ratios)
     os.makedirs(os.path.dirname(table_path) or ".", exist_ok=True)
     with open(table_path, "w") as f:
         f.write(text)
     with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump({"numbers": numbers, "ratios": ratios, "best": best_setting(ratios)}, f,
-                  indent=2)
+        json.dump({"numbers": numbers, "ratios": ratios, "best": best}, f, indent=2)
     nfe_figure(out, settings, figure_path, smooth)
     log(text)
     log(f"table: {table_path}\nfigure: {figure_path}\nnumbers: {os.path.join(out, 'report.json')}")
-    return {"numbers": numbers, "ratios": ratios, "best": best_setting(ratios)}
+    return {"numbers": numbers, "ratios": ratios, "best": best}
 
 
 def main(argv=None) -> int:
