@@ -354,7 +354,8 @@ def table(numbers: dict[str, dict], ratios: dict[str, dict]) -> str:
         lines.append(
             f"| {s} | `{flags}` | {n['nfe_fwd']:.1f} / {_num(n['nfe_bwd'])}; "
             f"{n['nfe_fwd_last10']:.1f} / {_num(n['nfe_bwd_last10'])} | {n['train_wall_s']:.0f} "
-            f"| {n['s_per_epoch']:.0f} | {n['s_per_step_median']:.2f} | {n['ms_per_nfe']:.0f} "
+            f"| {n['s_per_epoch']:.0f} | {n['s_per_step_median']:.2f} | {n['ms_per_nfe']:.0f}"
+            f"{' (fwd)' if n['nfe_bwd'] is None else ''} "
             f"| {100 * n['test_error']:.2f} | {'—' if test_nfe is None else f'{test_nfe:.1f}'} "
             f"| {r.get('baseline', '—')} | {r['nfe_ratio']:.2f}"
             f"{'' if r['nfe_ratio_of'] != 'forward' else ' (fwd)'} | {r['wall_ratio']:.2f} "

@@ -70,7 +70,8 @@ def test_report_numbers_and_goal_match_hand_computation(tmp_path):
     assert le["nfe_ratio"] == 2.5 and le["wall_ratio"] == 1.5 and le["goal"]
     assert res["numbers"]["local-error"]["nfe_bwd"] is None
     text = table.read_text()
-    assert "| local-error | `local_error=1 adjoint=checkpoint` | 8.0 / n/c; 8.0 / n/c |" in text
+    assert ("| local-error | `local_error=1 adjoint=checkpoint` | 8.0 / n/c; 8.0 / n/c | 200 | 100 "
+            "| 6.00 | 750 (fwd) |") in text  # ms per forward NFE: no backward count
     assert "| none-checkpoint | 2.50 (fwd) | 1.50 | +0.00 | yes |" in text
     assert "| kinetic | `kinetic=0.01` | 10.0 / 7.4; 10.0 / 2.0 | 120 | 60 | 6.00 | 345 |" in text
     assert "| steer | `steer=0.5` |" in text and "| none | `—` |" in text
